@@ -1,0 +1,327 @@
+"""The offline pipeline: read, filter, weight, factorize, embed, index, publish."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from svdfaiss import __version__, bundle
+from svdfaiss.data import (
+    DuplicatePolicy,
+    Interactions,
+    ReadOptions,
+    build_interactions,
+    lookup,
+    read_log,
+)
+from svdfaiss.errors import InvalidInput
+from svdfaiss.factorize import Factors, Solver, check_rank, truncated_svd
+from svdfaiss.index import IndexParams, build_index, kind_of, mips_augment, normalize_rows
+from svdfaiss.weighting import WeightingParams, check_scheme, item_column_scale, weight_rows
+
+StageHook = Callable[[str], contextlib.AbstractContextManager[None]]
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """Everything `svdfaiss build` takes; recorded in the manifest."""
+
+    input: Path
+    model: str
+    index_dir: Path
+    read: ReadOptions = field(default_factory=ReadOptions)
+    min_user_interactions: int = 1
+    min_item_interactions: int = 1
+    weighting: Literal["auto", "none", "binary", "log", "bm25"] = "auto"
+    beta: float = 0.0
+    k: int = 64
+    gamma: float = 1.0
+    solver: Solver = "arpack"
+    item_index: IndexParams = field(default_factory=IndexParams)
+    user_index: IndexParams | None = field(default_factory=lambda: IndexParams(kind="auto"))
+    catalog: Path | None = None
+    seed: int = 0
+    version: str | None = None
+
+    def resolved_weighting(self, feedback: str) -> str:
+        """`auto`: log(1 + count) for implicit counts, ratings as given for explicit data."""
+        if self.weighting != "auto":
+            return self.weighting
+        return "log" if feedback == "implicit" else "none"
+
+    def check(self) -> None:
+        """Refuse bad parameters before reading anything."""
+        bundle.check_model_name(self.model)
+        if self.weighting != "auto":
+            check_scheme(self.weighting, self.beta)
+        elif not 0.0 <= self.beta <= 1.0:
+            raise InvalidInput(f"--beta must be in [0, 1], got {self.beta}")
+        if self.k < 1:
+            raise InvalidInput(f"--k must be at least 1, got {self.k}")
+        if self.min_user_interactions < 1 or self.min_item_interactions < 1:
+            raise InvalidInput("--min-user-interactions and --min-item-interactions must be >= 1")
+        if not 0.0 <= self.gamma <= 2.0:
+            raise InvalidInput(f"--gamma must be in [0, 2], got {self.gamma}")
+        for params in (self.item_index, self.user_index):
+            if params is not None:
+                params.resolved(1)
+        if self.catalog is not None and not Path(self.catalog).is_file():
+            raise InvalidInput(f"{self.catalog}: catalog file not found")
+
+
+@dataclass
+class BuildReport:
+    """What a build did: the published folder, its manifest and per-stage seconds."""
+
+    path: Path
+    manifest: dict[str, Any]
+    seconds: dict[str, float]
+
+
+class _Timer:
+    def __init__(self, hook: StageHook | None) -> None:
+        self.seconds: dict[str, float] = {}
+        self.hook = hook
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        with self.hook(name) if self.hook else contextlib.nullcontext():
+            yield
+        self.seconds[name] = round(time.perf_counter() - start, 3)
+
+
+def read_catalog(path: Path, item_ids: np.ndarray) -> tuple[pa.Table, dict[str, Any]]:
+    """Catalog rows aligned to the model's items (nulls where the catalog lacks an item)."""
+    try:
+        if path.suffix.lower() in {".parquet", ".pq"}:
+            table = pq.read_table(path)
+        else:
+            first = path.open("rb").readline().decode("utf-8-sig", "replace")
+            delimiter = "\t" if "\t" in first else ","
+            table = pacsv.read_csv(
+                path,
+                parse_options=pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True),
+                convert_options=pacsv.ConvertOptions(
+                    column_types={"item_id": pa.string(), "price": pa.float64()},
+                ),
+            )
+    except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as exc:
+        raise InvalidInput(f"{path}: cannot read the catalog: {str(exc).splitlines()[0]}") from None
+    names = table.column_names
+    id_col = next((n for n in names if n.lower().replace("_", "") in {"itemid", "item", "id",
+                                                                      "movieid", "asin"}), None)
+    if id_col is None:
+        raise InvalidInput(f"{path}: catalog needs an item_id column (columns: {', '.join(names)})")
+    ids = pc.cast(table[id_col], pa.string()).to_pylist()
+    positions = lookup(item_ids, [i or "" for i in ids])
+    seen = np.zeros(item_ids.size, dtype=bool)
+    take = np.full(item_ids.size, -1, dtype=np.int64)
+    duplicates = 0
+    for row, pos in enumerate(positions):
+        if pos < 0:
+            continue
+        if seen[pos]:
+            duplicates += 1
+            continue
+        seen[pos] = True
+        take[pos] = row
+    indices = pa.array(take, mask=take < 0)
+    aligned = pa.table({n: table[n].take(indices) for n in names if n != id_col})
+    info = {
+        "path": str(path),
+        "sha256": bundle.sha256_file(path),
+        "rows": table.num_rows,
+        "matched_items": int(seen.sum()),
+        "duplicate_ids": duplicates,
+        "columns": [n for n in names if n != id_col],
+    }
+    return aligned, info
+
+
+def _input_info(path: Path, inter: Interactions, options: ReadOptions) -> dict[str, Any]:
+    return {
+        "path": str(path),
+        "size": path.stat().st_size,
+        "sha256": bundle.sha256_file(path),
+        "columns": asdict(inter.columns),
+        "feedback": inter.feedback,
+        "duplicates": options.duplicates,
+    }
+
+
+def build(config: BuildConfig, stage_hook: StageHook | None = None) -> BuildReport:
+    """Run the whole pipeline and publish a new version; nothing is published on error."""
+    config.check()
+    timer = _Timer(stage_hook)
+    input_path = Path(config.input)
+    with timer.stage("read"):
+        log = read_log(input_path, config.read)
+    with timer.stage("filter"):
+        duplicates: DuplicatePolicy = config.read.duplicates
+        inter = build_interactions(log, config.min_user_interactions,
+                                   config.min_item_interactions, duplicates)
+        del log
+        check_rank(config.k, (inter.n_users, inter.n_items))
+    with timer.stage("weight"):
+        scheme = config.resolved_weighting(inter.feedback)
+        scale, mean_row = item_column_scale(inter.matrix, scheme, config.beta)
+        weighting = WeightingParams(scheme=scheme, beta=config.beta,  # type: ignore[arg-type]
+                                    mean_row_length=mean_row)
+        x = weight_rows(inter.matrix, weighting, scale)
+    with timer.stage("factorize"):
+        factors = truncated_svd(x, config.k, config.solver, config.seed)
+        del x
+    with timer.stage("embed"):
+        s = factors.singular_values.astype(np.float64)
+        item_vectors = normalize_rows(factors.item_factors * (s ** config.gamma))
+        item_factors = np.ascontiguousarray(factors.item_factors, dtype=np.float32)
+        user_vectors = (normalize_rows(factors.user_factors * s)
+                        if config.user_index is not None else None)
+    with timer.stage("index items"):
+        items_index = build_index(item_vectors, config.item_index, config.seed)
+        mips_index = build_index(mips_augment(item_factors), config.item_index, config.seed)
+    users_index = None
+    if user_vectors is not None and config.user_index is not None:
+        with timer.stage("index users"):
+            users_index = build_index(user_vectors, config.user_index, config.seed)
+            del user_vectors
+    catalog = None
+    if config.catalog is not None:
+        with timer.stage("catalog"):
+            catalog = read_catalog(Path(config.catalog), inter.item_ids)
+
+    directory = bundle.model_dir(Path(config.index_dir), config.model)
+    with bundle.model_lock(directory):
+        version = config.version or bundle.new_version()
+        writer = bundle.BundleWriter(directory)
+        try:
+            with timer.stage("write"):
+                _write_files(writer, inter, factors, item_vectors, item_factors, scale,
+                             items_index, mips_index, users_index, catalog)
+            indexes = {
+                "items": _index_meta("items.faiss", items_index, config.item_index,
+                                     "cosine", "similar items"),
+                "items_mips": _index_meta("items_mips.faiss", mips_index, config.item_index,
+                                          "inner product (MIPS reduction)", "recommendations"),
+            }
+            if users_index is not None and config.user_index is not None:
+                indexes["users"] = _index_meta("users.faiss", users_index, config.user_index,
+                                               "cosine", "similar users")
+            manifest = _manifest(config, version, input_path, inter, weighting, factors,
+                                 indexes, catalog[1] if catalog else None, timer.seconds)
+            with timer.stage("publish"):
+                path = writer.publish(manifest, version)
+        except BaseException:
+            writer.abort()
+            raise
+    manifest["timings_seconds"] = timer.seconds
+    return BuildReport(path=path, manifest=manifest, seconds=timer.seconds)
+
+
+def _write_files(
+    writer: bundle.BundleWriter,
+    inter: Interactions,
+    factors: Factors,
+    item_vectors: np.ndarray,
+    item_factors: np.ndarray,
+    scale: np.ndarray,
+    items_index: Any,
+    mips_index: Any,
+    users_index: Any,
+    catalog: tuple[pa.Table, dict[str, Any]] | None,
+) -> None:
+    from svdfaiss.index import write_index
+
+    writer.save_array("item_ids.npy", inter.item_ids)
+    writer.save_array("user_ids.npy", inter.user_ids)
+    writer.save_array("item_vectors.npy", item_vectors)
+    writer.save_array("item_factors.npy", item_factors)
+    writer.save_array("singular_values.npy", factors.singular_values.astype(np.float32))
+    writer.save_array("item_scale.npy", scale)
+    matrix = inter.matrix
+    writer.save_array("rows_indptr.npy", matrix.indptr.astype(np.int64))
+    writer.save_array("rows_indices.npy", matrix.indices.astype(np.int32))
+    writer.save_array("rows_values.npy", matrix.data.astype(np.float32))
+    if catalog is not None:
+        pq.write_table(catalog[0], writer.path("catalog.parquet"))
+    write_index(items_index, writer.path("items.faiss"))
+    write_index(mips_index, writer.path("items_mips.faiss"))
+    if users_index is not None:
+        write_index(users_index, writer.path("users.faiss"))
+
+
+def _index_meta(file: str, index: Any, params: IndexParams, metric: str,
+                purpose: str) -> dict[str, Any]:
+    resolved = params.resolved(index.ntotal).to_dict()
+    return {"file": file, "type": kind_of(index), "metric": metric, "purpose": purpose,
+            "rows": int(index.ntotal), "dim": int(index.d), "params": resolved}
+
+
+def _manifest(
+    config: BuildConfig,
+    version: str,
+    input_path: Path,
+    inter: Interactions,
+    weighting: WeightingParams,
+    factors: Factors,
+    indexes: dict[str, Any],
+    catalog_info: dict[str, Any] | None,
+    seconds: dict[str, float],
+) -> dict[str, Any]:
+    return {
+        "format_version": bundle.FORMAT_VERSION,
+        "model": config.model,
+        "version": version,
+        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="microseconds"),
+        "builder_version": __version__,
+        "input": _input_info(input_path, inter, config.read),
+        "rows": {
+            "read": inter.rows_read,
+            "used": inter.rows_used,
+            "rejected": inter.rejected.total,
+            "rejected_by_reason": inter.rejected.counts,
+            "rejected_examples": inter.rejected.examples,
+            "duplicates_merged": inter.duplicates_merged,
+            "removed_by_filters": inter.filtered_rows,
+        },
+        "parameters": {
+            "k": config.k,
+            "gamma": config.gamma,
+            "solver": config.solver,
+            "seed": config.seed,
+            "min_user_interactions": config.min_user_interactions,
+            "min_item_interactions": config.min_item_interactions,
+            "weighting": weighting.to_dict(),
+        },
+        "counts": {
+            "users": inter.n_users,
+            "items": inter.n_items,
+            "interactions": int(inter.matrix.nnz),
+            "density": inter.density,
+            "users_removed_by_filters": inter.filtered_users,
+            "items_removed_by_filters": inter.filtered_items,
+        },
+        "factorization": {
+            "k": factors.k,
+            "singular_values": [float(v) for v in factors.singular_values],
+            "explained_energy": factors.explained_energy,
+            "dtype": str(factors.item_factors.dtype),
+        },
+        "metric": "cosine for similar items and users; inner product for recommendations",
+        "indexes": indexes,
+        "catalog": catalog_info,
+        "timings_seconds": dict(seconds),
+        "evaluation": None,
+    }

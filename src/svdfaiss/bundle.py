@@ -1,0 +1,294 @@
+"""The on-disk bundle: write into a temporary folder, publish atomically, load, verify, gc.
+
+Layout: `<index_dir>/<model>/<version>/` holds the files and `manifest.json`;
+`<index_dir>/<model>/CURRENT` names the served version. A build writes everything into
+`<model>/.tmp-<random>/`, fsyncs, renames the folder to its version and only then replaces
+CURRENT with `os.replace`, so a crash at any point leaves the previous version served and no
+partial bundle under a version name. No pickle: FAISS files, `.npy`, JSON and Parquet.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import fcntl
+import hashlib
+import json
+import os
+import re
+import secrets
+import shutil
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from svdfaiss.errors import InvalidBundle, InvalidInput, NoBundle
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+CURRENT = "CURRENT"
+LOCK = ".lock"
+TMP_PREFIX = ".tmp-"
+MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+VERSION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
+
+
+def check_model_name(model: str) -> str:
+    if not MODEL_NAME.match(model):
+        raise InvalidInput(
+            f"model name {model!r} must be 1-100 letters, digits, '.', '_' or '-', starting "
+            "with a letter or digit"
+        )
+    return model
+
+
+def sha256_file(path: Path, chunk: int = 4 << 20) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def new_version() -> str:
+    """A sortable, unique version name: UTC time to the second and a random suffix."""
+    now = dt.datetime.now(dt.UTC)
+    return f"{now:%Y%m%dT%H%M%S}Z-{secrets.token_hex(2)}"
+
+
+def model_dir(index_dir: Path, model: str) -> Path:
+    return Path(index_dir) / check_model_name(model)
+
+
+@contextlib.contextmanager
+def model_lock(directory: Path) -> Iterator[None]:
+    """Exclusive lock of one model's folder for a build or an admin change."""
+    directory.mkdir(parents=True, exist_ok=True)
+    fd = os.open(directory / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise InvalidInput(
+                f"{directory}: another build or bundle command holds {directory / LOCK}; "
+                "wait for it to finish"
+            ) from None
+        # Holding the lock, any temporary folder left is from a process that died mid-build.
+        for stale in directory.glob(TMP_PREFIX + "*"):
+            if stale.is_dir():
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
+                stale.unlink(missing_ok=True)
+        yield
+    finally:
+        os.close(fd)
+
+
+class BundleWriter:
+    """Collects a bundle's files in a temporary folder; `publish` makes it the current one."""
+
+    def __init__(self, directory: Path) -> None:
+        self.model_dir = directory
+        self.tmp = directory / f"{TMP_PREFIX}{secrets.token_hex(6)}"
+        self.tmp.mkdir(parents=True)
+        self.files: list[str] = []
+
+    def path(self, name: str) -> Path:
+        self.files.append(name)
+        return self.tmp / name
+
+    def save_array(self, name: str, array: np.ndarray) -> None:
+        if array.dtype == object:
+            raise TypeError(f"{name}: object arrays would need pickle")
+        np.save(self.path(name), np.ascontiguousarray(array), allow_pickle=False)
+
+    def abort(self) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def publish(self, manifest: dict[str, Any], version: str) -> Path:
+        """Checksum and fsync every file, write the manifest, rename, then point CURRENT."""
+        if not VERSION_NAME.match(version):
+            raise InvalidInput(f"version name {version!r} is not a valid folder name")
+        target = self.model_dir / version
+        if target.exists():
+            raise InvalidInput(f"{target} already exists; choose another version name")
+        paths = [self.tmp / name for name in self.files]
+        with ThreadPoolExecutor(max_workers=2) as pool:  # hashlib releases the GIL
+            digests = list(pool.map(sha256_file, paths))
+            list(pool.map(_fsync_file, paths))
+        manifest["files"] = {
+            name: {"sha256": digest, "size": path.stat().st_size}
+            for name, path, digest in zip(self.files, paths, digests, strict=True)
+        }
+        manifest_path = self.tmp / MANIFEST
+        manifest_path.write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+        _fsync_file(manifest_path)
+        _fsync_dir(self.tmp)
+        os.rename(self.tmp, target)
+        _fsync_dir(self.model_dir)
+        set_current(self.model_dir, version)
+        return target
+
+
+def set_current(directory: Path, version: str) -> None:
+    """Atomically point CURRENT at a version (write a temporary file, fsync, os.replace)."""
+    tmp = directory / f"{TMP_PREFIX}{CURRENT}-{secrets.token_hex(4)}"
+    with tmp.open("w") as fh:
+        fh.write(version + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, directory / CURRENT)
+    _fsync_dir(directory)
+
+
+def read_current(directory: Path) -> str:
+    """The version CURRENT names; NoBundle when there is none."""
+    try:
+        version = (directory / CURRENT).read_text().strip()
+    except FileNotFoundError:
+        raise NoBundle(f"{directory}: no published bundle ({CURRENT} is missing)") from None
+    if not VERSION_NAME.match(version):
+        raise InvalidBundle(f"{directory / CURRENT}: does not name a version ({version!r})")
+    return version
+
+
+def read_manifest(version_dir: Path) -> dict[str, Any]:
+    path = version_dir / MANIFEST
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InvalidBundle(f"{path}: missing") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidBundle(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(manifest, dict) or manifest.get("format_version") != FORMAT_VERSION:
+        raise InvalidBundle(
+            f"{path}: unsupported bundle format {manifest.get('format_version')!r} "
+            f"(this svdfaiss reads format {FORMAT_VERSION})"
+            if isinstance(manifest, dict) else f"{path}: not a manifest object"
+        )
+    if not isinstance(manifest.get("files"), dict):
+        raise InvalidBundle(f"{path}: has no file list")
+    return manifest
+
+
+def verify(version_dir: Path, manifest: dict[str, Any] | None = None) -> list[str]:
+    """Problems of a bundle (missing files, size or sha256 mismatches); empty when intact."""
+    try:
+        manifest = manifest or read_manifest(version_dir)
+    except InvalidBundle as exc:
+        return [str(exc)]
+    problems: list[str] = []
+    entries = list(manifest["files"].items())
+    present = []
+    for name, meta in entries:
+        path = version_dir / name
+        if "/" in name or name.startswith("."):
+            problems.append(f"{name}: unsafe file name in manifest")
+        elif not path.is_file():
+            problems.append(f"{path}: missing")
+        elif path.stat().st_size != meta.get("size"):
+            problems.append(f"{path}: size {path.stat().st_size}, manifest says {meta.get('size')}")
+        else:
+            present.append((path, meta))
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        digests = list(pool.map(sha256_file, [p for p, _ in present]))
+    for (path, meta), digest in zip(present, digests, strict=True):
+        if digest != meta.get("sha256"):
+            problems.append(f"{path}: sha256 {digest[:12]}..., manifest says "
+                            f"{str(meta.get('sha256'))[:12]}...")
+    return problems
+
+
+@dataclass(frozen=True)
+class BundleInfo:
+    """One version of a model, as `bundles list` shows it."""
+
+    version: str
+    path: Path
+    created_at: str
+    current: bool
+    size_bytes: int
+    manifest: dict[str, Any] | None
+    error: str | None
+
+
+def list_bundles(directory: Path) -> list[BundleInfo]:
+    """Every version folder of a model, oldest first; broken ones carry their error."""
+    if not directory.is_dir():
+        return []
+    try:
+        current: str | None = read_current(directory)
+    except (NoBundle, InvalidBundle):
+        current = None
+    out = []
+    for path in directory.iterdir():
+        if not path.is_dir() or path.name.startswith("."):
+            continue
+        try:
+            manifest: dict[str, Any] | None = read_manifest(path)
+            error = None
+        except InvalidBundle as exc:
+            manifest, error = None, str(exc)
+        created = str(manifest.get("created_at", "")) if manifest else ""
+        size = sum(f.stat().st_size for f in path.iterdir() if f.is_file())
+        out.append(BundleInfo(path.name, path, created, path.name == current, size, manifest,
+                              error))
+    return sorted(out, key=lambda b: (b.created_at, b.version))
+
+
+def garbage_collect(directory: Path, keep: int) -> list[str]:
+    """Remove all but the `keep` newest versions (never the current one); returns removed."""
+    if keep < 1:
+        raise InvalidInput("--keep must be at least 1")
+    with model_lock(directory):
+        bundles = list_bundles(directory)
+        survivors = {b.version for b in bundles[-keep:]} | {b.version for b in bundles
+                                                           if b.current}
+        removed = []
+        for bundle in bundles:
+            if bundle.version not in survivors:
+                shutil.rmtree(bundle.path)
+                removed.append(bundle.version)
+        return removed
+
+
+def rollback(directory: Path, version: str) -> None:
+    """Point CURRENT at an existing version after verifying it."""
+    with model_lock(directory):
+        target = directory / version
+        if not VERSION_NAME.match(version) or not target.is_dir():
+            known = ", ".join(b.version for b in list_bundles(directory)) or "none"
+            raise InvalidInput(f"{directory}: no version {version!r} (versions: {known})")
+        problems = verify(target)
+        if problems:
+            raise InvalidBundle(f"{target} does not verify:\n  " + "\n  ".join(problems))
+        set_current(directory, version)
+
+
+def current_bundle(directory: Path) -> tuple[Path, dict[str, Any]]:
+    """The folder and manifest of the version CURRENT names."""
+    version = read_current(directory)
+    version_dir = directory / version
+    if not version_dir.is_dir():
+        raise InvalidBundle(f"{directory / CURRENT} names {version!r}, which does not exist")
+    return version_dir, read_manifest(version_dir)

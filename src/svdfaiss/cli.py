@@ -1,0 +1,478 @@
+"""The `svdfaiss` command line: parses flags, calls the library, prints results."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from svdfaiss import __version__, bundle
+from svdfaiss.errors import InvalidBundle, InvalidInput, NoBundle, UnknownItem, UnknownUser
+
+app = typer.Typer(
+    help="SVD embeddings of an interaction log, served from persisted FAISS indexes.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+bundles_app = typer.Typer(help="List, show, verify, garbage-collect and roll back bundles.",
+                          no_args_is_help=True)
+query_app = typer.Typer(help="Query the current bundle of a model from the command line.",
+                        no_args_is_help=True)
+app.add_typer(bundles_app, name="bundles")
+app.add_typer(query_app, name="query")
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+EXIT_CODES: dict[type[Exception], int] = {
+    InvalidInput: 2,
+    UnknownItem: 3,
+    UnknownUser: 3,
+    NoBundle: 4,
+    InvalidBundle: 5,
+}
+DEFAULT_INDEX_DIR = Path("indexes")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _clean_errors(func: F) -> F:
+    """Domain errors end the command with their message and a distinct exit code."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except tuple(EXIT_CODES) as exc:
+            err.print(f"[bold red]error:[/] {escape(str(exc))}")
+            code = next(c for t, c in EXIT_CODES.items() if isinstance(exc, t))
+            raise typer.Exit(code) from None
+        except MemoryError:
+            err.print("[bold red]error:[/] out of memory; lower --k or filter more rows")
+            raise typer.Exit(6) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+IndexDirOpt = Annotated[Path, typer.Option("--index-dir", "--out", help="Folder of bundles.",
+                                           envvar="SVDFAISS_INDEX_DIR")]
+ModelOpt = Annotated[str, typer.Option("--model", help="Model name.", envvar="SVDFAISS_MODEL")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+KOpt = Annotated[int, typer.Option("--k", min=1, max=100_000, help="Number of results.")]
+ListOpt = Annotated[list[str] | None, typer.Option(help="Repeatable.")]
+
+
+def version_callback(value: bool) -> None:
+    if value:
+        out.print(f"svdfaiss {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[bool, typer.Option("--version", callback=version_callback,
+                                          is_eager=True, help="Print the version.")] = False,
+) -> None:
+    """svdfaiss: from an interaction log to similar items and recommendations."""
+
+
+# ---------------------------------------------------------------------------- synth
+
+
+@app.command()
+@_clean_errors
+def synth(
+    out_dir: Annotated[Path, typer.Option("--out", help="Folder for events.csv and items.csv.")],
+    users: Annotated[int, typer.Option(min=2)] = 5_000,
+    items: Annotated[int, typer.Option(min=2)] = 2_000,
+    events: Annotated[int, typer.Option(min=2)] = 100_000,
+    categories: Annotated[int, typer.Option(min=1)] = 12,
+    single_event_share: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.4,
+    explicit: Annotated[bool, typer.Option(help="Write 1-5 ratings instead of quantities.")]
+    = False,
+    seed: int = 42,
+) -> None:
+    """Generate a sample catalog and event log with planted structure (deterministic)."""
+    from svdfaiss.synthetic import SampleSpec, write_sample
+
+    spec = SampleSpec(users=users, items=items, events=events, categories=categories,
+                      seed=seed, single_event_share=single_event_share, explicit=explicit)
+    files = write_sample(spec, out_dir)
+    out.print(f"wrote {files.rows:,} events to {files.events} and {items:,} items to "
+              f"{files.catalog}")
+
+
+# ---------------------------------------------------------------------------- build
+
+
+@contextlib.contextmanager
+def _stage_status(name: str) -> Iterator[None]:
+    """A spinner naming the running stage, only when stderr is a terminal."""
+    if err.is_terminal:
+        with err.status(f"{name}..."):
+            yield
+    else:
+        yield
+
+
+@app.command()
+@_clean_errors
+def build(
+    input_path: Annotated[Path, typer.Argument(metavar="INPUT",
+                                               help="Interactions: CSV, TSV or Parquet.")],
+    model: ModelOpt = "default",
+    index_dir: IndexDirOpt = DEFAULT_INDEX_DIR,
+    fmt: Annotated[str, typer.Option("--format", help="auto|csv|tsv|parquet")] = "auto",
+    header: Annotated[bool | None, typer.Option("--header/--no-header",
+                                                help="Default: detected.")] = None,
+    delimiter: Annotated[str | None, typer.Option(help="Default: detected (',' or tab).")]
+    = None,
+    user_col: Annotated[str | None, typer.Option(help="Name or 0-based number.")] = None,
+    item_col: Annotated[str | None, typer.Option(help="Name or 0-based number.")] = None,
+    value_col: Annotated[str | None, typer.Option(help="Rating or count column.")] = None,
+    timestamp_col: Annotated[str | None, typer.Option()] = None,
+    no_value: Annotated[bool, typer.Option("--no-value",
+                                           help="Ignore any value column: one row, one event.")]
+    = False,
+    feedback: Annotated[str, typer.Option(help="auto|explicit|implicit")] = "auto",
+    duplicates: Annotated[str, typer.Option(
+        help="Explicit ratings given twice: last (by timestamp, then file order) or mean. "
+             "Implicit counts always sum.")] = "last",
+    strict: Annotated[bool, typer.Option(help="Any unusable row is an error.")] = False,
+    min_user_interactions: Annotated[int, typer.Option(min=1)] = 1,
+    min_item_interactions: Annotated[int, typer.Option(min=1)] = 1,
+    weighting: Annotated[str, typer.Option(help="auto|none|binary|log|bm25")] = "auto",
+    beta: Annotated[float, typer.Option(help="Item popularity scaling n_j^-beta, in [0, 1].")]
+    = 0.0,
+    k: Annotated[int, typer.Option("--k", help="SVD components.")] = 64,
+    gamma: Annotated[float, typer.Option(help="Item vectors for similarity: V S^gamma.")] = 1.0,
+    solver: Annotated[str, typer.Option(help="arpack|randomized")] = "arpack",
+    index: Annotated[str, typer.Option("--index", help="auto|flat|hnsw|ivf (items).")] = "auto",
+    user_index: Annotated[str, typer.Option(help="auto|flat|hnsw|ivf|none (similar users).")]
+    = "auto",
+    hnsw_m: int = 32,
+    hnsw_ef_construction: int = 64,
+    hnsw_ef_search: int = 128,
+    ivf_nlist: Annotated[int, typer.Option(help="0: about sqrt(rows).")] = 0,
+    ivf_nprobe: int = 32,
+    items_catalog: Annotated[Path | None, typer.Option(
+        "--items", help="Catalog CSV/Parquet with item_id, title, category, price.")] = None,
+    seed: int = 0,
+    version: Annotated[str | None, typer.Option(help="Version name (default: UTC time).")]
+    = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Build a bundle from an interaction log and publish it as the model's CURRENT version."""
+    from svdfaiss.builder import BuildConfig
+    from svdfaiss.builder import build as run_build
+    from svdfaiss.data import ReadOptions
+    from svdfaiss.index import IndexParams
+
+    choices = {"--format": (fmt, ("auto", "csv", "tsv", "parquet")),
+               "--feedback": (feedback, ("auto", "explicit", "implicit")),
+               "--duplicates": (duplicates, ("last", "mean")),
+               "--weighting": (weighting, ("auto", "none", "binary", "log", "bm25")),
+               "--solver": (solver, ("arpack", "randomized")),
+               "--index": (index, ("auto", "flat", "hnsw", "ivf")),
+               "--user-index": (user_index, ("auto", "flat", "hnsw", "ivf", "none"))}
+    for flag, (value, allowed) in choices.items():
+        if value not in allowed:
+            raise InvalidInput(f"{flag} {value!r}: choose one of {', '.join(allowed)}")
+
+    def index_params(kind: str) -> IndexParams:
+        return IndexParams(kind=kind, hnsw_m=hnsw_m,  # type: ignore[arg-type]
+                           hnsw_ef_construction=hnsw_ef_construction,
+                           hnsw_ef_search=hnsw_ef_search, ivf_nlist=ivf_nlist,
+                           ivf_nprobe=ivf_nprobe)
+
+    config = BuildConfig(
+        input=input_path,
+        model=model,
+        index_dir=index_dir,
+        read=ReadOptions(format=fmt, header=header, delimiter=delimiter,  # type: ignore[arg-type]
+                         user_col=user_col, item_col=item_col, value_col=value_col,
+                         timestamp_col=timestamp_col, no_value=no_value,
+                         feedback=feedback, duplicates=duplicates,  # type: ignore[arg-type]
+                         strict=strict),
+        min_user_interactions=min_user_interactions,
+        min_item_interactions=min_item_interactions,
+        weighting=weighting,  # type: ignore[arg-type]
+        beta=beta,
+        k=k,
+        gamma=gamma,
+        solver=solver,  # type: ignore[arg-type]
+        item_index=index_params(index),
+        user_index=None if user_index == "none" else index_params(user_index),
+        catalog=items_catalog,
+        seed=seed,
+        version=version,
+    )
+    report = run_build(config, _stage_status)
+    if json_out:
+        out.print_json(json.dumps({"path": str(report.path), **report.manifest}))
+    else:
+        print_summary(report.path, report.manifest)
+
+
+def _fmt_int(n: Any) -> str:
+    return f"{int(n):,}"
+
+
+def print_summary(path: Path, manifest: dict[str, Any]) -> None:
+    """One screen: rows, reasons, shape, factorization, indexes, stage times, path."""
+    rows, counts = manifest["rows"], manifest["counts"]
+    fact, params = manifest["factorization"], manifest["parameters"]
+    table = Table(title=f"svdfaiss build: model {manifest['model']}, version "
+                        f"{manifest['version']}", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("input", f"{manifest['input']['path']} ({manifest['input']['feedback']}, "
+                           f"columns {', '.join(f'{k}={v}' for k, v in manifest['input']['columns'].items() if v and k != 'feedback')})")  # noqa: E501
+    table.add_row("rows read", _fmt_int(rows["read"]))
+    table.add_row("rows used", f"{_fmt_int(rows['used'])} ({_fmt_int(rows['duplicates_merged'])}"
+                               f" duplicates merged, {_fmt_int(rows['removed_by_filters'])} "
+                               "removed by minimum-interaction filters)")
+    table.add_row("rows rejected", _fmt_int(rows["rejected"]))
+    for reason, count in rows["rejected_by_reason"].items():
+        where = [str(e["line"]) for e in rows["rejected_examples"] if e["reason"] == reason]
+        table.add_row("", f"  {reason}: {_fmt_int(count)} (line {', '.join(where)}"
+                          f"{', ...' if count > len(where) else ''})")
+    table.add_row("users x items", f"{_fmt_int(counts['users'])} x {_fmt_int(counts['items'])},"
+                                   f" {_fmt_int(counts['interactions'])} interactions, density "
+                                   f"{counts['density']:.2e}")
+    w = params["weighting"]
+    table.add_row("factorization", f"k={fact['k']}, weighting {w['scheme']}, beta {w['beta']},"
+                                   f" explained energy {fact['explained_energy']:.1%}")
+    for name, meta in manifest["indexes"].items():
+        table.add_row(f"index {name}", f"{meta['type']} over {_fmt_int(meta['rows'])} x "
+                                       f"{meta['dim']} ({meta['metric']})")
+    if manifest.get("catalog"):
+        cat = manifest["catalog"]
+        table.add_row("catalog", f"{cat['matched_items']:,} of {counts['items']:,} items matched"
+                                 f" ({cat['path']})")
+    timings = manifest["timings_seconds"]
+    table.add_row("seconds", ", ".join(f"{k} {v:.2f}" for k, v in timings.items())
+                  + f"; total {sum(timings.values()):.2f}")
+    table.add_row("bundle", str(path))
+    out.print(table)
+
+
+# ---------------------------------------------------------------------------- bundles
+
+
+@bundles_app.command("list")
+@_clean_errors
+def bundles_list(model: ModelOpt = "default", index_dir: IndexDirOpt = DEFAULT_INDEX_DIR,
+                 json_out: JsonOpt = False) -> None:
+    """Every version of a model, oldest first; * marks CURRENT."""
+    directory = bundle.model_dir(index_dir, model)
+    infos = bundle.list_bundles(directory)
+    if json_out:
+        out.print_json(json.dumps([{"version": b.version, "current": b.current,
+                                    "created_at": b.created_at, "size_bytes": b.size_bytes,
+                                    "error": b.error} for b in infos]))
+        return
+    if not infos:
+        raise NoBundle(f"{directory}: no bundles")
+    table = Table("", "version", "created at", "users", "items", "size")
+    for b in infos:
+        c = (b.manifest or {}).get("counts", {})
+        table.add_row("*" if b.current else "", b.version, b.created_at or (b.error or ""),
+                      _fmt_int(c.get("users", 0)), _fmt_int(c.get("items", 0)),
+                      f"{b.size_bytes / 1e6:.1f} MB")
+    out.print(table)
+
+
+@bundles_app.command("show")
+@_clean_errors
+def bundles_show(
+    version: Annotated[str | None, typer.Argument(help="Default: CURRENT.")] = None,
+    model: ModelOpt = "default",
+    index_dir: IndexDirOpt = DEFAULT_INDEX_DIR,
+) -> None:
+    """Print a version's manifest (JSON)."""
+    directory = bundle.model_dir(index_dir, model)
+    version = version or bundle.read_current(directory)
+    out.print_json(json.dumps(bundle.read_manifest(directory / version)))
+
+
+@bundles_app.command("verify")
+@_clean_errors
+def bundles_verify(
+    version: Annotated[str | None, typer.Argument(help="Default: CURRENT.")] = None,
+    model: ModelOpt = "default",
+    index_dir: IndexDirOpt = DEFAULT_INDEX_DIR,
+) -> None:
+    """Check every file of a version against the manifest's size and sha256."""
+    directory = bundle.model_dir(index_dir, model)
+    version = version or bundle.read_current(directory)
+    problems = bundle.verify(directory / version)
+    if problems:
+        raise InvalidBundle(f"{directory / version} does not verify:\n  " + "\n  ".join(problems))
+    out.print(f"{directory / version}: ok")
+
+
+@bundles_app.command("gc")
+@_clean_errors
+def bundles_gc(
+    keep: Annotated[int, typer.Option(min=1, help="Newest versions to keep.")] = 3,
+    model: ModelOpt = "default",
+    index_dir: IndexDirOpt = DEFAULT_INDEX_DIR,
+) -> None:
+    """Delete old versions, keeping the newest N and always CURRENT."""
+    removed = bundle.garbage_collect(bundle.model_dir(index_dir, model), keep)
+    out.print(f"removed {len(removed)} version(s)" + (": " + ", ".join(removed) if removed
+                                                      else ""))
+
+
+@bundles_app.command("rollback")
+@_clean_errors
+def bundles_rollback(
+    version: Annotated[str, typer.Argument(help="Version to make CURRENT.")],
+    model: ModelOpt = "default",
+    index_dir: IndexDirOpt = DEFAULT_INDEX_DIR,
+) -> None:
+    """Point CURRENT at an older (verified) version."""
+    directory = bundle.model_dir(index_dir, model)
+    bundle.rollback(directory, version)
+    out.print(f"{model}: CURRENT is now {version}")
+
+
+# ---------------------------------------------------------------------------- query
+
+
+def _print_results(rec: Any, results: Any, json_out: bool, id_key: str = "item_id",
+                   extra: dict[str, Any] | None = None) -> None:
+    records = results.records(id_key)
+    if json_out:
+        payload: dict[str, Any] = {"model": rec.model, "version": rec.version}
+        payload.update(extra or {})
+        payload["users" if id_key == "user_id" else "items"] = records
+        sys.stdout.write(json.dumps(payload, ensure_ascii=False) + "\n")
+        return
+    columns = list(records[0].keys()) if records else [id_key, "score"]
+    table = Table("#", *columns, title=f"model {rec.model}, version {rec.version}",
+                  title_justify="left")
+    for rank, r in enumerate(records, 1):
+        table.add_row(str(rank), *[f"{v:.4f}" if isinstance(v, float) else str(v)
+                                   for v in r.values()])
+    out.print(table)
+
+
+def _load(index_dir: Path, model: str) -> Any:
+    from svdfaiss.recommender import Recommender
+
+    return Recommender.load(index_dir, model)
+
+
+@query_app.command("similar")
+@_clean_errors
+def query_similar(item_id: str, model: ModelOpt = "default",
+                  index_dir: IndexDirOpt = DEFAULT_INDEX_DIR, k: KOpt = 10,
+                  items: ListOpt = None, filter_items: ListOpt = None,
+                  json_out: JsonOpt = False) -> None:
+    """Items similar to ITEM_ID."""
+    rec = _load(index_dir, model)
+    _print_results(rec, rec.similar_items(item_id, k, items, filter_items), json_out)
+
+
+@query_app.command("recommend")
+@_clean_errors
+def query_recommend(
+    user_id: str, model: ModelOpt = "default", index_dir: IndexDirOpt = DEFAULT_INDEX_DIR,
+    k: KOpt = 10,
+    exclude_seen: Annotated[bool, typer.Option("--exclude-seen/--include-seen")] = True,
+    items: ListOpt = None, filter_items: ListOpt = None, json_out: JsonOpt = False,
+) -> None:
+    """Recommendations for USER_ID."""
+    rec = _load(index_dir, model)
+    _print_results(rec, rec.recommend(user_id, k, exclude_seen, items, filter_items), json_out)
+
+
+@query_app.command("similar-users")
+@_clean_errors
+def query_similar_users(user_id: str, model: ModelOpt = "default",
+                        index_dir: IndexDirOpt = DEFAULT_INDEX_DIR, k: KOpt = 10,
+                        json_out: JsonOpt = False) -> None:
+    """Users similar to USER_ID."""
+    rec = _load(index_dir, model)
+    _print_results(rec, rec.similar_users(user_id, k), json_out, id_key="user_id")
+
+
+@query_app.command("basket")
+@_clean_errors
+def query_basket(
+    item_ids: Annotated[list[str], typer.Argument(help="Items of an anonymous basket.")],
+    model: ModelOpt = "default", index_dir: IndexDirOpt = DEFAULT_INDEX_DIR, k: KOpt = 10,
+    items: ListOpt = None, filter_items: ListOpt = None, json_out: JsonOpt = False,
+) -> None:
+    """Recommendations for a list of items (fold-in of an unseen user)."""
+    rec = _load(index_dir, model)
+    results = rec.recommend_for_items(item_ids, k, True, items, filter_items)
+    if results.unknown and not json_out:
+        err.print(f"ignored unknown item ids: {', '.join(results.unknown)}")
+    _print_results(rec, results, json_out, extra={"unknown_item_ids": results.unknown})
+
+
+@query_app.command("score")
+@_clean_errors
+def query_score(user_id: str, item_id: str, model: ModelOpt = "default",
+                index_dir: IndexDirOpt = DEFAULT_INDEX_DIR, json_out: JsonOpt = False) -> None:
+    """The model's score of ITEM_ID for USER_ID."""
+    rec = _load(index_dir, model)
+    value = rec.score(user_id, item_id)
+    if json_out:
+        sys.stdout.write(json.dumps({"model": rec.model, "version": rec.version,
+                                     "user_id": user_id, "item_id": item_id,
+                                     "score": value}) + "\n")
+    else:
+        out.print(f"{value:.6f}")
+
+
+# ---------------------------------------------------------------------------- demo
+
+
+@app.command()
+@_clean_errors
+def demo(
+    workdir: Annotated[Path, typer.Option(help="Where the sample data goes.")] = Path("data"),
+    index_dir: IndexDirOpt = DEFAULT_INDEX_DIR,
+    model: ModelOpt = "sample",
+) -> None:
+    """Generate the built-in sample, build a bundle from it, and show how to query it."""
+    from svdfaiss.builder import BuildConfig
+    from svdfaiss.builder import build as run_build
+    from svdfaiss.recommender import Recommender
+    from svdfaiss.synthetic import SampleSpec, write_sample
+
+    files = write_sample(SampleSpec(), workdir / "sample")
+    out.print(f"sample data: {files.events} ({files.rows:,} events), {files.catalog}")
+    report = run_build(BuildConfig(input=files.events, model=model, index_dir=index_dir,
+                                   catalog=files.catalog), _stage_status)
+    print_summary(report.path, report.manifest)
+    rec = Recommender.load(index_dir, model)
+    item = rec.similar_items(rec.recommend(_first_user(rec), 1).ids[0], 1).ids[0]
+    user = _first_user(rec)
+    base = f"svdfaiss query {{}} --model {model} --index-dir {index_dir}"
+    out.print("\nTry:")
+    out.print(f"  {base.format('similar ' + item)} --k 5")
+    out.print(f"  {base.format('recommend ' + user)} --k 5")
+    out.print(f"  {base.format('basket ' + item)} --json")
+
+
+def _first_user(rec: Any) -> str:
+    from svdfaiss.data import decode_ids
+
+    return decode_ids(rec.user_ids[:1])[0]
+
+

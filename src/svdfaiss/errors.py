@@ -1,0 +1,39 @@
+"""Domain exceptions raised by the core library; front ends map them to exit codes or HTTP."""
+
+
+class SvdfaissError(Exception):
+    """Base class of every error svdfaiss raises on purpose."""
+
+
+class InvalidInput(SvdfaissError, ValueError):
+    """Input data or parameters cannot be used; the message names the file, line, field or id."""
+
+
+class InvalidBundle(SvdfaissError):
+    """A bundle on disk is missing a file, fails its checksum or cannot be parsed."""
+
+
+class NoBundle(SvdfaissError):
+    """No published bundle exists for the requested model."""
+
+
+class UnknownItem(SvdfaissError, KeyError):
+    """An item id that the loaded model does not know."""
+
+    def __init__(self, item_id: str) -> None:
+        super().__init__(item_id)
+        self.item_id = item_id
+
+    def __str__(self) -> str:
+        return f"unknown item id {self.item_id!r}"
+
+
+class UnknownUser(SvdfaissError, KeyError):
+    """A user id that the loaded model does not know."""
+
+    def __init__(self, user_id: str) -> None:
+        super().__init__(user_id)
+        self.user_id = user_id
+
+    def __str__(self) -> str:
+        return f"unknown user id {self.user_id!r}"

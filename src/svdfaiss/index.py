@@ -1,0 +1,215 @@
+"""FAISS indexes over embedding rows: build, persist, and filtered k-NN search.
+
+Every index uses inner product. Similarity indexes hold L2-normalised rows (so inner
+product is cosine). The recommendation index solves maximum inner product search (MIPS)
+with the standard reduction: each item vector v gets an extra coordinate
+sqrt(M^2 - |v|^2), M the largest norm, and queries get 0, so all stored vectors have norm
+M and graph or cluster indexes see a cosine problem, where their recall is high, while the
+scores stay exactly q . v.
+
+A row's position in an index is its internal id (the rank of its external id), so no
+IndexIDMap is needed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import faiss
+import numpy as np
+
+from svdfaiss.errors import InvalidBundle, InvalidInput
+
+IndexKind = Literal["auto", "flat", "hnsw", "ivf"]
+INDEX_KINDS: tuple[str, ...] = ("auto", "flat", "hnsw", "ivf")
+
+
+@dataclass(frozen=True)
+class IndexParams:
+    """How to index one set of vectors; `auto` picks by size (thresholds from benchmarks)."""
+
+    kind: IndexKind = "auto"
+    flat_max: int = 20_000  # auto: exact search up to this many rows (about 0.2 ms at 64-d)
+    hnsw_max: int = 1_000_000  # auto: HNSW up to this many rows, IVF above
+    hnsw_m: int = 32
+    hnsw_ef_construction: int = 64
+    hnsw_ef_search: int = 128
+    ivf_nlist: int = 0  # 0: about sqrt(n)
+    ivf_nprobe: int = 32
+    ivf_train_sample: int = 200_000
+
+    def resolved(self, n: int) -> IndexParams:
+        """These parameters with `auto` (and nlist 0) replaced by concrete choices for n rows."""
+        if self.kind not in INDEX_KINDS:
+            raise InvalidInput(
+                f"unknown index type {self.kind!r}; choose one of {', '.join(INDEX_KINDS)}"
+            )
+        kind = self.kind
+        if kind == "auto":
+            kind = "flat" if n <= self.flat_max else "hnsw" if n <= self.hnsw_max else "ivf"
+        nlist = self.ivf_nlist or max(1, min(65_536, int(math.sqrt(n))))
+        nlist = min(nlist, max(1, n // 39))  # FAISS wants about 39 training points per list
+        return replace(self, kind=kind, ivf_nlist=nlist)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def normalize_rows(vectors: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm (zero rows stay zero), float32 and contiguous."""
+    out = np.ascontiguousarray(vectors, dtype=np.float32).copy()
+    norms = np.linalg.norm(out, axis=1, keepdims=True)
+    np.divide(out, norms, out=out, where=norms > 0)
+    return out
+
+
+def mips_augment(item_vectors: np.ndarray) -> np.ndarray:
+    """Items with the extra coordinate sqrt(M^2 - |v|^2) that turns MIPS into cosine search."""
+    v = np.ascontiguousarray(item_vectors, dtype=np.float32)
+    sq = np.einsum("ij,ij->i", v, v, dtype=np.float64)
+    extra = np.sqrt(np.maximum(sq.max() - sq, 0.0)).astype(np.float32)
+    return np.ascontiguousarray(np.hstack([v, extra[:, None]]))
+
+
+def mips_query(queries: np.ndarray) -> np.ndarray:
+    """Queries with the zero coordinate that matches `mips_augment`."""
+    q = np.atleast_2d(np.asarray(queries, dtype=np.float32))
+    return np.ascontiguousarray(np.hstack([q, np.zeros((q.shape[0], 1), dtype=np.float32)]))
+
+
+def build_index(vectors: np.ndarray, params: IndexParams, seed: int = 0) -> faiss.Index:
+    """An inner-product index over vectors with the (resolved) parameters."""
+    x = np.ascontiguousarray(vectors, dtype=np.float32)
+    n, d = x.shape
+    p = params.resolved(n)
+    index: faiss.Index
+    if p.kind == "flat":
+        index = faiss.IndexFlatIP(d)
+    elif p.kind == "hnsw":
+        index = faiss.IndexHNSWFlat(d, p.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = p.hnsw_ef_construction
+        index.hnsw.efSearch = p.hnsw_ef_search
+    else:
+        quantizer = faiss.IndexFlatIP(d)
+        index = faiss.IndexIVFFlat(quantizer, d, p.ivf_nlist, faiss.METRIC_INNER_PRODUCT)
+        sample = x
+        if n > p.ivf_train_sample:
+            rows = np.random.default_rng(seed).choice(n, p.ivf_train_sample, replace=False)
+            sample = x[np.sort(rows)]
+        index.cp.seed = seed
+        index.train(sample)
+        index.nprobe = p.ivf_nprobe
+    index.add(x)
+    return index
+
+
+def kind_of(index: faiss.Index) -> str:
+    """The index family of a loaded FAISS index."""
+    inner = faiss.downcast_index(index)
+    if isinstance(inner, faiss.IndexHNSW):
+        return "hnsw"
+    if isinstance(inner, faiss.IndexIVF):
+        return "ivf"
+    return "flat"
+
+
+def write_index(index: faiss.Index, path: Path) -> None:
+    faiss.write_index(index, str(path))
+
+
+def read_index(path: Path) -> faiss.Index:
+    """Load an index; FAISS errors become InvalidBundle naming the file."""
+    try:
+        return faiss.read_index(str(path))  # already the concrete class
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unreadable"
+        raise InvalidBundle(f"{path}: not a readable FAISS index ({first})") from None
+
+
+def selector_for(
+    allowed: np.ndarray | None, excluded: np.ndarray | None
+) -> faiss.IDSelector | None:
+    """An IDSelector keeping `allowed` (all when None) minus `excluded`; None when no filter.
+
+    Python objects FAISS only references are attached to the returned selector
+    (`referenced_objects`) so they live as long as it does.
+    """
+    parts: list[faiss.IDSelector] = []
+    keep: list[object] = []
+    if allowed is not None:
+        ids = np.ascontiguousarray(allowed, dtype=np.int64)
+        parts.append(faiss.IDSelectorBatch(ids.size, faiss.swig_ptr(ids)))
+        keep.append(ids)
+    if excluded is not None and excluded.size:
+        ids = np.ascontiguousarray(excluded, dtype=np.int64)
+        inner = faiss.IDSelectorBatch(ids.size, faiss.swig_ptr(ids))
+        parts.append(faiss.IDSelectorNot(inner))
+        keep += [ids, inner]
+    if not parts:
+        return None
+    selector = parts[0] if len(parts) == 1 else faiss.IDSelectorAnd(parts[0], parts[1])
+    selector.referenced_objects = keep + parts
+    return selector
+
+
+def search(
+    index: faiss.Index,
+    queries: np.ndarray,
+    k: int,
+    selector: faiss.IDSelector | None = None,
+    effort: int = 1,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, ids) of the k best rows per query; ids -1 where fewer were found.
+
+    Parameters travel per call in SearchParameters and never mutate the shared index, so
+    concurrent searches with different settings are safe (faiss #2204). `effort` multiplies
+    efSearch or nprobe for retries when a filter leaves too few results.
+    """
+    q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
+    kind = kind_of(index)
+    params: Any
+    if kind == "hnsw":
+        inner = faiss.downcast_index(index)
+        params = faiss.SearchParametersHNSW()
+        params.efSearch = max(inner.hnsw.efSearch, k) * effort
+    elif kind == "ivf":
+        inner = faiss.downcast_index(index)
+        params = faiss.SearchParametersIVF()
+        params.nprobe = min(inner.nlist, inner.nprobe * effort)
+    else:
+        params = faiss.SearchParameters()
+    if selector is not None:
+        params.sel = selector
+    scores, ids = index.search(q, k, params=params)
+    return scores, ids
+
+
+def check_index(index: faiss.Index, path: Path, rows: int, dim: int) -> None:
+    """Raise InvalidBundle when an index does not have the shape the manifest promises."""
+    if index.ntotal != rows or index.d != dim:
+        raise InvalidBundle(
+            f"{path}: index has {index.ntotal} rows of dimension {index.d}, manifest says "
+            f"{rows} x {dim}"
+        )
+
+
+def exact_top_k(
+    vectors: np.ndarray, query: np.ndarray, k: int, candidates: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact inner-product top-k of one query over vectors (optionally a candidate subset).
+
+    Ties are broken by the lower internal id, so results are deterministic.
+    """
+    rows = vectors if candidates is None else vectors[candidates]
+    scores = np.asarray(rows @ np.asarray(query, dtype=np.float32).ravel(), dtype=np.float32)
+    ids = np.arange(scores.size) if candidates is None else np.asarray(candidates)
+    k = min(k, scores.size)
+    if k == 0:
+        return np.empty(0, dtype=np.float32), np.empty(0, dtype=np.int64)
+    top = np.argpartition(-scores, k - 1)[:k] if k < scores.size else np.arange(scores.size)
+    order = np.lexsort((ids[top], -scores[top]))
+    chosen = top[order]
+    return scores[chosen], ids[chosen].astype(np.int64)

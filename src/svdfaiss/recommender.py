@@ -1,0 +1,337 @@
+"""The query-time model: one immutable object over a loaded bundle, no HTTP, no CLI.
+
+Vocabulary follows benfred/implicit: `items` is an allow-list, `filter_items` a deny-list
+(both may be given: the allowed items minus the denied ones). Every query returns exactly k
+results whenever at least k candidates pass the filters, falling back to wider or exact
+search when an approximate index returns fewer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+import pyarrow.parquet as pq
+import scipy.sparse as sp
+
+from svdfaiss import bundle
+from svdfaiss.data import decode_ids, lookup
+from svdfaiss.errors import InvalidBundle, InvalidInput, UnknownItem, UnknownUser
+from svdfaiss.factorize import fold_in
+from svdfaiss.index import (
+    check_index,
+    exact_top_k,
+    mips_query,
+    normalize_rows,
+    read_index,
+    search,
+    selector_for,
+)
+from svdfaiss.weighting import WeightingParams, weight_rows
+
+# Allow-lists up to this many candidates are scored exactly with numpy: faster than a
+# filtered ANN walk and exact by construction.
+EXACT_CANDIDATES = 8192
+RETRY_EFFORTS = (4, 16)
+
+
+@dataclass(frozen=True)
+class Results:
+    """Ranked results: external ids, scores, internal indexes and catalog fields."""
+
+    ids: list[str]
+    scores: list[float]
+    indexes: np.ndarray
+    fields: dict[str, list[Any]] = field(default_factory=dict)
+    unknown: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def records(self, id_key: str = "item_id") -> list[dict[str, Any]]:
+        out = []
+        for i, (ext, score) in enumerate(zip(self.ids, self.scores, strict=True)):
+            rec: dict[str, Any] = {id_key: ext, "score": score}
+            for name, values in self.fields.items():
+                rec[name] = values[i]
+            out.append(rec)
+        return out
+
+
+@dataclass(frozen=True)
+class _Space:
+    """One searchable set of vectors: its index, and exact scoring over candidate rows."""
+
+    index: faiss.Index
+    size: int
+    query_transform: Callable[[np.ndarray], np.ndarray]
+    exact_vectors: Callable[[np.ndarray | None], np.ndarray]
+
+
+def _load_array(version_dir: Path, name: str) -> np.ndarray:
+    try:
+        return np.load(version_dir / name, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise InvalidBundle(f"{version_dir / name}: not a readable .npy array ({exc})") from None
+
+
+class Recommender:
+    """Similar items, recommendations, similar users, basket fold-in and scores for a bundle."""
+
+    def __init__(self, version_dir: Path, manifest: dict[str, Any]) -> None:
+        self.path = version_dir
+        self.manifest = manifest
+        self.model: str = manifest["model"]
+        self.version: str = manifest["version"]
+        load = lambda name: _load_array(version_dir, name)  # noqa: E731
+        self.item_ids = load("item_ids.npy")
+        self.user_ids = load("user_ids.npy")
+        self.item_vectors = load("item_vectors.npy")
+        self.item_factors = load("item_factors.npy")
+        self.item_scale = load("item_scale.npy")
+        self.n_users = int(self.user_ids.shape[0])
+        self.n_items = int(self.item_ids.shape[0])
+        self.rows = sp.csr_matrix(
+            (load("rows_values.npy"), load("rows_indices.npy"), load("rows_indptr.npy")),
+            shape=(self.n_users, self.n_items),
+        )
+        self.weighting = WeightingParams(**manifest["parameters"]["weighting"])
+        indexes = manifest["indexes"]
+        self._items = self._space(indexes["items"], self.item_vectors, lambda q: q)
+        self._mips = self._space(indexes["items_mips"], self.item_factors, mips_query)
+        self._users: _Space | None = None
+        if "users" in indexes:
+            self._users = self._space(indexes["users"], None, lambda q: q)
+        self.catalog: dict[str, np.ndarray] = {}
+        if "catalog.parquet" in manifest["files"]:
+            table = pq.read_table(version_dir / "catalog.parquet")
+            self.catalog = {n: table[n].to_numpy(zero_copy_only=False) for n in table.column_names}
+
+    def _space(
+        self,
+        meta: dict[str, Any],
+        vectors: np.ndarray | None,
+        transform: Callable[[np.ndarray], np.ndarray],
+    ) -> _Space:
+        path = self.path / meta["file"]
+        index = read_index(path)
+        check_index(index, path, meta["rows"], meta["dim"])
+        if vectors is not None:
+            fixed = vectors
+
+            def exact(candidates: np.ndarray | None) -> np.ndarray:
+                return fixed if candidates is None else fixed[candidates]
+        else:
+            exact = self._user_vectors
+        return _Space(index, int(meta["rows"]), transform, exact)
+
+    # ------------------------------------------------------------------ loading
+
+    @classmethod
+    def load(cls, index_dir: Path, model: str, verify: bool = True) -> Recommender:
+        """Load the version CURRENT names; with verify, every checksum is checked first."""
+        version_dir, manifest = bundle.current_bundle(bundle.model_dir(Path(index_dir), model))
+        return cls.open(version_dir, manifest, verify=verify)
+
+    @classmethod
+    def open(
+        cls, version_dir: Path, manifest: dict[str, Any] | None = None, verify: bool = True
+    ) -> Recommender:
+        """Load one version folder; checksums are verified before FAISS parses any file."""
+        manifest = manifest or bundle.read_manifest(version_dir)
+        if verify:
+            problems = bundle.verify(version_dir, manifest)
+            if problems:
+                raise InvalidBundle(f"{version_dir} does not verify: " + "; ".join(problems))
+        try:
+            return cls(version_dir, manifest)
+        except (KeyError, TypeError) as exc:
+            raise InvalidBundle(f"{version_dir}: manifest lacks or mistypes {exc}") from None
+
+    # ------------------------------------------------------------------ id mapping
+
+    def item_index(self, item_id: str) -> int:
+        found = int(lookup(self.item_ids, [item_id])[0])
+        if found < 0:
+            raise UnknownItem(item_id)
+        return found
+
+    def user_index(self, user_id: str) -> int:
+        found = int(lookup(self.user_ids, [user_id])[0])
+        if found < 0:
+            raise UnknownUser(user_id)
+        return found
+
+    def _item_set(self, item_ids: Iterable[str] | None) -> np.ndarray | None:
+        """Internal indexes of the known ids of a filter list (unknown ids cannot match)."""
+        if item_ids is None:
+            return None
+        found = lookup(self.item_ids, list(item_ids))
+        return np.unique(found[found >= 0])
+
+    def _user_set(self, user_ids: Iterable[str] | None) -> np.ndarray | None:
+        if user_ids is None:
+            return None
+        found = lookup(self.user_ids, list(user_ids))
+        return np.unique(found[found >= 0])
+
+    # ------------------------------------------------------------------ vectors
+
+    def seen_items(self, user: int) -> np.ndarray:
+        """Internal indexes of the items a known user interacted with."""
+        start, end = self.rows.indptr[user], self.rows.indptr[user + 1]
+        return np.asarray(self.rows.indices[start:end], dtype=np.int64)
+
+    def _fold_rows(self, raw_rows: sp.csr_matrix) -> np.ndarray:
+        return fold_in(weight_rows(raw_rows, self.weighting, self.item_scale), self.item_factors)
+
+    def user_vector(self, user: int) -> np.ndarray:
+        """q = x V for a known user: equal to that user's row of U S."""
+        return self._fold_rows(self.rows[user : user + 1])[0]
+
+    def _user_vectors(self, candidates: np.ndarray | None) -> np.ndarray:
+        rows = self.rows if candidates is None else self.rows[candidates]
+        return normalize_rows(self._fold_rows(rows))
+
+    def basket_vector(self, items: np.ndarray) -> np.ndarray:
+        """q = x V for an anonymous basket; repeated items count like repeated events."""
+        counts = np.bincount(items, minlength=self.n_items).astype(np.float32)
+        nz = np.flatnonzero(counts)
+        row = sp.csr_matrix((counts[nz], nz, [0, nz.size]), shape=(1, self.n_items))
+        return self._fold_rows(row)[0]
+
+    # ------------------------------------------------------------------ search core
+
+    def _top_k(
+        self,
+        space: _Space,
+        query: np.ndarray,
+        k: int,
+        allowed: np.ndarray | None,
+        excluded: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        if k < 1:
+            raise InvalidInput(f"k must be at least 1, got {k}")
+        excluded = np.unique(excluded)
+        if allowed is not None:
+            candidates: np.ndarray | None = np.setdiff1d(allowed, excluded, assume_unique=True)
+            n_candidates = int(candidates.size)  # type: ignore[union-attr]
+        else:
+            candidates = None
+            n_candidates = space.size - int(excluded.size)
+        k = min(k, n_candidates)
+        if k <= 0:
+            return np.empty(0, dtype=np.float32), np.empty(0, dtype=np.int64)
+        if candidates is not None and n_candidates <= EXACT_CANDIDATES:
+            return exact_top_k(space.exact_vectors(candidates), query, k, candidates)
+        selector = selector_for(allowed, excluded)
+        q = space.query_transform(query[None, :])
+        for effort in (1, *RETRY_EFFORTS):
+            scores, ids = search(space.index, q, k, selector, effort)
+            keep = ids[0] >= 0
+            if int(keep.sum()) >= k:
+                return scores[0][keep], ids[0][keep].astype(np.int64)
+        # The approximate index could not reach k candidates: score every candidate exactly.
+        if candidates is None:
+            candidates = np.setdiff1d(np.arange(space.size), excluded, assume_unique=True)
+        return exact_top_k(space.exact_vectors(candidates), query, k, candidates)
+
+    def _items_result(self, scores: np.ndarray, idx: np.ndarray,
+                      unknown: list[str] | None = None) -> Results:
+        fields = {name: col[idx].tolist() for name, col in self.catalog.items()}
+        return Results(decode_ids(self.item_ids[idx]), [float(s) for s in scores], idx, fields,
+                       unknown or [])
+
+    # ------------------------------------------------------------------ queries
+
+    def similar_items(
+        self,
+        item_id: str,
+        k: int = 10,
+        items: Iterable[str] | None = None,
+        filter_items: Iterable[str] | None = None,
+    ) -> Results:
+        """Items closest to an item by cosine of their embeddings (never the item itself)."""
+        item = self.item_index(item_id)
+        excluded = np.append(self._item_set(filter_items) if filter_items is not None
+                             else np.empty(0, dtype=np.int64), item)
+        query = np.asarray(self.item_vectors[item], dtype=np.float32)
+        scores, idx = self._top_k(self._items, query, k, self._item_set(items), excluded)
+        return self._items_result(scores, idx)
+
+    def recommend(
+        self,
+        user_id: str,
+        k: int = 10,
+        exclude_seen: bool = True,
+        items: Iterable[str] | None = None,
+        filter_items: Iterable[str] | None = None,
+    ) -> Results:
+        """Items with the highest predicted score q . v for a known user."""
+        user = self.user_index(user_id)
+        return self._recommend_vector(self.user_vector(user),
+                                      self.seen_items(user) if exclude_seen else None,
+                                      k, items, filter_items)
+
+    def recommend_for_items(
+        self,
+        item_ids: Sequence[str],
+        k: int = 10,
+        exclude_given: bool = True,
+        items: Iterable[str] | None = None,
+        filter_items: Iterable[str] | None = None,
+    ) -> Results:
+        """Recommendations for an anonymous basket by fold-in; unknown ids are reported."""
+        found = lookup(self.item_ids, list(item_ids))
+        unknown = [i for i, f in zip(item_ids, found, strict=True) if f < 0]
+        known = found[found >= 0]
+        if known.size == 0:
+            if not item_ids:
+                raise InvalidInput("item_ids is empty; give at least one item id")
+            raise UnknownItem(unknown[0]) if len(unknown) == 1 else InvalidInput(
+                f"none of the {len(unknown)} item ids is known: "
+                + ", ".join(repr(u) for u in unknown[:5]) + ("..." if len(unknown) > 5 else ""))
+        result = self._recommend_vector(self.basket_vector(known),
+                                        known if exclude_given else None, k, items, filter_items)
+        return Results(result.ids, result.scores, result.indexes, result.fields, unknown)
+
+    def _recommend_vector(
+        self,
+        query: np.ndarray,
+        seen: np.ndarray | None,
+        k: int,
+        items: Iterable[str] | None,
+        filter_items: Iterable[str] | None,
+    ) -> Results:
+        parts = [p for p in (seen, self._item_set(filter_items)) if p is not None]
+        excluded = np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
+        scores, idx = self._top_k(self._mips, query, k, self._item_set(items), excluded)
+        return self._items_result(scores, idx)
+
+    def similar_users(
+        self,
+        user_id: str,
+        k: int = 10,
+        users: Iterable[str] | None = None,
+        filter_users: Iterable[str] | None = None,
+    ) -> Results:
+        """Users closest by cosine of their embeddings (never the user itself)."""
+        if self._users is None:
+            raise InvalidInput(f"model {self.model!r} was built without a users index "
+                               "(--user-index none)")
+        user = self.user_index(user_id)
+        excluded = np.append(self._user_set(filter_users) if filter_users is not None
+                             else np.empty(0, dtype=np.int64), user)
+        query = normalize_rows(self.user_vector(user)[None, :])[0]
+        scores, idx = self._top_k(self._users, query, k, self._user_set(users), excluded)
+        return Results(decode_ids(self.user_ids[idx]), [float(s) for s in scores], idx)
+
+    def score(self, user_id: str, item_id: str) -> float:
+        """The model's score q . v of one item for one user (the rank-k reconstruction)."""
+        user = self.user_index(user_id)
+        item = self.item_index(item_id)
+        return float(np.dot(self.user_vector(user), self.item_factors[item]))

@@ -1,0 +1,85 @@
+"""Turn raw aggregated values into the matrix that is factorized.
+
+The same function weights the training matrix at build time and a user's (or an anonymous
+basket's) row at query time, so folding in a row reproduces exactly what the model saw.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Literal
+
+import numpy as np
+import scipy.sparse as sp
+
+from svdfaiss.errors import InvalidInput
+
+Weighting = Literal["none", "binary", "log", "bm25"]
+WEIGHTINGS: tuple[str, ...] = ("none", "binary", "log", "bm25")
+
+
+@dataclass(frozen=True)
+class WeightingParams:
+    """Parameters of the row weighting; stored in the manifest."""
+
+    scheme: Weighting = "log"
+    beta: float = 0.0
+    bm25_k1: float = 1.2
+    bm25_b: float = 0.75
+    mean_row_length: float = 1.0  # average row total of the training matrix (BM25)
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def check_scheme(scheme: str, beta: float) -> None:
+    if scheme not in WEIGHTINGS:
+        raise InvalidInput(f"unknown weighting {scheme!r}; choose one of {', '.join(WEIGHTINGS)}")
+    if not 0.0 <= beta <= 1.0:
+        raise InvalidInput(f"--beta must be in [0, 1], got {beta}")
+
+
+def item_column_scale(
+    matrix: sp.csr_matrix, scheme: str, beta: float
+) -> tuple[np.ndarray, float]:
+    """Per-item column multipliers and the mean row total, learnt from the training matrix.
+
+    scale_j = idf_j ** [scheme == bm25] * n_j ** -beta, with n_j the item's number of users
+    and idf_j = log(N / n_j) (floored at a small positive value, so no column vanishes).
+    """
+    check_scheme(scheme, beta)
+    n_users = matrix.shape[0]
+    item_users = np.bincount(matrix.indices, minlength=matrix.shape[1]).astype(np.float64)
+    scale = np.ones(matrix.shape[1], dtype=np.float64)
+    if scheme == "bm25":
+        scale *= np.maximum(np.log(n_users / np.maximum(item_users, 1.0)), 1e-3)
+    if beta > 0:
+        scale *= np.maximum(item_users, 1.0) ** -beta
+    row_totals = np.asarray(matrix.sum(axis=1)).ravel()
+    return scale.astype(np.float32), float(row_totals.mean()) if row_totals.size else 1.0
+
+
+def weight_rows(
+    rows: sp.csr_matrix, params: WeightingParams, column_scale: np.ndarray
+) -> sp.csr_matrix:
+    """Weighted copy of raw rows (float32).
+
+    none: x; binary: 1; log: log(1 + x); bm25: x (k1 + 1) / (x + k1 (1 - b + b L_u / L)),
+    L_u the row total and L the training mean; every scheme then times column_scale.
+    """
+    out = rows.astype(np.float32, copy=True)
+    out.sort_indices()
+    data = out.data
+    if params.scheme == "binary":
+        data[:] = 1.0
+    elif params.scheme == "log":
+        np.log1p(np.maximum(data, 0), out=data)
+    elif params.scheme == "bm25":
+        totals = np.asarray(out.sum(axis=1)).ravel()
+        norm = params.bm25_k1 * (
+            1.0 - params.bm25_b + params.bm25_b * totals / max(params.mean_row_length, 1e-12)
+        )
+        per_entry = np.repeat(norm, np.diff(out.indptr)).astype(np.float32)
+        data[:] = data * (params.bm25_k1 + 1.0) / (data + per_entry)
+    data *= column_scale[out.indices]
+    return out
