@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+from dataclasses import replace
 import json
 import sys
 from collections.abc import Callable, Iterator
@@ -157,7 +158,10 @@ def build(
     k: Annotated[int, typer.Option("--k", help="SVD components.")] = 64,
     gamma: Annotated[float, typer.Option(help="Item vectors for similarity: V S^gamma.")] = 1.0,
     solver: Annotated[str, typer.Option(help="arpack|randomized")] = "arpack",
-    index: Annotated[str, typer.Option("--index", help="auto|flat|hnsw|ivf (items).")] = "auto",
+    index: Annotated[str, typer.Option("--index", help="auto|flat|hnsw|ivf (similar items).")]
+    = "auto",
+    rec_index: Annotated[str, typer.Option(
+        help="auto|flat|hnsw|ivf (recommendations; auto never picks HNSW, see docs).")] = "auto",
     user_index: Annotated[str, typer.Option(help="auto|flat|hnsw|ivf|none (similar users).")]
     = "auto",
     hnsw_m: int = 32,
@@ -173,7 +177,7 @@ def build(
     json_out: JsonOpt = False,
 ) -> None:
     """Build a bundle from an interaction log and publish it as the model's CURRENT version."""
-    from svdfaiss.builder import BuildConfig
+    from svdfaiss.builder import RECOMMENDATION_INDEX, BuildConfig
     from svdfaiss.builder import build as run_build
     from svdfaiss.data import ReadOptions
     from svdfaiss.index import IndexParams
@@ -184,13 +188,14 @@ def build(
                "--weighting": (weighting, ("auto", "none", "binary", "log", "bm25")),
                "--solver": (solver, ("arpack", "randomized")),
                "--index": (index, ("auto", "flat", "hnsw", "ivf")),
+               "--rec-index": (rec_index, ("auto", "flat", "hnsw", "ivf")),
                "--user-index": (user_index, ("auto", "flat", "hnsw", "ivf", "none"))}
     for flag, (value, allowed) in choices.items():
         if value not in allowed:
             raise InvalidInput(f"{flag} {value!r}: choose one of {', '.join(allowed)}")
 
-    def index_params(kind: str) -> IndexParams:
-        return IndexParams(kind=kind, hnsw_m=hnsw_m,  # type: ignore[arg-type]
+    def index_params(kind: str, base: IndexParams = IndexParams()) -> IndexParams:
+        return replace(base, kind=kind, hnsw_m=hnsw_m,  # type: ignore[arg-type]
                            hnsw_ef_construction=hnsw_ef_construction,
                            hnsw_ef_search=hnsw_ef_search, ivf_nlist=ivf_nlist,
                            ivf_nprobe=ivf_nprobe)
@@ -212,6 +217,7 @@ def build(
         gamma=gamma,
         solver=solver,  # type: ignore[arg-type]
         item_index=index_params(index),
+        rec_index=index_params(rec_index, RECOMMENDATION_INDEX),
         user_index=None if user_index == "none" else index_params(user_index),
         catalog=items_catalog,
         seed=seed,

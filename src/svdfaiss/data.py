@@ -555,8 +555,11 @@ def _sorted_codes(ids: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
     """Codes of each row into the sorted distinct ids, and those ids as UTF-8 bytes."""
     column = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
     fast = _sorted_codes_ascii(column)
-    if fast is not None:
-        return fast
+    return fast if fast is not None else _sorted_codes_strings(column)
+
+
+def _sorted_codes_strings(column: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """The general path (any UTF-8): pyarrow hashing, then a sort of the distinct ids."""
     encoded = pc.dictionary_encode(column)
     dictionary = pc.cast(encoded.dictionary, pa.binary())
     order = np.asarray(pc.sort_indices(dictionary))

@@ -45,7 +45,7 @@ class Results:
 
     ids: list[str]
     scores: list[float]
-    indexes: np.ndarray
+    indexes: np.ndarray = field(compare=False)
     fields: dict[str, list[Any]] = field(default_factory=dict)
     unknown: list[str] = field(default_factory=list)
 

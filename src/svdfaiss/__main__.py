@@ -1,0 +1,5 @@
+"""`python -m svdfaiss` runs the command line."""
+
+from svdfaiss.cli import app
+
+app()

@@ -1,0 +1,141 @@
+"""Atomic publish, verify, gc, rollback, and the no-pickle rule, on real files."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from svdfaiss import bundle
+from svdfaiss.builder import BuildConfig, build
+from svdfaiss.errors import InvalidBundle, InvalidInput, NoBundle
+from svdfaiss.recommender import Recommender
+from svdfaiss.synthetic import SampleSpec, write_sample
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    return write_sample(SampleSpec(users=400, items=120, events=4000, categories=6),
+                        tmp_path_factory.mktemp("small"))
+
+
+def build_small(small, index_dir, version, **kw):
+    return build(BuildConfig(input=small.events, model="m", index_dir=index_dir, k=8,
+                             version=version, catalog=small.catalog, **kw))
+
+
+def test_publish_points_current_at_the_new_version_and_leaves_no_tmp(tmp_path, small):
+    r1 = build_small(small, tmp_path, "v1")
+    r2 = build_small(small, tmp_path, "v2")
+    model_dir = tmp_path / "m"
+    assert (model_dir / "CURRENT").read_text() == "v2\n"
+    assert r1.path == model_dir / "v1" and r2.path == model_dir / "v2"
+    assert not list(model_dir.glob(".tmp-*"))
+    manifest = bundle.read_manifest(r2.path)
+    assert set(manifest["files"]) == {p.name for p in r2.path.iterdir()} - {"manifest.json"}
+    for name, meta in manifest["files"].items():
+        assert bundle.sha256_file(r2.path / name) == meta["sha256"]
+    assert manifest["input"]["sha256"] == bundle.sha256_file(small.events)
+    assert manifest["rows"]["read"] == 4000 and manifest["counts"]["users"] == 400
+    assert bundle.verify(r2.path) == []
+
+
+def test_verify_reports_missing_and_corrupted_files(tmp_path, small):
+    path = build_small(small, tmp_path, "v1").path
+    with (path / "item_factors.npy").open("r+b") as fh:
+        fh.seek(200)
+        fh.write(b"\xff\xff\xff\xff")
+    (path / "users.faiss").unlink()
+    problems = bundle.verify(path)
+    assert any("item_factors.npy: sha256" in p for p in problems)
+    assert any("users.faiss: missing" in p for p in problems)
+    with pytest.raises(InvalidBundle, match="does not verify"):
+        Recommender.open(path)
+
+
+def test_gc_keeps_the_newest_and_current_and_rollback_switches(tmp_path, small):
+    for v in ("v1", "v2", "v3", "v4"):
+        build_small(small, tmp_path, v)
+    model_dir = tmp_path / "m"
+    bundle.rollback(model_dir, "v1")
+    assert bundle.read_current(model_dir) == "v1"
+    removed = bundle.garbage_collect(model_dir, keep=2)
+    assert sorted(removed) == ["v2"]
+    assert sorted(b.version for b in bundle.list_bundles(model_dir)) == ["v1", "v3", "v4"]
+    with pytest.raises(InvalidInput, match="no version 'v2'"):
+        bundle.rollback(model_dir, "v2")
+
+
+def test_rollback_refuses_a_version_that_does_not_verify(tmp_path, small):
+    build_small(small, tmp_path, "v1")
+    build_small(small, tmp_path, "v2")
+    (tmp_path / "m" / "v1" / "items.faiss").write_bytes(b"garbage")
+    with pytest.raises(InvalidBundle):
+        bundle.rollback(tmp_path / "m", "v1")
+    assert bundle.read_current(tmp_path / "m") == "v2"
+
+
+def test_no_bundle_is_a_clear_error(tmp_path):
+    with pytest.raises(NoBundle, match="no published bundle"):
+        Recommender.load(tmp_path, "nothing")
+
+
+def test_bundle_holds_no_pickle(tmp_path, small):
+    path = build_small(small, tmp_path, "v1").path
+    for f in path.iterdir():
+        assert f.suffix in {".npy", ".faiss", ".json", ".parquet"}, f.name
+        if f.suffix == ".npy":
+            np.load(f, allow_pickle=False)  # raises if the array needs pickle
+        assert not zipfile.is_zipfile(f)
+    json.loads((path / "manifest.json").read_text())
+
+
+def test_a_failed_build_publishes_nothing_and_cleans_up(tmp_path, small, monkeypatch):
+    build_small(small, tmp_path, "v1")
+
+    def broken_write(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("svdfaiss.builder._write_files", broken_write)
+    with pytest.raises(OSError, match="No space left"):
+        build_small(small, tmp_path, "v2")
+    model_dir = tmp_path / "m"
+    assert bundle.read_current(model_dir) == "v1"
+    assert not list(model_dir.glob(".tmp-*")) and not (model_dir / "v2").exists()
+
+
+def test_sigkill_while_writing_leaves_current_on_the_previous_intact_bundle(tmp_path):
+    data = write_sample(SampleSpec(users=60_000, items=8_000, events=400_000),
+                        tmp_path / "data")
+    index_dir = tmp_path / "indexes"
+    cmd = [sys.executable, "-m", "svdfaiss", "build", str(data.events), "--model", "m",
+           "--out", str(index_dir), "--k", "16", "--user-index", "flat"]
+    subprocess.run([*cmd, "--version", "v1"], check=True, capture_output=True, timeout=300)
+    model_dir = index_dir / "m"
+    killed_while_writing = 0
+    for trial in range(3):
+        proc = subprocess.Popen([*cmd, "--version", f"v-killed-{trial}"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            if any(p.is_dir() for p in model_dir.glob(".tmp-*")):
+                os.kill(proc.pid, signal.SIGKILL)
+                killed_while_writing += 1
+                break
+            time.sleep(0.001)
+        proc.wait(timeout=60)
+        assert bundle.read_current(model_dir) in {"v1", *(f"v-killed-{t}" for t in range(3))}
+        current = model_dir / bundle.read_current(model_dir)
+        assert bundle.verify(current) == []
+    assert killed_while_writing >= 1
+    # The next build removes what the killed ones left behind and publishes normally.
+    subprocess.run([*cmd, "--version", "v2"], check=True, capture_output=True, timeout=300)
+    assert bundle.read_current(model_dir) == "v2"
+    assert not list(model_dir.glob(".tmp-*"))
+    assert Recommender.load(index_dir, "m").version == "v2"
