@@ -13,6 +13,7 @@ from svdfaiss.cli import app
 from svdfaiss.recommender import Recommender
 from svdfaiss.synthetic import SampleFiles, SampleSpec, write_sample
 
+
 @pytest.fixture(scope="session")
 def sample(tmp_path_factory: pytest.TempPathFactory) -> SampleFiles:
     """The default generated sample (5k users, 2k items, 100k events)."""

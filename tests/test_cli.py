@@ -97,8 +97,8 @@ def test_strict_names_the_line(published, tmp_path):
 
 
 def test_query_json_output_and_unknown_id_exit_code(published):
-    data, index_dir = published
-    item = "0" * 0 + run_cli(["query", "recommend", "U001", "--model", "m", "--index-dir",
+    _, index_dir = published
+    item = run_cli(["query", "recommend", "U001", "--model", "m", "--index-dir",
                               str(index_dir), "--k", "1", "--json"]).stdout
     first_item = json.loads(item)["items"][0]["item_id"]
     result = run_cli(["query", "similar", first_item, "--model", "m", "--index-dir",

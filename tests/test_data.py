@@ -152,7 +152,7 @@ def test_unusable_files_raise_clear_errors(tmp_path, content, message):
 def test_unknown_format_and_unreadable_file(tmp_path):
     odd = tmp_path / "log.xlsx"
     odd.write_bytes(b"PK\x03\x04 binary")
-    with pytest.raises(InvalidInput, match="unknown format '.xlsx'"):
+    with pytest.raises(InvalidInput, match=r"unknown format '\.xlsx'"):
         read_log(odd)
     with pytest.raises(InvalidInput, match="no such file"):
         read_log(tmp_path / "missing.csv")

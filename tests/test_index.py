@@ -25,7 +25,8 @@ def clustered(n, d, seed, clusters=20):
 
 def brute_top_k(vectors, queries, k):
     scores = queries @ vectors.T
-    return np.argsort(-scores, axis=1, kind="stable")[:, :k], np.sort(scores, axis=1)[:, ::-1][:, :k]
+    top_ids = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return top_ids, np.sort(scores, axis=1)[:, ::-1][:, :k]
 
 
 def test_flat_index_equals_brute_force():

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from dataclasses import replace
 import json
 import sys
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 

@@ -294,9 +294,7 @@ def resolve_columns(names: list[str], header: bool, options: ReadOptions, path: 
     feedback: Feedback
     if options.feedback != "auto":
         feedback = options.feedback
-    elif value is None:
-        feedback = "implicit"
-    elif header and _norm(value) in IMPLICIT_NAMES:
+    elif value is None or (header and _norm(value) in IMPLICIT_NAMES):
         feedback = "implicit"
     else:
         feedback = "explicit"

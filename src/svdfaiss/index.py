@@ -18,10 +18,13 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
-import faiss
+import faiss as _faiss
 import numpy as np
 
 from svdfaiss.errors import InvalidBundle, InvalidInput
+
+# SWIG bindings whose partial stubs lack most classes: treat them as untyped.
+faiss: Any = _faiss
 
 IndexKind = Literal["auto", "flat", "hnsw", "ivf"]
 INDEX_KINDS: tuple[str, ...] = ("auto", "flat", "hnsw", "ivf")

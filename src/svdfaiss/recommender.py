@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import faiss
+import faiss as _faiss
 import numpy as np
 import pyarrow.parquet as pq
 import scipy.sparse as sp
@@ -33,10 +33,14 @@ from svdfaiss.index import (
 )
 from svdfaiss.weighting import WeightingParams, weight_rows
 
+# SWIG bindings whose partial stubs lack most classes: treat them as untyped.
+faiss: Any = _faiss
+
 # Allow-lists up to this many candidates are scored exactly with numpy: faster than a
 # filtered ANN walk and exact by construction.
 EXACT_CANDIDATES = 8192
 RETRY_EFFORTS = (4, 16)
+_NONE = np.empty(0, dtype=np.int64)
 
 
 @dataclass(frozen=True)
@@ -74,7 +78,7 @@ class _Space:
 
 def _load_array(version_dir: Path, name: str) -> np.ndarray:
     try:
-        return np.load(version_dir / name, mmap_mode="r", allow_pickle=False)
+        return np.asarray(np.load(version_dir / name, mmap_mode="r", allow_pickle=False))
     except (OSError, ValueError) as exc:
         raise InvalidBundle(f"{version_dir / name}: not a readable .npy array ({exc})") from None
 
@@ -87,16 +91,16 @@ class Recommender:
         self.manifest = manifest
         self.model: str = manifest["model"]
         self.version: str = manifest["version"]
-        load = lambda name: _load_array(version_dir, name)  # noqa: E731
-        self.item_ids = load("item_ids.npy")
-        self.user_ids = load("user_ids.npy")
-        self.item_vectors = load("item_vectors.npy")
-        self.item_factors = load("item_factors.npy")
-        self.item_scale = load("item_scale.npy")
+        self.item_ids = _load_array(version_dir, "item_ids.npy")
+        self.user_ids = _load_array(version_dir, "user_ids.npy")
+        self.item_vectors = _load_array(version_dir, "item_vectors.npy")
+        self.item_factors = _load_array(version_dir, "item_factors.npy")
+        self.item_scale = _load_array(version_dir, "item_scale.npy")
         self.n_users = int(self.user_ids.shape[0])
         self.n_items = int(self.item_ids.shape[0])
         self.rows = sp.csr_matrix(
-            (load("rows_values.npy"), load("rows_indices.npy"), load("rows_indptr.npy")),
+            tuple(_load_array(version_dir, f"rows_{part}.npy")
+                  for part in ("values", "indices", "indptr")),
             shape=(self.n_users, self.n_items),
         )
         self.weighting = WeightingParams(**manifest["parameters"]["weighting"])
@@ -184,14 +188,16 @@ class Recommender:
     def seen_items(self, user: int) -> np.ndarray:
         """Internal indexes of the items a known user interacted with."""
         start, end = self.rows.indptr[user], self.rows.indptr[user + 1]
-        return np.asarray(self.rows.indices[start:end], dtype=np.int64)
+        seen: np.ndarray = np.asarray(self.rows.indices[start:end], dtype=np.int64)
+        return seen
 
     def _fold_rows(self, raw_rows: sp.csr_matrix) -> np.ndarray:
         return fold_in(weight_rows(raw_rows, self.weighting, self.item_scale), self.item_factors)
 
     def user_vector(self, user: int) -> np.ndarray:
         """q = x V for a known user: equal to that user's row of U S."""
-        return self._fold_rows(self.rows[user : user + 1])[0]
+        vector: np.ndarray = self._fold_rows(self.rows[user : user + 1])[0]
+        return vector
 
     def _user_vectors(self, candidates: np.ndarray | None) -> np.ndarray:
         rows = self.rows if candidates is None else self.rows[candidates]
@@ -202,7 +208,8 @@ class Recommender:
         counts = np.bincount(items, minlength=self.n_items).astype(np.float32)
         nz = np.flatnonzero(counts)
         row = sp.csr_matrix((counts[nz], nz, [0, nz.size]), shape=(1, self.n_items))
-        return self._fold_rows(row)[0]
+        vector: np.ndarray = self._fold_rows(row)[0]
+        return vector
 
     # ------------------------------------------------------------------ search core
 
@@ -257,8 +264,8 @@ class Recommender:
     ) -> Results:
         """Items closest to an item by cosine of their embeddings (never the item itself)."""
         item = self.item_index(item_id)
-        excluded = np.append(self._item_set(filter_items) if filter_items is not None
-                             else np.empty(0, dtype=np.int64), item)
+        denied = self._item_set(filter_items)
+        excluded = np.append(_NONE if denied is None else denied, item)
         query = np.asarray(self.item_vectors[item], dtype=np.float32)
         scores, idx = self._top_k(self._items, query, k, self._item_set(items), excluded)
         return self._items_result(scores, idx)
@@ -324,8 +331,8 @@ class Recommender:
             raise InvalidInput(f"model {self.model!r} was built without a users index "
                                "(--user-index none)")
         user = self.user_index(user_id)
-        excluded = np.append(self._user_set(filter_users) if filter_users is not None
-                             else np.empty(0, dtype=np.int64), user)
+        denied = self._user_set(filter_users)
+        excluded = np.append(_NONE if denied is None else denied, user)
         query = normalize_rows(self.user_vector(user)[None, :])[0]
         scores, idx = self._top_k(self._users, query, k, self._user_set(users), excluded)
         return Results(decode_ids(self.user_ids[idx]), [float(s) for s in scores], idx)

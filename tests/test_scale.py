@@ -1,0 +1,64 @@
+"""A larger generated log through the approximate (IVF/HNSW) paths: recall and exact k."""
+
+import numpy as np
+import pytest
+
+from svdfaiss.builder import BuildConfig, build
+from svdfaiss.data import decode_ids
+from svdfaiss.index import exact_top_k
+from svdfaiss.recommender import Recommender
+from svdfaiss.synthetic import SampleSpec, write_sample
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def medium(tmp_path_factory):
+    root = tmp_path_factory.mktemp("medium")
+    data = write_sample(SampleSpec(users=300_000, items=60_000, events=1_500_000,
+                                   categories=20, single_event_share=0.5), root / "data")
+    report = build(BuildConfig(input=data.events, model="medium", index_dir=root / "ix"))
+    return Recommender.load(root / "ix", "medium"), report
+
+
+def test_auto_chooses_approximate_indexes_at_this_size(medium):
+    _, report = medium
+    kinds = {name: meta["type"] for name, meta in report.manifest["indexes"].items()}
+    assert kinds == {"items": "hnsw", "items_mips": "ivf", "users": "ivf"}
+
+
+def test_recall_against_exact_search(medium):
+    rec, _ = medium
+    rng = np.random.default_rng(0)
+    vectors = np.asarray(rec.item_vectors)
+    hits = 0
+    items = rng.choice(rec.n_items, 100, replace=False)
+    for i in items:
+        got = rec.similar_items(decode_ids(rec.item_ids[i : i + 1])[0], 10)
+        others = np.delete(np.arange(rec.n_items), i)
+        scores, _ = exact_top_k(vectors[others], vectors[i], 10, others)
+        hits += sum(s >= scores[-1] - 1e-5 for s in got.scores)
+    assert hits / 1000 >= 0.95
+    factors = np.asarray(rec.item_factors)
+    hits = 0
+    users = rng.choice(rec.n_users, 100, replace=False)
+    for u in users:
+        got = rec.recommend(decode_ids(rec.user_ids[u : u + 1])[0], 10)
+        scores = factors @ rec.user_vector(u)
+        scores[rec.seen_items(u)] = -np.inf
+        hits += sum(s >= np.sort(scores)[-10] - 1e-5 for s in got.scores)
+    assert hits / 1000 >= 0.9  # the MIPS weak spot, measured in docs/benchmarks.md
+
+
+def test_filters_return_exactly_k_at_scale(medium):
+    rec, _ = medium
+    item = decode_ids(rec.item_ids[10:11])[0]
+    allowed = decode_ids(rec.item_ids[::500])  # 120 items: exact path
+    assert len(rec.similar_items(item, 10, items=allowed)) == 10
+    big_allow = decode_ids(rec.item_ids[: rec.n_items // 2])  # ANN path with a selector
+    result = rec.similar_items(item, 25, items=big_allow)
+    assert len(result) == 25 and set(result.ids) <= set(big_allow)
+    user = decode_ids(rec.user_ids[5:6])[0]
+    deny = rec.recommend(user, 200).ids
+    result = rec.recommend(user, 20, filter_items=deny)
+    assert len(result) == 20 and not set(result.ids) & set(deny)
