@@ -142,7 +142,7 @@ def test_approximate_indexes_reach_recall_095_on_the_sample(sample, tmp_path, ki
         recall[name] = hits / (10 * len(ids))
     assert recall["similar_items"] >= 0.95 and recall["similar_users"] >= 0.95, recall
     # Recommendations through IVF on MIPS-reduced vectors: a known weak spot (measured 0.93,
-    # docs/benchmarks.md); the default stays exact below 50k items. This guards regressions.
+    # docs/benchmarks.md); the default stays exact below 25k items. This guards regressions.
     assert recall["recommend"] >= 0.9, recall
 
 

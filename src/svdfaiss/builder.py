@@ -33,8 +33,9 @@ from svdfaiss.weighting import WeightingParams, check_scheme, item_column_scale,
 # Item factor norms follow popularity (median 0.085 of the largest on the sample), so after the
 # MIPS reduction most items crowd the extra axis and approximate indexes lose the low-norm
 # items a niche user needs: recall@10 on the sample 0.56 for HNSW (ef 128), 0.93 for IVF
-# (32 of 44 lists). Exact search is about 1 ms up to 50k items, so auto stays exact there.
-RECOMMENDATION_INDEX = IndexParams(kind="auto", flat_max=50_000, hnsw_max=0)
+# (32 of 44 lists). Exact search takes 0.19 ms at 10k items and 2 ms at 50k (one thread,
+# scripts/bench_index.py), so auto stays exact up to 25k items and uses IVF above.
+RECOMMENDATION_INDEX = IndexParams(kind="auto", flat_max=25_000, hnsw_max=0)
 
 StageHook = Callable[[str], contextlib.AbstractContextManager[None]]
 

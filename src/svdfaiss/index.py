@@ -36,7 +36,7 @@ class IndexParams:
 
     kind: IndexKind = "auto"
     flat_max: int = 10_000  # auto: exact search up to this many rows (~0.2 ms, 1 thread)
-    hnsw_max: int = 150_000  # auto: HNSW up to here (build ~10 s on 2 cores), IVF above
+    hnsw_max: int = 150_000  # auto: HNSW up to here (build 12 s on 2 cores), IVF above
     hnsw_m: int = 32
     hnsw_ef_construction: int = 64
     hnsw_ef_search: int = 128
