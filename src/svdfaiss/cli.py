@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
+import shutil
 import sys
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -469,11 +470,21 @@ def demo(
     rec = Recommender.load(index_dir, model)
     item = rec.similar_items(rec.recommend(_first_user(rec), 1).ids[0], 1).ids[0]
     user = _first_user(rec)
-    base = f"svdfaiss query {{}} --model {model} --index-dir {index_dir}"
+    base = f"{_program()} query {{}} --model {model} --index-dir {index_dir}"
     out.print("\nTry:")
     out.print(f"  {base.format('similar ' + item)} --k 5")
     out.print(f"  {base.format('recommend ' + user)} --k 5")
     out.print(f"  {base.format('basket ' + item)} --json")
+
+
+def _program() -> str:
+    """How the user invoked us (`.venv/bin/svdfaiss` when the venv is not activated)."""
+    invoked = Path(sys.argv[0])
+    if invoked.name == "svdfaiss" and invoked.parent != Path(""):
+        on_path = shutil.which("svdfaiss")
+        if on_path is None or Path(on_path).resolve() != invoked.resolve():
+            return str(invoked)
+    return "svdfaiss"
 
 
 def _first_user(rec: Any) -> str:
