@@ -54,15 +54,8 @@ def sha256_file(path: Path, chunk: int = 4 << 20) -> str:
     return digest.hexdigest()
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_file(path: Path) -> None:
+def _fsync(path: Path) -> None:
+    """Flush a file's or a directory's entries to disk."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -135,17 +128,17 @@ class BundleWriter:
         paths = [self.tmp / name for name in self.files]
         with ThreadPoolExecutor(max_workers=2) as pool:  # hashlib releases the GIL
             digests = list(pool.map(sha256_file, paths))
-            list(pool.map(_fsync_file, paths))
+            list(pool.map(_fsync, paths))
         manifest["files"] = {
             name: {"sha256": digest, "size": path.stat().st_size}
             for name, path, digest in zip(self.files, paths, digests, strict=True)
         }
         manifest_path = self.tmp / MANIFEST
         manifest_path.write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
-        _fsync_file(manifest_path)
-        _fsync_dir(self.tmp)
+        _fsync(manifest_path)
+        _fsync(self.tmp)
         os.rename(self.tmp, target)
-        _fsync_dir(self.model_dir)
+        _fsync(self.model_dir)
         set_current(self.model_dir, version)
         return target
 
@@ -158,7 +151,7 @@ def set_current(directory: Path, version: str) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, directory / CURRENT)
-    _fsync_dir(directory)
+    _fsync(directory)
 
 
 def read_current(directory: Path) -> str:
@@ -217,6 +210,13 @@ def verify(version_dir: Path, manifest: dict[str, Any] | None = None) -> list[st
             problems.append(f"{path}: sha256 {digest[:12]}..., manifest says "
                             f"{str(meta.get('sha256'))[:12]}...")
     return problems
+
+
+def check(version_dir: Path) -> None:
+    """Raise InvalidBundle listing every problem `verify` finds."""
+    problems = verify(version_dir)
+    if problems:
+        raise InvalidBundle(f"{version_dir} does not verify:\n  " + "\n  ".join(problems))
 
 
 @dataclass(frozen=True)
@@ -279,9 +279,7 @@ def rollback(directory: Path, version: str) -> None:
         if not VERSION_NAME.match(version) or not target.is_dir():
             known = ", ".join(b.version for b in list_bundles(directory)) or "none"
             raise InvalidInput(f"{directory}: no version {version!r} (versions: {known})")
-        problems = verify(target)
-        if problems:
-            raise InvalidBundle(f"{target} does not verify:\n  " + "\n  ".join(problems))
+        check(target)
         set_current(directory, version)
 
 

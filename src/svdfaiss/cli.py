@@ -300,6 +300,12 @@ def bundles_list(model: ModelOpt = "default", index_dir: IndexDirOpt = DEFAULT_I
     out.print(table)
 
 
+def _version_dir(index_dir: Path, model: str, version: str | None) -> Path:
+    """A named version's folder, or CURRENT's."""
+    directory = bundle.model_dir(index_dir, model)
+    return directory / (version or bundle.read_current(directory))
+
+
 @bundles_app.command("show")
 @_clean_errors
 def bundles_show(
@@ -308,9 +314,7 @@ def bundles_show(
     index_dir: IndexDirOpt = DEFAULT_INDEX_DIR,
 ) -> None:
     """Print a version's manifest (JSON)."""
-    directory = bundle.model_dir(index_dir, model)
-    version = version or bundle.read_current(directory)
-    out.print_json(json.dumps(bundle.read_manifest(directory / version)))
+    out.print_json(json.dumps(bundle.read_manifest(_version_dir(index_dir, model, version))))
 
 
 @bundles_app.command("verify")
@@ -321,12 +325,9 @@ def bundles_verify(
     index_dir: IndexDirOpt = DEFAULT_INDEX_DIR,
 ) -> None:
     """Check every file of a version against the manifest's size and sha256."""
-    directory = bundle.model_dir(index_dir, model)
-    version = version or bundle.read_current(directory)
-    problems = bundle.verify(directory / version)
-    if problems:
-        raise InvalidBundle(f"{directory / version} does not verify:\n  " + "\n  ".join(problems))
-    out.print(f"{directory / version}: ok")
+    path = _version_dir(index_dir, model, version)
+    bundle.check(path)
+    out.print(f"{path}: ok")
 
 
 @bundles_app.command("gc")
@@ -371,8 +372,8 @@ def _print_results(rec: Any, results: Any, json_out: bool, id_key: str = "item_i
     table = Table("#", *columns, title=f"model {rec.model}, version {rec.version}",
                   title_justify="left")
     for rank, r in enumerate(records, 1):
-        table.add_row(str(rank), *[f"{v:.4f}" if isinstance(v, float) else str(v)
-                                   for v in r.values()])
+        table.add_row(str(rank), *[f"{v:.4f}" if k == "score" else str(v)
+                                   for k, v in r.items()])
     out.print(table)
 
 
