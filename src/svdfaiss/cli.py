@@ -447,6 +447,51 @@ def query_score(user_id: str, item_id: str, model: ModelOpt = "default",
         out.print(f"{value:.6f}")
 
 
+# ---------------------------------------------------------------------------- serve
+
+
+def _serve(settings_env: dict[str, str], host: str, port: int, workers: int) -> None:
+    """Run uvicorn on the app factory; settings travel as SVDFAISS_* variables so that every
+    worker process builds the same app."""
+    import os
+
+    import uvicorn
+
+    from svdfaiss.config import Settings
+
+    os.environ.update(settings_env)
+    Settings()  # refuse bad settings here, with a clear message, before forking workers
+    uvicorn.run("svdfaiss.service.app:create_app", factory=True, host=host, port=port,
+                workers=workers, log_level="info", access_log=False)
+
+
+@app.command()
+@_clean_errors
+def serve(
+    index_dir: IndexDirOpt = DEFAULT_INDEX_DIR,
+    model: ModelOpt = "default",
+    host: Annotated[str, typer.Option(envvar="SVDFAISS_HOST",
+                                      help="Bind address; 0.0.0.0 exposes the service.")]
+    = "127.0.0.1",
+    port: Annotated[int, typer.Option(envvar="SVDFAISS_PORT", min=1, max=65_535)] = 8000,
+    workers: Annotated[int, typer.Option(envvar="SVDFAISS_WORKERS", min=1, max=64)] = 1,
+    poll_seconds: Annotated[float, typer.Option(
+        envvar="SVDFAISS_POLL_SECONDS", min=0.0,
+        help="Reload when CURRENT changes, checked this often (0: off).")] = 0.0,
+    max_k: Annotated[int, typer.Option(envvar="SVDFAISS_MAX_K", min=1)] = 1000,
+) -> None:
+    """Serve the model's CURRENT bundle over HTTP (admin token: SVDFAISS_ADMIN_TOKEN)."""
+    from pydantic import ValidationError
+
+    env = {"SVDFAISS_INDEX_DIR": str(index_dir), "SVDFAISS_MODEL": model,
+           "SVDFAISS_HOST": host, "SVDFAISS_PORT": str(port), "SVDFAISS_WORKERS": str(workers),
+           "SVDFAISS_POLL_SECONDS": str(poll_seconds), "SVDFAISS_MAX_K": str(max_k)}
+    try:
+        _serve(env, host, port, workers)
+    except ValidationError as exc:
+        raise InvalidInput(f"bad settings: {exc}") from None
+
+
 # ---------------------------------------------------------------------------- demo
 
 

@@ -1,0 +1,39 @@
+"""Service settings: environment variables `SVDFAISS_*`, with the same names as CLI flags."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MIN_TOKEN_LENGTH = 16
+
+
+class Settings(BaseSettings):
+    """Everything `svdfaiss serve` and `create_app` take; unsafe values are refused."""
+
+    model_config = SettingsConfigDict(env_prefix="SVDFAISS_", extra="ignore")
+
+    index_dir: Path = Path("indexes")
+    model: str = "default"
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65_535)
+    workers: int = Field(1, ge=1, le=64)
+    admin_token: SecretStr | None = None
+    max_k: int = Field(1000, ge=1, le=100_000)
+    max_batch: int = Field(100, ge=1, le=10_000)
+    max_ids: int = Field(1000, ge=1, le=100_000, description="ids in a basket or a filter list")
+    poll_seconds: float = Field(0.0, ge=0.0, description="check CURRENT this often; 0 is off")
+    verify_checksums: bool = True
+
+    @field_validator("admin_token")
+    @classmethod
+    def _token_is_strong(cls, token: SecretStr | None) -> SecretStr | None:
+        if token is not None and token.get_secret_value() == "":
+            return None  # an empty variable means "no token": admin endpoints off
+        if token is not None and len(token.get_secret_value()) < MIN_TOKEN_LENGTH:
+            raise ValueError(f"SVDFAISS_ADMIN_TOKEN must be at least {MIN_TOKEN_LENGTH} "
+                             "characters (generate one: python -c 'import secrets; "
+                             "print(secrets.token_urlsafe(32))')")
+        return token

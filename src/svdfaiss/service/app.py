@@ -1,0 +1,408 @@
+"""The FastAPI application: routes translate HTTP to `Recommender` calls and nothing else.
+
+One immutable `Recommender` is held by `ModelHolder`. A reload builds the new one completely
+(checksums verified before FAISS parses a byte) in a worker thread, then swaps a single
+reference; a request takes that reference once, so in-flight requests finish on the model
+they started with. A bundle that fails to load is refused and the old one keeps serving.
+"""
+
+# No `from __future__ import annotations` here: FastAPI reads the route signatures at run
+# time, and they use aliases and body models defined inside `create_app`.
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import secrets
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import anyio
+import faiss as _faiss
+import orjson
+from fastapi import Body, FastAPI, Header, HTTPException, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+from svdfaiss import bundle
+from svdfaiss.config import Settings
+from svdfaiss.errors import InvalidBundle, InvalidInput, NoBundle, UnknownItem, UnknownUser
+from svdfaiss.recommender import Recommender, Results
+from svdfaiss.service import schemas
+
+log = logging.getLogger("svdfaiss.service")
+faiss: Any = _faiss
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+ASGIApp = Callable[[Scope, Callable[[], Awaitable[Message]],
+                    Callable[[Message], Awaitable[None]]], Awaitable[None]]
+
+LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1,
+                   0.25, 1.0)
+
+
+class Metrics:
+    """Prometheus metrics of one app (its own registry, so several apps can coexist)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter("svdfaiss_requests", "HTTP requests by route and status",
+                                ["route", "method", "status"], registry=self.registry)
+        self.latency = Histogram("svdfaiss_request_duration_seconds",
+                                 "HTTP request latency by route", ["route", "method"],
+                                 buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.bundle = Gauge("svdfaiss_bundle_info", "The loaded bundle (value 1)",
+                            ["model", "version"], registry=self.registry)
+        self.load_seconds = Gauge("svdfaiss_bundle_load_seconds",
+                                  "Seconds the last successful load took",
+                                  registry=self.registry)
+        self.loaded_at = Gauge("svdfaiss_bundle_loaded_timestamp_seconds",
+                               "Unix time of the last successful load", registry=self.registry)
+        self.reloads = Counter("svdfaiss_reloads", "Bundle loads by result (loaded, unchanged, "
+                               "refused)", ["result"], registry=self.registry)
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A loaded model and when and how fast it was loaded."""
+
+    recommender: Recommender
+    loaded_at: dt.datetime
+    load_seconds: float
+
+
+class ModelHolder:
+    """Holds the serving model; `reload` swaps it only for a completely loaded, verified one."""
+
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.current: Loaded | None = None
+        self._lock = asyncio.Lock()
+
+    @property
+    def version(self) -> str | None:
+        return self.current.recommender.version if self.current else None
+
+    def _load(self) -> Loaded:
+        start = time.perf_counter()
+        rec = Recommender.load(self.settings.index_dir, self.settings.model,
+                               verify=self.settings.verify_checksums)
+        return Loaded(rec, dt.datetime.now(dt.UTC), time.perf_counter() - start)
+
+    async def reload(self, force: bool = False) -> schemas.ReloadResult:
+        """Load the version CURRENT names unless it is already served."""
+        async with self._lock:
+            directory = bundle.model_dir(self.settings.index_dir, self.settings.model)
+            try:
+                target = bundle.read_current(directory)
+                if not force and target == self.version:
+                    self.metrics.reloads.labels("unchanged").inc()
+                    return schemas.ReloadResult(result="unchanged", model=self.settings.model,
+                                                version=self.version)
+                loaded = await anyio.to_thread.run_sync(self._load)
+            except (InvalidBundle, NoBundle, OSError, ValueError) as exc:
+                self.metrics.reloads.labels("refused").inc()
+                log.error("reload of model %s refused, still serving %s: %s",
+                          self.settings.model, self.version, exc)
+                return schemas.ReloadResult(result="refused", model=self.settings.model,
+                                            version=self.version, detail=str(exc))
+            previous = self.current
+            self.current = loaded  # the swap: one reference assignment
+            rec = loaded.recommender
+            if previous is not None:
+                self.metrics.bundle.remove(previous.recommender.model,
+                                           previous.recommender.version)
+            self.metrics.bundle.labels(rec.model, rec.version).set(1)
+            self.metrics.load_seconds.set(loaded.load_seconds)
+            self.metrics.loaded_at.set(loaded.loaded_at.timestamp())
+            self.metrics.reloads.labels("loaded").inc()
+            log.info("serving model %s version %s (loaded in %.2f s)", rec.model, rec.version,
+                     loaded.load_seconds)
+            return schemas.ReloadResult(result="loaded", model=rec.model, version=rec.version)
+
+    def get(self) -> Recommender:
+        """The serving model; 503 when none is loaded."""
+        current = self.current
+        if current is None:
+            raise NoBundle(f"no bundle loaded for model {self.settings.model!r} from "
+                           f"{self.settings.index_dir}")
+        return current.recommender
+
+
+class ServiceMiddleware:
+    """Counts and times every request by route template, and sets X-Model-Version."""
+
+    def __init__(self, app: ASGIApp, holder: ModelHolder, metrics: Metrics) -> None:
+        self.app = app
+        self.holder = holder
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Callable[[], Awaitable[Message]],
+                       send: Callable[[Message], Awaitable[None]]) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def send_with_version(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = list(message.get("headers", []))
+                if not any(name == b"x-model-version" for name, _ in headers):
+                    headers.append((b"x-model-version", (self.holder.version or "").encode()))
+                message["headers"] = headers
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_version)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            method = scope.get("method", "")
+            self.metrics.requests.labels(template, method, str(status)).inc()
+            self.metrics.latency.labels(template, method).observe(time.perf_counter() - start)
+
+
+def _json(payload: Any, version: str, status: int = 200) -> Response:
+    return Response(orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY),
+                    status_code=status, media_type="application/json",
+                    headers={"X-Model-Version": version})
+
+
+def _items(rec: Recommender, results: Results, **extra: Any) -> Response:
+    return _json({"model": rec.model, "version": rec.version, "items": results.records(),
+                  **extra}, rec.version)
+
+
+def _problem(status: int, detail: str, **extra: Any) -> JSONResponse:
+    return JSONResponse({"detail": detail, **extra}, status_code=status)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    async def unknown(_: Request, exc: Exception) -> JSONResponse:
+        return _problem(404, str(exc))
+
+    async def invalid(_: Request, exc: Exception) -> JSONResponse:
+        return _problem(422, str(exc))
+
+    async def unavailable(_: Request, exc: Exception) -> JSONResponse:
+        return _problem(503, str(exc))
+
+    async def crashed(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return _problem(500, "internal error")
+
+    app.add_exception_handler(UnknownItem, unknown)
+    app.add_exception_handler(UnknownUser, unknown)
+    app.add_exception_handler(InvalidInput, invalid)
+    app.add_exception_handler(NoBundle, unavailable)
+    app.add_exception_handler(Exception, crashed)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """A configured app; the bundle loads at start-up and on reload."""
+    settings = settings or Settings()
+    metrics = Metrics()
+    holder = ModelHolder(settings, metrics)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        # One request is one query: FAISS's OpenMP threads would only compete with the
+        # server's own concurrency.
+        faiss.omp_set_num_threads(1)
+        await holder.reload()
+        poller = asyncio.create_task(_poll(holder)) if settings.poll_seconds > 0 else None
+        yield
+        if poller is not None:
+            poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await poller
+
+    app = FastAPI(
+        title="svdfaiss",
+        summary="Similar items and recommendations from SVD embeddings in FAISS indexes.",
+        lifespan=lifespan,
+        responses={503: {"model": schemas.Problem, "description": "no bundle loaded"}},
+    )
+    app.state.holder = holder
+    app.state.settings = settings
+    _install_error_handlers(app)
+    app.add_middleware(ServiceMiddleware, holder=holder, metrics=metrics)
+    _add_query_routes(app, holder, settings)
+    _add_operational_routes(app, holder, settings, metrics)
+    return app
+
+
+async def _poll(holder: ModelHolder) -> None:
+    """Pick up a newly published CURRENT without an admin call."""
+    while True:
+        await asyncio.sleep(holder.settings.poll_seconds)
+        try:
+            await holder.reload()
+        except Exception:  # the poller must survive anything a bad bundle does
+            log.exception("poll reload failed")
+
+
+def _add_query_routes(app: FastAPI, holder: ModelHolder, settings: Settings) -> None:
+    max_k, max_ids = settings.max_k, settings.max_ids
+    KQuery = Annotated[int, Query(ge=1, le=max_k, description="number of results")]  # noqa: N806
+    AllowQuery = Annotated[list[str] | None, Query(  # noqa: N806
+        max_length=max_ids, description="allow-list: only these items (repeatable)")]
+    DenyQuery = Annotated[list[str] | None, Query(  # noqa: N806
+        max_length=max_ids, description="deny-list: never these items (repeatable)")]
+    not_found: dict[int | str, dict[str, Any]] = {
+        404: {"model": schemas.Problem, "description": "unknown id"}}
+
+    @app.get("/items/{item_id:path}/similar", response_model=schemas.ItemsResponse,
+             responses=not_found, tags=["items"])
+    def similar_items(item_id: Annotated[str, Path()], k: KQuery = 10,
+                      items: AllowQuery = None, filter_items: DenyQuery = None) -> Response:
+        """Items most similar to an item (cosine of embeddings; never the item itself)."""
+        rec = holder.get()
+        return _items(rec, rec.similar_items(item_id, k, items, filter_items))
+
+    @app.get("/users/{user_id:path}/recommendations", response_model=schemas.ItemsResponse,
+             responses=not_found, tags=["users"])
+    def recommendations(user_id: Annotated[str, Path()], k: KQuery = 10,
+                        exclude_seen: bool = True, items: AllowQuery = None,
+                        filter_items: DenyQuery = None) -> Response:
+        """Recommendations for a known user (items they interacted with excluded by default)."""
+        rec = holder.get()
+        return _items(rec, rec.recommend(user_id, k, exclude_seen, items, filter_items))
+
+    @app.get("/users/{user_id:path}/similar", response_model=schemas.UsersResponse,
+             responses=not_found, tags=["users"])
+    def similar_users(user_id: Annotated[str, Path()], k: KQuery = 10,
+                      users: Annotated[list[str] | None, Query(max_length=max_ids)] = None,
+                      filter_users: Annotated[list[str] | None,
+                                              Query(max_length=max_ids)] = None) -> Response:
+        """Users most similar to a user (cosine of embeddings; never the user itself)."""
+        rec = holder.get()
+        result = rec.similar_users(user_id, k, users, filter_users)
+        return _json({"model": rec.model, "version": rec.version,
+                      "users": result.records("user_id")}, rec.version)
+
+    @app.get("/users/{user_id:path}/items/{item_id:path}/score",
+             response_model=schemas.ScoreResponse, responses=not_found, tags=["users"])
+    def score(user_id: Annotated[str, Path()], item_id: Annotated[str, Path()]) -> Response:
+        """The model's score of one item for one user (the ranking score of recommendations)."""
+        rec = holder.get()
+        return _json({"model": rec.model, "version": rec.version, "user_id": user_id,
+                      "item_id": item_id, "score": rec.score(user_id, item_id)}, rec.version)
+
+    # Bodies bounded by the settings are built at run time: pydantic enforces their shape,
+    # so handlers read them as Any.
+    basket_model: Any = schemas.basket_request(max_ids, max_k)
+
+    @app.post("/recommendations", response_model=schemas.BasketResponse, responses=not_found,
+              tags=["items"])
+    def basket(body: Annotated[basket_model, Body()]) -> Response:
+        """Recommendations for an anonymous basket or session (fold-in); unknown ids are
+        reported in `unknown_item_ids` and ignored while at least one id is known."""
+        rec = holder.get()
+        try:
+            result = rec.recommend_for_items(body.item_ids, body.k, body.exclude_given,
+                                             body.items, body.filter_items)
+        except (UnknownItem, InvalidInput) as exc:
+            if isinstance(exc, InvalidInput) and "none of the" not in str(exc):
+                raise
+            return _json({"detail": "none of the item ids is known",
+                          "unknown_item_ids": body.item_ids}, rec.version, 404)
+        return _items(rec, result, unknown_item_ids=result.unknown)
+
+    similar_batch: Any = schemas.batch_request("item_ids", settings.max_batch, max_ids, max_k,
+                                               False)
+    recs_batch: Any = schemas.batch_request("user_ids", settings.max_batch, max_ids, max_k,
+                                            True)
+
+    @app.post("/batch/similar", response_model=schemas.BatchResponse, tags=["batch"])
+    def batch_similar(body: Annotated[similar_batch, Body()]) -> Response:
+        """Similar items for many items in one call; unknown ids get an `error` entry."""
+        rec = holder.get()
+        return _batch(rec, body.item_ids, lambda i: rec.similar_items(
+            i, body.k, body.items, body.filter_items))
+
+    @app.post("/batch/recommendations", response_model=schemas.BatchResponse, tags=["batch"])
+    def batch_recommendations(body: Annotated[recs_batch, Body()]) -> Response:
+        """Recommendations for many users in one call; unknown ids get an `error` entry."""
+        rec = holder.get()
+        return _batch(rec, body.user_ids, lambda u: rec.recommend(
+            u, body.k, body.exclude_seen, body.items, body.filter_items))
+
+
+def _batch(rec: Recommender, ids: list[str], query: Callable[[str], Results]) -> Response:
+    results: list[dict[str, Any]] = []
+    for one in ids:
+        try:
+            results.append({"id": one, "items": query(one).records()})
+        except (UnknownItem, UnknownUser) as exc:
+            results.append({"id": one, "error": str(exc)})
+    return _json({"model": rec.model, "version": rec.version, "results": results}, rec.version)
+
+
+def _add_operational_routes(app: FastAPI, holder: ModelHolder, settings: Settings,
+                            metrics: Metrics) -> None:
+    @app.get("/healthz", tags=["operations"])
+    def healthz() -> dict[str, str]:
+        """The process is up (whether or not a bundle is loaded)."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", response_model=schemas.Ready, tags=["operations"])
+    def readyz() -> Any:
+        """A bundle is loaded: which one, when, and its size; 503 before."""
+        current = holder.current
+        if current is None:
+            return _problem(503, f"no bundle loaded for model {settings.model!r}")
+        rec = current.recommender
+        counts = rec.manifest["counts"]
+        return {"model": rec.model, "version": rec.version,
+                "loaded_at": current.loaded_at.isoformat(),
+                "load_seconds": round(current.load_seconds, 4),
+                "counts": {"users": counts["users"], "items": counts["items"],
+                           "interactions": counts["interactions"]},
+                "indexes": {k: v["type"] for k, v in rec.manifest["indexes"].items()}}
+
+    @app.get("/metrics", tags=["operations"], response_class=Response)
+    def prometheus() -> Response:
+        """Prometheus metrics: requests and latency by route and status, bundle, reloads."""
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.post("/admin/reload", response_model=schemas.ReloadResult, tags=["operations"],
+              responses={401: {"model": schemas.Problem}, 403: {"model": schemas.Problem},
+                         404: {"model": schemas.Problem}})
+    async def admin_reload(authorization: Annotated[str | None, Header()] = None) -> Any:
+        """Load the version CURRENT names now (bearer token from SVDFAISS_ADMIN_TOKEN)."""
+        _authorize(settings, authorization)
+        result = await holder.reload()
+        if result.result == "refused":
+            return JSONResponse(result.model_dump(), status_code=409)
+        return result
+
+
+def _authorize(settings: Settings, authorization: str | None) -> None:
+    """401 without a bearer token, 403 with a wrong one, 404 when admin is off."""
+    if settings.admin_token is None:
+        raise HTTPException(404, "admin endpoints are off (set SVDFAISS_ADMIN_TOKEN)")
+    scheme, _, token = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise HTTPException(401, "a bearer token is required",
+                            headers={"WWW-Authenticate": "Bearer"})
+    if not secrets.compare_digest(token.encode(), settings.admin_token.get_secret_value()
+                                  .encode()):
+        raise HTTPException(403, "wrong token")
+
+
+__all__ = ["Metrics", "ModelHolder", "RequestValidationError", "create_app"]

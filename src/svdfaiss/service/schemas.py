@@ -1,0 +1,118 @@
+"""Request and response shapes; they document the OpenAPI schema.
+
+Hot routes build their JSON with orjson straight from the results, so these models describe
+responses without validating each one (no per-item pydantic object on the way out).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ScoredItem(BaseModel):
+    """One result; catalog fields (title, category, price, ...) appear when the bundle has them."""
+
+    model_config = ConfigDict(extra="allow")
+    item_id: str
+    score: float
+    title: str | None = None
+    category: str | None = None
+
+
+class ScoredUser(BaseModel):
+    user_id: str
+    score: float
+
+
+class ItemsResponse(BaseModel):
+    model: str
+    version: str
+    items: list[ScoredItem]
+
+
+class BasketResponse(ItemsResponse):
+    unknown_item_ids: list[str] = Field(description="ids the model does not know (ignored)")
+
+
+class UsersResponse(BaseModel):
+    model: str
+    version: str
+    users: list[ScoredUser]
+
+
+class ScoreResponse(BaseModel):
+    model: str
+    version: str
+    user_id: str
+    item_id: str
+    score: float
+
+
+class BatchEntry(BaseModel):
+    id: str
+    items: list[ScoredItem] | None = None
+    error: str | None = Field(None, description="set instead of items when the id is unknown")
+
+
+class BatchResponse(BaseModel):
+    model: str
+    version: str
+    results: list[BatchEntry]
+
+
+class Ready(BaseModel):
+    model: str
+    version: str
+    loaded_at: datetime
+    load_seconds: float
+    counts: dict[str, int | float]
+    indexes: dict[str, str]
+
+
+class Problem(BaseModel):
+    detail: str
+
+
+class ReloadResult(BaseModel):
+    result: str = Field(description="loaded, unchanged or refused")
+    model: str
+    version: str | None
+    detail: str | None = None
+
+
+def basket_request(max_ids: int, max_k: int) -> type[BaseModel]:
+    """The POST /recommendations body, bounded by the settings."""
+
+    class BasketRequest(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        item_ids: list[str] = Field(min_length=1, max_length=max_ids)
+        k: int = Field(10, ge=1, le=max_k)
+        exclude_given: bool = True
+        items: list[str] | None = Field(None, max_length=max_ids, description="allow-list")
+        filter_items: list[str] | None = Field(None, max_length=max_ids,
+                                               description="deny-list")
+
+    return BasketRequest
+
+
+def batch_request(field: str, max_batch: int, max_ids: int, max_k: int,
+                  with_exclude_seen: bool) -> type[BaseModel]:
+    """A POST /batch/... body: up to max_batch ids, one k and one pair of filters for all."""
+
+    fields = {
+        field: (list[str], Field(min_length=1, max_length=max_batch)),
+        "k": (int, Field(10, ge=1, le=max_k)),
+        "items": (list[str] | None, Field(None, max_length=max_ids)),
+        "filter_items": (list[str] | None, Field(None, max_length=max_ids)),
+    }
+    if with_exclude_seen:
+        fields["exclude_seen"] = (bool, True)
+    from pydantic import create_model
+
+    return create_model(  # type: ignore[call-overload, no-any-return]
+        f"Batch{field.title().replace('_', '')}Request",
+        __config__=ConfigDict(extra="forbid"),
+        **fields,
+    )

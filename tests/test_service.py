@@ -1,0 +1,369 @@
+"""The HTTP service against a real uvicorn process on 127.0.0.1 (a free port per server)."""
+
+import asyncio
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import quote
+
+import httpx
+import pytest
+
+from svdfaiss import bundle
+from svdfaiss.builder import BuildConfig, build
+from svdfaiss.data import decode_ids
+from svdfaiss.recommender import Recommender
+
+TOKEN = "test-token-0123456789abcdef"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def server(index_dir: Path, model: str = "sample", token: str | None = TOKEN,
+           poll: float = 0.0, log: Path | None = None) -> Iterator[str]:
+    """Start `svdfaiss serve` and wait (at most 30 s) until /healthz answers."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SVDFAISS_")}
+    if token:
+        env["SVDFAISS_ADMIN_TOKEN"] = token
+    out = log.open("w") if log else subprocess.DEVNULL
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "svdfaiss", "serve", "--index-dir", str(index_dir), "--model",
+         model, "--host", "127.0.0.1", "--port", str(port), "--poll-seconds", str(poll)],
+        env=env, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"server did not start (exit {proc.poll()})")
+            time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        if log:
+            out.close()  # type: ignore[union-attr]
+
+
+@pytest.fixture(scope="module")
+def versions(tmp_path_factory, sample) -> Path:
+    """A model with versions v1..v4 built from the sample (CURRENT: v1)."""
+    index_dir = tmp_path_factory.mktemp("served")
+    for version, k in (("v2", 16), ("v3", 24), ("v4", 32), ("v1", 64)):
+        build(BuildConfig(input=sample.events, model="sample", index_dir=index_dir,
+                          catalog=sample.catalog, k=k, version=version))
+    return index_dir
+
+
+@pytest.fixture(scope="module")
+def live(versions) -> Iterator[tuple[str, Recommender]]:
+    with server(versions) as url:
+        yield url, Recommender.load(versions, "sample")
+
+
+@pytest.fixture
+def own_copy(versions, tmp_path) -> Path:
+    """A private copy of the versions, for tests that move CURRENT."""
+    target = tmp_path / "indexes"
+    shutil.copytree(versions, target)
+    return target
+
+
+def records(results):
+    return [{**r, "score": pytest.approx(r["score"], rel=1e-6, abs=1e-7)}
+            for r in results.records()]
+
+
+def test_each_endpoint_equals_the_recommender(live):
+    url, rec = live
+    item, other = decode_ids(rec.item_ids[7:9])
+    user = decode_ids(rec.user_ids[3:4])[0]
+    deny = rec.similar_items(item, 3).ids
+
+    body = httpx.get(f"{url}/items/{item}/similar", params={"k": 5}).json()
+    assert body["model"] == "sample" and body["version"] == "v1"
+    assert body["items"] == records(rec.similar_items(item, 5))
+    body = httpx.get(f"{url}/items/{item}/similar",
+                     params={"k": 5, "filter_items": deny}).json()
+    assert body["items"] == records(rec.similar_items(item, 5, filter_items=deny))
+    body = httpx.get(f"{url}/users/{user}/recommendations",
+                     params={"k": 7, "exclude_seen": "false", "items": [item, other]}).json()
+    assert body["items"] == records(rec.recommend(user, 7, False, items=[item, other]))
+    body = httpx.get(f"{url}/users/{user}/recommendations", params={"k": 10}).json()
+    assert body["items"] == records(rec.recommend(user, 10))
+    body = httpx.get(f"{url}/users/{user}/similar", params={"k": 4}).json()
+    assert body["users"] == records_users(rec.similar_users(user, 4))
+    body = httpx.post(f"{url}/recommendations",
+                      json={"item_ids": [item, "no-such-item"], "k": 6}).json()
+    assert body["items"] == records(rec.recommend_for_items([item], 6))
+    assert body["unknown_item_ids"] == ["no-such-item"]
+    body = httpx.get(f"{url}/users/{user}/items/{other}/score").json()
+    assert body["score"] == pytest.approx(rec.score(user, other), rel=1e-6)
+    body = httpx.post(f"{url}/batch/similar", json={"item_ids": [item, "nope"], "k": 3}).json()
+    assert body["results"][0] == {"id": item, "items": records(rec.similar_items(item, 3))}
+    assert body["results"][1] == {"id": "nope", "error": "unknown item id 'nope'"}
+    body = httpx.post(f"{url}/batch/recommendations", json={"user_ids": [user], "k": 3}).json()
+    assert body["results"][0]["items"] == records(rec.recommend(user, 3))
+
+
+def records_users(results):
+    return [{"user_id": u, "score": pytest.approx(s, rel=1e-6, abs=1e-7)}
+            for u, s in zip(results.ids, results.scores, strict=True)]
+
+
+def test_every_response_names_the_model_version(live):
+    url, rec = live
+    item = decode_ids(rec.item_ids[:1])[0]
+    for response in (httpx.get(f"{url}/items/{item}/similar"), httpx.get(f"{url}/healthz"),
+                     httpx.get(f"{url}/items/nope/similar"), httpx.get(f"{url}/metrics"),
+                     httpx.get(f"{url}/items/{item}/similar", params={"k": "x"})):
+        assert response.headers["x-model-version"] == "v1"
+
+
+@pytest.mark.parametrize(("path", "params", "status", "needle"), [
+    ("/items/nope/similar", {}, 404, "unknown item id 'nope'"),
+    ("/users/nobody/recommendations", {}, 404, "unknown user id 'nobody'"),
+    ("/users/nobody/similar", {}, 404, "unknown user id 'nobody'"),
+    ("/users/nobody/items/nope/score", {}, 404, "unknown user id 'nobody'"),
+    ("/items/ITEM/similar", {"k": 0}, 422, "greater than or equal to 1"),
+    ("/items/ITEM/similar", {"k": 1001}, 422, "less than or equal to 1000"),
+    ("/items/ITEM/similar", {"k": "ten"}, 422, "valid integer"),
+    ("/users/USER/recommendations", {"exclude_seen": "maybe"}, 422, "valid boolean"),
+])
+def test_error_paths(live, path, params, status, needle):
+    url, rec = live
+    path = path.replace("ITEM", decode_ids(rec.item_ids[:1])[0])
+    path = path.replace("USER", decode_ids(rec.user_ids[:1])[0])
+    response = httpx.get(url + path, params=params)
+    assert response.status_code == status
+    assert needle in response.text
+    assert response.headers["content-type"] == "application/json"
+
+
+@pytest.mark.parametrize(("path", "body", "needle"), [
+    ("/recommendations", {}, "item_ids"),
+    ("/recommendations", {"item_ids": []}, "at least 1 item"),
+    ("/recommendations", {"item_ids": ["a"], "k": -1}, "greater than or equal to 1"),
+    ("/recommendations", {"item_ids": ["a"], "surprise": 1}, "Extra inputs"),
+    ("/batch/similar", {"item_ids": ["x"] * 101}, "at most 100 items"),
+    ("/batch/recommendations", {"user_ids": "U1"}, "valid list"),
+])
+def test_bad_bodies_are_422(live, path, body, needle):
+    url, _ = live
+    response = httpx.post(url + path, json=body)
+    assert response.status_code == 422 and needle in response.text
+    assert httpx.post(url + path, content=b"{not json",
+                      headers={"content-type": "application/json"}).status_code == 422
+
+
+def test_a_basket_of_only_unknown_ids_is_404(live):
+    url, _ = live
+    response = httpx.post(f"{url}/recommendations", json={"item_ids": ["x", "y"]})
+    assert response.status_code == 404
+    assert response.json()["unknown_item_ids"] == ["x", "y"]
+
+
+def test_ids_with_any_characters(tmp_path):
+    log = tmp_path / "odd.csv"
+    odd_items = ["a/b", "c d", "é?&#", "%2F", "0042"]
+    rows = [f"u{u},{odd_items[(u + j) % 5]}" for u in range(40) for j in range(3)]
+    log.write_text("user,item\n" + "\n".join(f'{r.split(",")[0]},"{r.split(",")[1]}"'
+                                             for r in rows) + "\n")
+    build(BuildConfig(input=log, model="odd", index_dir=tmp_path / "ix", k=2))
+    with server(tmp_path / "ix", "odd") as url:
+        for item in odd_items:
+            response = httpx.get(f"{url}/items/{quote(item, safe='')}/similar",
+                                 params={"k": 2})
+            assert response.status_code == 200, (item, response.text)
+            assert item not in [r["item_id"] for r in response.json()["items"]]
+        response = httpx.get(f"{url}/items/{quote('a/b/c', safe='')}/similar")
+        assert response.status_code == 404 and "'a/b/c'" in response.text
+
+
+def test_no_bundle_is_503_and_health_still_answers(tmp_path):
+    with server(tmp_path / "empty", token=None) as url:
+        assert httpx.get(f"{url}/healthz").status_code == 200
+        ready = httpx.get(f"{url}/readyz")
+        assert ready.status_code == 503 and "no bundle loaded" in ready.text
+        assert httpx.get(f"{url}/items/x/similar").status_code == 503
+        assert httpx.post(f"{url}/recommendations", json={"item_ids": ["x"]}).status_code == 503
+        # admin endpoints are off without a token
+        assert httpx.post(f"{url}/admin/reload").status_code == 404
+
+
+def test_admin_reload_needs_the_bearer_token(live):
+    url, _ = live
+    assert httpx.post(f"{url}/admin/reload").status_code == 401
+    wrong = httpx.post(f"{url}/admin/reload", headers={"Authorization": "Bearer wrong-token"})
+    assert wrong.status_code == 403
+    basic = httpx.post(f"{url}/admin/reload", headers={"Authorization": f"Basic {TOKEN}"})
+    assert basic.status_code == 401
+    ok = httpx.post(f"{url}/admin/reload", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert ok.status_code == 200 and ok.json()["result"] == "unchanged"
+
+
+def reload(url: str) -> httpx.Response:
+    return httpx.post(f"{url}/admin/reload", headers={"Authorization": f"Bearer {TOKEN}"},
+                      timeout=60)
+
+
+def test_three_reloads_under_load_lose_no_request(own_copy):
+    model_dir = own_copy / "sample"
+    rec = Recommender.load(own_copy, "sample")
+    items = decode_ids(rec.item_ids[:50])
+    with server(own_copy) as url:
+
+        async def load_loop(stop: asyncio.Event) -> tuple[int, list[str], set[str]]:
+            ok, failures, seen = 0, [], set()
+            async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+
+                async def worker(n: int) -> None:
+                    nonlocal ok
+                    i = n
+                    while not stop.is_set() and ok + len(failures) < 20_000:
+                        r = await client.get(f"/items/{items[i % 50]}/similar", params={"k": 5})
+                        i += 7
+                        if r.status_code == 200 and len(r.json()["items"]) == 5:
+                            ok += 1
+                            seen.add(r.json()["version"])
+                            assert r.headers["x-model-version"] == r.json()["version"]
+                        else:
+                            failures.append(f"{r.status_code} {r.text[:100]}")
+
+                await asyncio.gather(*(worker(n) for n in range(8)))
+            return ok, failures, seen
+
+        async def scenario() -> tuple[int, list[str], set[str], list[str]]:
+            stop = asyncio.Event()
+            task = asyncio.create_task(load_loop(stop))
+            served = []
+            for version in ("v2", "v3", "v4"):
+                await asyncio.sleep(0.5)
+                bundle.set_current(model_dir, version)
+                result = await asyncio.to_thread(reload, url)
+                served.append(result.json()["version"])
+            await asyncio.sleep(0.5)
+            stop.set()
+            ok, failures, seen = await asyncio.wait_for(task, timeout=60)
+            return ok, failures, seen, served
+
+        ok, failures, seen, served = asyncio.run(scenario())
+    assert failures == []
+    assert served == ["v2", "v3", "v4"]
+    assert seen == {"v1", "v2", "v3", "v4"}
+    assert ok > 100
+
+
+def corrupt(version_dir: Path, how: str) -> None:
+    if how == "checksum":
+        path = version_dir / "items.faiss"
+        data = bytearray(path.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        path.write_bytes(bytes(data))
+    elif how == "missing":
+        (version_dir / "item_ids.npy").unlink()
+    elif how == "unreadable":  # bytes FAISS cannot parse, with a manifest that agrees
+        path = version_dir / "items.faiss"
+        path.write_bytes(b"not a faiss index at all")
+        manifest = bundle.read_manifest(version_dir)
+        manifest["files"]["items.faiss"] = {"sha256": bundle.sha256_file(path),
+                                            "size": path.stat().st_size}
+        import json
+
+        (version_dir / "manifest.json").write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize("how", ["checksum", "missing", "unreadable"])
+def test_a_bad_new_bundle_is_refused_and_the_old_keeps_serving(own_copy, tmp_path, how):
+    model_dir = own_copy / "sample"
+    corrupt(model_dir / "v2", how)
+    log = tmp_path / "server.log"
+    with server(own_copy, log=log) as url:
+        item = httpx.get(f"{url}/users/U0001/recommendations").json()["items"][0]["item_id"]
+        bundle.set_current(model_dir, "v2")
+        refused = reload(url)
+        assert refused.status_code == 409
+        assert refused.json()["result"] == "refused" and refused.json()["version"] == "v1"
+        still = httpx.get(f"{url}/items/{item}/similar")
+        assert still.status_code == 200 and still.json()["version"] == "v1"
+        assert httpx.get(f"{url}/readyz").json()["version"] == "v1"
+        metrics = httpx.get(f"{url}/metrics").text
+        assert 'svdfaiss_reloads_total{result="refused"} 1.0' in metrics
+        assert 'svdfaiss_bundle_info{model="sample",version="v1"} 1.0' in metrics
+    assert "reload of model sample refused, still serving v1" in log.read_text()
+
+
+def test_poll_picks_up_a_new_current_and_a_late_first_bundle(own_copy, tmp_path, sample):
+    model_dir = own_copy / "sample"
+    with server(own_copy, poll=0.2) as url:
+        bundle.set_current(model_dir, "v3")
+        deadline = time.monotonic() + 20
+        while httpx.get(f"{url}/readyz").json()["version"] != "v3":
+            assert time.monotonic() < deadline, "poll did not pick up v3"
+            time.sleep(0.1)
+    late = tmp_path / "late"
+    with server(late, poll=0.2) as url:
+        assert httpx.get(f"{url}/readyz").status_code == 503
+        build(BuildConfig(input=sample.events, model="sample", index_dir=late, k=8,
+                          version="first"))
+        deadline = time.monotonic() + 20
+        while httpx.get(f"{url}/readyz").status_code != 200:
+            assert time.monotonic() < deadline, "poll did not load the first bundle"
+            time.sleep(0.1)
+        assert httpx.get(f"{url}/readyz").json()["version"] == "first"
+
+
+def test_metrics_count_what_was_served(live):
+    url, rec = live
+    item = decode_ids(rec.item_ids[2:3])[0]
+
+    def count(status: str) -> float:
+        for line in httpx.get(f"{url}/metrics").text.splitlines():
+            if (line.startswith("svdfaiss_requests_total{") and 'route="/items/{item_id:path}'
+                    '/similar"' in line and f'status="{status}"' in line):
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+    before_ok, before_404 = count("200"), count("404")
+    for _ in range(7):
+        httpx.get(f"{url}/items/{item}/similar")
+    for _ in range(3):
+        httpx.get(f"{url}/items/nope/similar")
+    assert count("200") == before_ok + 7
+    assert count("404") == before_404 + 3
+    text = httpx.get(f"{url}/metrics").text
+    assert "svdfaiss_request_duration_seconds_bucket" in text
+    assert "svdfaiss_bundle_load_seconds" in text
+
+
+def test_openapi_documents_every_endpoint(live):
+    url, _ = live
+    paths = httpx.get(f"{url}/openapi.json").json()["paths"]
+    assert set(paths) >= {
+        "/items/{item_id}/similar", "/users/{user_id}/recommendations",
+        "/users/{user_id}/similar", "/users/{user_id}/items/{item_id}/score",
+        "/recommendations", "/batch/similar", "/batch/recommendations", "/healthz", "/readyz",
+        "/metrics", "/admin/reload"}
+    similar = paths["/items/{item_id}/similar"]["get"]
+    assert similar["description"].startswith("Items most similar")
+    assert "404" in similar["responses"]
