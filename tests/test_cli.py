@@ -1,14 +1,21 @@
 """The command line as a user runs it: real subprocesses, exit codes, messages, files."""
 
+import contextlib
 import json
 import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
 
 import pytest
 
 from svdfaiss import bundle
 from svdfaiss.synthetic import SampleSpec, write_sample
 
-from .helpers import run_cli
+from .helpers import free_port, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -139,10 +146,42 @@ def test_verify_exits_non_zero_on_a_corrupt_bundle(tmp_path):
 
 def test_demo_builds_the_sample_and_prints_working_queries(tmp_path):
     result = run_cli(["demo", "--workdir", str(tmp_path / "data"), "--index-dir",
-                      str(tmp_path / "ix")], cwd=tmp_path, timeout=300)
+                      str(tmp_path / "ix"), "--no-serve"], cwd=tmp_path, timeout=300)
     assert result.returncode == 0, result.stderr
     lines = [ln.split() for ln in result.stdout.splitlines() if " query " in ln]
     assert len(lines) == 3
     for words in lines:
         follow = run_cli(words[words.index("query"):], cwd=tmp_path)
         assert follow.returncode == 0, (words, follow.stderr)
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+def test_demo_serves_and_its_curl_lines_work(tmp_path):
+    """The README's run command: sample, build, a service on 127.0.0.1, three curl lines."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SVDFAISS_")}
+    proc = subprocess.Popen([sys.executable, "-m", "svdfaiss", "demo", "--workdir",
+                             str(tmp_path / "data"), "--index-dir", str(tmp_path / "ix"),
+                             "--port", str(port)], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        lines: list[str] = []
+        deadline = time.monotonic() + 120
+        while len([ln for ln in lines if ln.strip().startswith("curl ")]) < 3:
+            assert time.monotonic() < deadline and proc.poll() is None, lines
+            lines.append(proc.stdout.readline())  # type: ignore[union-attr]
+        url = f"http://127.0.0.1:{port}"
+        while True:  # bounded: the deadline above still applies
+            with contextlib.suppress(OSError):
+                if urllib.request.urlopen(f"{url}/readyz", timeout=2).status == 200:
+                    break
+            assert time.monotonic() < deadline, "service did not become ready"
+            time.sleep(0.2)
+        for line in (ln.strip() for ln in lines if ln.strip().startswith("curl ")):
+            done = subprocess.run([*shlex.split(line), "-s", "-f"], capture_output=True,
+                                  text=True, timeout=30)
+            assert done.returncode == 0, (line, done.stderr)
+            assert len(json.loads(done.stdout)["items"]) == 5
+    finally:
+        proc.terminate()
+        proc.wait(15)

@@ -4,7 +4,6 @@ import asyncio
 import contextlib
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -20,13 +19,9 @@ from svdfaiss.builder import BuildConfig, build
 from svdfaiss.data import decode_ids
 from svdfaiss.recommender import Recommender
 
+from .helpers import free_port
+
 TOKEN = "test-token-0123456789abcdef"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @contextlib.contextmanager

@@ -501,8 +501,12 @@ def demo(
     workdir: Annotated[Path, typer.Option(help="Where the sample data goes.")] = Path("data"),
     index_dir: IndexDirOpt = DEFAULT_INDEX_DIR,
     model: ModelOpt = "sample",
+    serve_after: Annotated[bool, typer.Option("--serve/--no-serve",
+                                              help="Start the service after building.")] = True,
+    host: Annotated[str, typer.Option(help="Bind address of the service.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65_535)] = 8000,
 ) -> None:
-    """Generate the built-in sample, build a bundle from it, and show how to query it."""
+    """Generate the built-in sample, build a bundle, serve it and show how to query it."""
     from svdfaiss.builder import BuildConfig
     from svdfaiss.builder import build as run_build
     from svdfaiss.recommender import Recommender
@@ -514,13 +518,23 @@ def demo(
                                    catalog=files.catalog), _stage_status)
     print_summary(report.path, report.manifest)
     rec = Recommender.load(index_dir, model)
-    item = rec.similar_items(rec.recommend(_first_user(rec), 1).ids[0], 1).ids[0]
     user = _first_user(rec)
+    item = rec.recommend(user, 1).ids[0]
     base = f"{_program()} query {{}} --model {model} --index-dir {index_dir}"
-    out.print("\nTry:")
+    out.print("\nFrom the command line:")
     out.print(f"  {base.format('similar ' + item)} --k 5")
     out.print(f"  {base.format('recommend ' + user)} --k 5")
-    out.print(f"  {base.format('basket ' + item)} --json")
+    if not serve_after:
+        out.print(f"  {base.format('basket ' + item)} --json")
+        return
+    url = f"http://{host}:{port}"
+    out.print(f"\nServing on {url} (API docs: {url}/docs); stop with Ctrl+C. Try:")
+    out.print(f"  curl '{url}/items/{item}/similar?k=5'")
+    out.print(f"  curl '{url}/users/{user}/recommendations?k=5'")
+    out.print(f"  curl -X POST {url}/recommendations -H 'content-type: application/json' "
+              f"-d '{{\"item_ids\": [\"{item}\"], \"k\": 5}}'")
+    sys.stdout.flush()
+    _serve({"SVDFAISS_INDEX_DIR": str(index_dir), "SVDFAISS_MODEL": model}, host, port, 1)
 
 
 def _program() -> str:
