@@ -113,7 +113,7 @@ def main() -> None:
     if not events.exists():
         subprocess.run([sys.executable, "-m", "svdfaiss", "synth", "--out", str(data),
                         "--users", str(args.users), "--items", str(args.items), "--events",
-                        str(args.events), "--categories", "20"], check=True)
+                        str(args.events), "--categories", "20", "--every-item"], check=True)
     index_dir = args.work / "indexes-service"
     model = f"items{args.items}"
     if not (index_dir / model / "CURRENT").exists():

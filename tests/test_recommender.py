@@ -202,3 +202,16 @@ def test_recommendations_favour_the_categories_a_user_bought(rec, catalog, histo
     n_categories = len(set(catalog.values()))
     assert np.mean(hits) >= 0.8
     assert np.mean(hits) > 2 * (1 / n_categories) * 3  # far above random category picks
+
+
+def test_short_deny_lists_take_the_overfetch_path_and_stay_exact(rec):
+    """Up to OVERFETCH_MAX denied ids are dropped from an over-fetched list, not a selector."""
+    vectors = np.asarray(rec.item_vectors)
+    item_id = decode_ids(rec.item_ids[42:43])[0]
+    deny = rec.similar_items(item_id, 6).ids[::2] + ["unknown-id"]
+    result = rec.similar_items(item_id, 10, filter_items=deny)
+    denied = set(rec._item_set(deny).tolist()) | {42}
+    scores = vectors @ vectors[42]
+    scores[list(denied)] = -np.inf
+    assert len(result) == 10 and not set(result.ids) & set(deny)
+    np.testing.assert_allclose(result.scores, np.sort(scores)[::-1][:10], rtol=1e-5, atol=1e-6)

@@ -50,3 +50,11 @@ def test_explicit_sample_has_ratings_1_to_5(tmp_path):
 def test_impossible_specs_are_refused(spec):
     with pytest.raises(InvalidInput):
         generate(spec)
+
+
+def test_every_item_gets_an_event():
+    spec = SampleSpec(users=500, items=3000, events=6000, every_item=True)
+    events, _ = generate(spec)
+    assert len(set(events["item_id"].to_pylist())) == 3000
+    with pytest.raises(InvalidInput, match="--every-item"):
+        generate(SampleSpec(users=10, items=100, events=50, every_item=True))

@@ -193,24 +193,24 @@ def search(
     k: int,
     selector: faiss.IDSelector | None = None,
     effort: int = 1,
+    kind: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(scores, ids) of the k best rows per query; ids -1 where fewer were found.
 
     Parameters travel per call in SearchParameters and never mutate the shared index, so
     concurrent searches with different settings are safe (faiss #2204). `effort` multiplies
-    efSearch or nprobe for retries when a filter leaves too few results.
+    efSearch or nprobe for retries when a filter leaves too few results. `kind` (from
+    `kind_of`, cached by callers) saves a type probe per call.
     """
     q = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)
-    kind = kind_of(index)
+    kind = kind or kind_of(index)
     params: Any
     if kind == "hnsw":
-        inner = faiss.downcast_index(index)
         params = faiss.SearchParametersHNSW()
-        params.efSearch = max(inner.hnsw.efSearch, k) * effort
+        params.efSearch = max(index.hnsw.efSearch, k) * effort
     elif kind == "ivf":
-        inner = faiss.downcast_index(index)
         params = faiss.SearchParametersIVF()
-        params.nprobe = min(inner.nlist, inner.nprobe * effort)
+        params.nprobe = min(index.nlist, index.nprobe * effort)
     else:
         params = faiss.SearchParameters()
     if selector is not None:

@@ -25,6 +25,7 @@ from svdfaiss.factorize import fold_in
 from svdfaiss.index import (
     check_index,
     exact_top_k,
+    kind_of,
     mips_query,
     normalize_rows,
     read_index,
@@ -40,6 +41,7 @@ faiss: Any = _faiss
 # filtered ANN walk and exact by construction.
 EXACT_CANDIDATES = 8192
 RETRY_EFFORTS = (4, 16)
+OVERFETCH_MAX = 32
 _NONE = np.empty(0, dtype=np.int64)
 
 
@@ -71,6 +73,7 @@ class _Space:
     """One searchable set of vectors: its index, and exact scoring over candidate rows."""
 
     index: faiss.Index
+    kind: str
     size: int
     query_transform: Callable[[np.ndarray], np.ndarray]
     exact_vectors: Callable[[np.ndarray | None], np.ndarray]
@@ -131,7 +134,7 @@ class Recommender:
                 return fixed if candidates is None else fixed[candidates]
         else:
             exact = self._user_vectors
-        return _Space(index, int(meta["rows"]), transform, exact)
+        return _Space(index, kind_of(index), int(meta["rows"]), transform, exact)
 
     # ------------------------------------------------------------------ loading
 
@@ -223,7 +226,8 @@ class Recommender:
     ) -> tuple[np.ndarray, np.ndarray]:
         if k < 1:
             raise InvalidInput(f"k must be at least 1, got {k}")
-        excluded = np.unique(excluded)
+        if excluded.size > 1:
+            excluded = np.unique(excluded)
         if allowed is not None:
             candidates: np.ndarray | None = np.setdiff1d(allowed, excluded, assume_unique=True)
             n_candidates = int(candidates.size)  # type: ignore[union-attr]
@@ -235,10 +239,17 @@ class Recommender:
             return np.empty(0, dtype=np.float32), np.empty(0, dtype=np.int64)
         if candidates is not None and n_candidates <= EXACT_CANDIDATES:
             return exact_top_k(space.exact_vectors(candidates), query, k, candidates)
-        selector = selector_for(allowed, excluded)
         q = space.query_transform(query[None, :])
+        if allowed is None and excluded.size <= OVERFETCH_MAX:
+            # A few ids to skip (the query item, a short deny-list): fetch that many more and
+            # drop them, cheaper than building an IDSelector per request.
+            scores, ids = search(space.index, q, k + int(excluded.size), kind=space.kind)
+            keep = (ids[0] >= 0) & ~np.isin(ids[0], excluded)
+            if int(keep.sum()) >= k:
+                return scores[0][keep][:k], ids[0][keep][:k].astype(np.int64)
+        selector = selector_for(allowed, excluded)
         for effort in (1, *RETRY_EFFORTS):
-            scores, ids = search(space.index, q, k, selector, effort)
+            scores, ids = search(space.index, q, k, selector, effort, space.kind)
             keep = ids[0] >= 0
             if int(keep.sum()) >= k:
                 return scores[0][keep], ids[0][keep].astype(np.int64)

@@ -57,6 +57,7 @@ class SampleSpec:
     seed: int = 42
     single_event_share: float = 0.4
     explicit: bool = False
+    every_item: bool = False  # each item sold at least once (else the Zipf tail goes unsold)
 
     def validate(self) -> None:
         if self.users < 2 or self.items < 2:
@@ -68,6 +69,9 @@ class SampleSpec:
             )
         if not 1 <= self.categories <= self.items:
             raise InvalidInput(f"synth: --categories must be in 1..{self.items}")
+        if self.every_item and self.events < self.items:
+            raise InvalidInput(f"synth: --every-item needs --events ({self.events}) >= "
+                               f"--items ({self.items})")
         if not 0.0 <= self.single_event_share <= 1.0:
             raise InvalidInput("synth: --single-event-share must be in [0, 1]")
 
@@ -165,6 +169,10 @@ def generate(spec: SampleSpec) -> tuple[pa.Table, pa.Table]:
     pos[targeted] = np.searchsorted(within_cdf, event_cat[targeted] + u[targeted], side="right")
     pos[~targeted] = np.searchsorted(global_cdf, u[~targeted], side="right")
     event_item = by_cat[np.minimum(pos, spec.items - 1)]
+    if spec.every_item:
+        slots = rng.choice(n, spec.items, replace=False)
+        event_item[slots] = rng.permutation(spec.items)
+        event_cat[slots] = item_cat[event_item[slots]]
 
     start = 1_700_000_000
     timestamps = np.sort(rng.integers(start, start + 365 * 86_400, n))

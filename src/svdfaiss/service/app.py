@@ -13,6 +13,7 @@ import contextlib
 import datetime as dt
 import logging
 import secrets
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
@@ -133,11 +134,26 @@ class ModelHolder:
 
     def get(self) -> Recommender:
         """The serving model; 503 when none is loaded."""
+        _single_threaded_faiss()
         current = self.current
         if current is None:
             raise NoBundle(f"no bundle loaded for model {self.settings.model!r} from "
                            f"{self.settings.index_dir}")
         return current.recommender
+
+
+_thread_state = threading.local()
+
+
+def _single_threaded_faiss() -> None:
+    """Set FAISS to one OpenMP thread in the calling thread (OpenMP settings are per thread).
+
+    `svdfaiss serve` sets OMP_NUM_THREADS=1 before FAISS loads; this covers an app created
+    in a process that loaded FAISS earlier.
+    """
+    if not getattr(_thread_state, "faiss_single", False):
+        faiss.omp_set_num_threads(1)
+        _thread_state.faiss_single = True
 
 
 class ServiceMiddleware:
@@ -220,9 +236,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        # One request is one query: FAISS's OpenMP threads would only compete with the
-        # server's own concurrency.
-        faiss.omp_set_num_threads(1)
         await holder.reload()
         poller = asyncio.create_task(_poll(holder)) if settings.poll_seconds > 0 else None
         yield
