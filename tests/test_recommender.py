@@ -208,10 +208,31 @@ def test_short_deny_lists_take_the_overfetch_path_and_stay_exact(rec):
     """Up to OVERFETCH_MAX denied ids are dropped from an over-fetched list, not a selector."""
     vectors = np.asarray(rec.item_vectors)
     item_id = decode_ids(rec.item_ids[42:43])[0]
-    deny = rec.similar_items(item_id, 6).ids[::2] + ["unknown-id"]
+    deny = [*rec.similar_items(item_id, 6).ids[::2], "unknown-id"]
     result = rec.similar_items(item_id, 10, filter_items=deny)
     denied = set(rec._item_set(deny).tolist()) | {42}
     scores = vectors @ vectors[42]
     scores[list(denied)] = -np.inf
     assert len(result) == 10 and not set(result.ids) & set(deny)
     np.testing.assert_allclose(result.scores, np.sort(scores)[::-1][:10], rtol=1e-5, atol=1e-6)
+
+
+def test_neighbours_stored_at_build_time_answer_like_a_search(rec, sample, tmp_path):
+    assert rec.manifest["similar_cache"] == {"k": 50, "source": "flat"}
+    build(BuildConfig(input=sample.events, model="nocache", index_dir=tmp_path, catalog=None,
+                      similar_cache=0))
+    plain = Recommender.load(tmp_path, "nocache")
+    assert plain.manifest["similar_cache"] is None and plain.similar_ids is None
+    for i in range(0, rec.n_items, 101):
+        item_id = decode_ids(rec.item_ids[i : i + 1])[0]
+        deny = plain.similar_items(item_id, 4).ids[1::2]
+        for k, filters in ((10, None), (50, None), (10, deny)):
+            cached = rec.cached_similar_items(item_id, k, filter_items=filters)
+            assert cached is not None
+            searched = plain.similar_items(item_id, k, filter_items=filters)
+            assert cached.ids == searched.ids
+            np.testing.assert_allclose(cached.scores, searched.scores, rtol=1e-5, atol=1e-6)
+    item_id = decode_ids(rec.item_ids[:1])[0]
+    assert rec.cached_similar_items(item_id, 51) is None  # beyond the cache: search
+    assert rec.cached_similar_items(item_id, 5, items=[item_id]) is None  # allow-list: search
+    assert len(rec.similar_items(item_id, 80)) == 80

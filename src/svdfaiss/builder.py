@@ -37,6 +37,12 @@ from svdfaiss.weighting import WeightingParams, check_scheme, item_column_scale,
 # scripts/bench_index.py), so auto stays exact up to 25k items and uses IVF above.
 RECOMMENDATION_INDEX = IndexParams(kind="auto", flat_max=25_000, hnsw_max=0)
 
+# Similar items change only at rebuild: storing each item's neighbours turns most requests
+# into an array slice. Computing them costs one batch search per item, so auto stops at a size
+# where that stays a few seconds (it would break the 90 s Amazon-scale budget at 412k items).
+SIMILAR_CACHE_K = 50
+SIMILAR_CACHE_MAX_ITEMS = 200_000
+
 StageHook = Callable[[str], contextlib.AbstractContextManager[None]]
 
 
@@ -61,6 +67,13 @@ class BuildConfig:
     catalog: Path | None = None
     seed: int = 0
     version: str | None = None
+    similar_cache: int | None = None  # neighbours stored per item; None: auto, 0: off
+
+    def resolved_similar_cache(self, n_items: int) -> int:
+        """auto: 50 neighbours up to 200k items (seconds to compute), none above."""
+        if self.similar_cache is not None:
+            return min(self.similar_cache, n_items - 1)
+        return min(SIMILAR_CACHE_K, n_items - 1) if n_items <= SIMILAR_CACHE_MAX_ITEMS else 0
 
     def resolved_weighting(self, feedback: str) -> str:
         """`auto`: log(1 + count) for implicit counts, ratings as given for explicit data."""
@@ -84,6 +97,8 @@ class BuildConfig:
         for params in (self.item_index, self.rec_index, self.user_index):
             if params is not None:
                 params.resolved(1)
+        if self.similar_cache is not None and self.similar_cache < 0:
+            raise InvalidInput(f"--similar-cache must be >= 0, got {self.similar_cache}")
         if self.catalog is not None and not Path(self.catalog).is_file():
             raise InvalidInput(f"{self.catalog}: catalog file not found")
 
@@ -203,6 +218,11 @@ def build(config: BuildConfig, stage_hook: StageHook | None = None) -> BuildRepo
     with timer.stage("index items"):
         items_index = build_index(item_vectors, config.item_index, config.seed)
         mips_index = build_index(mips_augment(item_factors), config.rec_index, config.seed)
+    similar = None
+    cache_k = config.resolved_similar_cache(inter.n_items)
+    if cache_k > 0:
+        with timer.stage("precompute similar"):
+            similar = precompute_neighbours(items_index, item_vectors, cache_k)
     users_index = None
     if user_vectors is not None and config.user_index is not None:
         with timer.stage("index users"):
@@ -221,6 +241,9 @@ def build(config: BuildConfig, stage_hook: StageHook | None = None) -> BuildRepo
             with timer.stage("write"):
                 _write_files(writer, inter, factors, item_vectors, item_factors, scale,
                              items_index, mips_index, users_index, catalog)
+                if similar is not None:
+                    writer.save_array("similar_ids.npy", similar[0])
+                    writer.save_array("similar_scores.npy", similar[1])
             indexes = {
                 "items": _index_meta("items.faiss", items_index, config.item_index,
                                      "cosine", "similar items"),
@@ -232,6 +255,8 @@ def build(config: BuildConfig, stage_hook: StageHook | None = None) -> BuildRepo
                                                "cosine", "similar users")
             manifest = _manifest(config, version, input_path, inter, weighting, factors,
                                  indexes, catalog[1] if catalog else None, timer.seconds)
+            manifest["similar_cache"] = ({"k": cache_k, "source": indexes["items"]["type"]}
+                                         if similar is not None else None)
             with timer.stage("publish"):
                 path = writer.publish(manifest, version)
         except BaseException:
@@ -239,6 +264,29 @@ def build(config: BuildConfig, stage_hook: StageHook | None = None) -> BuildRepo
             raise
     manifest["timings_seconds"] = timer.seconds
     return BuildReport(path=path, manifest=manifest, seconds=timer.seconds)
+
+
+def precompute_neighbours(index: Any, vectors: np.ndarray, k: int,
+                          batch: int = 16_384) -> tuple[np.ndarray, np.ndarray]:
+    """Each item's k nearest other items through the similar-items index: (ids, scores).
+
+    Rows hold -1 / -inf where the index returned fewer than k.
+    """
+    from svdfaiss.index import search
+
+    n = vectors.shape[0]
+    ids_out = np.full((n, k), -1, dtype=np.int32)
+    scores_out = np.full((n, k), -np.inf, dtype=np.float32)
+    for start in range(0, n, batch):
+        rows = np.arange(start, min(start + batch, n))
+        scores, ids = search(index, vectors[rows], k + 1)
+        is_self = ids == rows[:, None]
+        no_self = ~is_self.any(axis=1)
+        is_self[no_self, -1] = True  # the item itself was not among them: drop the last
+        ids_out[rows] = ids[~is_self].reshape(rows.size, k)
+        scores_out[rows] = scores[~is_self].reshape(rows.size, k)
+    scores_out[ids_out < 0] = -np.inf
+    return ids_out, scores_out
 
 
 def _write_files(

@@ -176,6 +176,9 @@ def build(
     ivf_nprobe: int = 32,
     items_catalog: Annotated[Path | None, typer.Option(
         "--items", help="Catalog CSV/Parquet with item_id, title, category, price.")] = None,
+    similar_cache: Annotated[int | None, typer.Option(
+        min=0, help="Neighbours precomputed per item (default: 50 up to 200k items; 0: off).")]
+    = None,
     seed: int = 0,
     version: Annotated[str | None, typer.Option(help="Version name (default: UTC time).")]
     = None,
@@ -227,6 +230,7 @@ def build(
         catalog=items_catalog,
         seed=seed,
         version=version,
+        similar_cache=similar_cache,
     )
     report = run_build(config, _stage_status)
     if json_out:

@@ -113,6 +113,11 @@ class Recommender:
         self._users: _Space | None = None
         if "users" in indexes:
             self._users = self._space(indexes["users"], None, lambda q: q)
+        self.similar_ids: np.ndarray | None = None
+        self.similar_scores: np.ndarray | None = None
+        if manifest.get("similar_cache"):
+            self.similar_ids = _load_array(version_dir, "similar_ids.npy")
+            self.similar_scores = _load_array(version_dir, "similar_scores.npy")
         self.catalog: dict[str, np.ndarray] = {}
         if "catalog.parquet" in manifest["files"]:
             table = pq.read_table(version_dir / "catalog.parquet")
@@ -274,12 +279,45 @@ class Recommender:
         filter_items: Iterable[str] | None = None,
     ) -> Results:
         """Items closest to an item by cosine of their embeddings (never the item itself)."""
+        cached = self.cached_similar_items(item_id, k, items, filter_items)
+        if cached is not None:
+            return cached
         item = self.item_index(item_id)
         denied = self._item_set(filter_items)
         excluded = np.append(_NONE if denied is None else denied, item)
         query = np.asarray(self.item_vectors[item], dtype=np.float32)
         scores, idx = self._top_k(self._items, query, k, self._item_set(items), excluded)
         return self._items_result(scores, idx)
+
+    def cached_similar_items(
+        self,
+        item_id: str,
+        k: int = 10,
+        items: Iterable[str] | None = None,
+        filter_items: Iterable[str] | None = None,
+    ) -> Results | None:
+        """The answer from neighbours stored at build time, or None when they cannot give it
+        (no cache, an allow-list, k beyond the cache, or a deny-list that leaves too few).
+
+        Cheap enough to run on an event loop: no FAISS call.
+        """
+        if self.similar_ids is None or self.similar_scores is None or items is not None:
+            return None
+        item = self.item_index(item_id)
+        if k < 1:
+            raise InvalidInput(f"k must be at least 1, got {k}")
+        row = np.asarray(self.similar_ids[item])
+        keep = row >= 0
+        if filter_items is not None:
+            denied = self._item_set(filter_items)
+            if denied is not None and denied.size:
+                keep &= ~np.isin(row, denied)
+        chosen = np.flatnonzero(keep)[:k]
+        wanted = min(k, self.n_items - 1)
+        if chosen.size < wanted:
+            return None
+        idx = row[chosen].astype(np.int64)
+        return self._items_result(np.asarray(self.similar_scores[item])[chosen], idx)
 
     def recommend(
         self,

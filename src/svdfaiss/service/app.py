@@ -23,6 +23,7 @@ import anyio
 import faiss as _faiss
 import orjson
 from fastapi import Body, FastAPI, Header, HTTPException, Path, Query, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import (
@@ -281,11 +282,16 @@ def _add_query_routes(app: FastAPI, holder: ModelHolder, settings: Settings) -> 
 
     @app.get("/items/{item_id:path}/similar", response_model=schemas.ItemsResponse,
              responses=not_found, tags=["items"])
-    def similar_items(item_id: Annotated[str, Path()], k: KQuery = 10,
-                      items: AllowQuery = None, filter_items: DenyQuery = None) -> Response:
+    async def similar_items(item_id: Annotated[str, Path()], k: KQuery = 10,
+                            items: AllowQuery = None, filter_items: DenyQuery = None) -> Response:
         """Items most similar to an item (cosine of embeddings; never the item itself)."""
         rec = holder.get()
-        return _items(rec, rec.similar_items(item_id, k, items, filter_items))
+        # Neighbours stored at build time answer on the event loop (an array slice); anything
+        # needing FAISS goes to the thread pool so that a search never blocks the loop.
+        result = rec.cached_similar_items(item_id, k, items, filter_items)
+        if result is None:
+            result = await run_in_threadpool(rec.similar_items, item_id, k, items, filter_items)
+        return _items(rec, result)
 
     @app.get("/users/{user_id:path}/recommendations", response_model=schemas.ItemsResponse,
              responses=not_found, tags=["users"])
