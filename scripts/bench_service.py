@@ -100,7 +100,7 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=1_500_000)
     parser.add_argument("--events", type=int, default=5_000_000)
     parser.add_argument("--build-args", default="--index ivf --ivf-nlist 4096 --ivf-nprobe 16 "
-                        "--user-index none")
+                        "--user-index none --similar-cache 50")
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--pace-ms", type=float, default=7.5)
     parser.add_argument("--json", type=Path)
