@@ -13,6 +13,7 @@ from svdfaiss.errors import (
     NoBundle,
     SvdfaissError,
     UnknownItem,
+    UnknownItems,
     UnknownUser,
 )
 
@@ -22,6 +23,7 @@ __all__ = [
     "NoBundle",
     "SvdfaissError",
     "UnknownItem",
+    "UnknownItems",
     "UnknownUser",
     "__version__",
 ]

@@ -27,7 +27,15 @@ from svdfaiss.data import (
 )
 from svdfaiss.errors import InvalidInput
 from svdfaiss.factorize import Factors, Solver, check_rank, truncated_svd
-from svdfaiss.index import IndexParams, build_index, kind_of, mips_augment, normalize_rows
+from svdfaiss.index import (
+    IndexParams,
+    build_index,
+    kind_of,
+    mips_augment,
+    normalize_rows,
+    search,
+    write_index,
+)
 from svdfaiss.weighting import WeightingParams, check_scheme, item_column_scale, weight_rows
 
 # Item factor norms follow popularity (median 0.085 of the largest on the sample), so after the
@@ -272,8 +280,6 @@ def precompute_neighbours(index: Any, vectors: np.ndarray, k: int,
 
     Rows hold -1 / -inf where the index returned fewer than k.
     """
-    from svdfaiss.index import search
-
     n = vectors.shape[0]
     ids_out = np.full((n, k), -1, dtype=np.int32)
     scores_out = np.full((n, k), -np.inf, dtype=np.float32)
@@ -301,8 +307,6 @@ def _write_files(
     users_index: Any,
     catalog: tuple[pa.Table, dict[str, Any]] | None,
 ) -> None:
-    from svdfaiss.index import write_index
-
     writer.save_array("item_ids.npy", inter.item_ids)
     writer.save_array("user_ids.npy", inter.user_ids)
     writer.save_array("item_vectors.npy", item_vectors)

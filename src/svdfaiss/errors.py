@@ -28,6 +28,15 @@ class UnknownItem(SvdfaissError, KeyError):
         return f"unknown item id {self.item_id!r}"
 
 
+class UnknownItems(InvalidInput):
+    """None of several item ids is known (a basket with nothing to fold in)."""
+
+    def __init__(self, item_ids: list[str]) -> None:
+        shown = ", ".join(repr(i) for i in item_ids[:5]) + ("..." if len(item_ids) > 5 else "")
+        super().__init__(f"none of the {len(item_ids)} item ids is known: {shown}")
+        self.item_ids = item_ids
+
+
 class UnknownUser(SvdfaissError, KeyError):
     """A user id that the loaded model does not know."""
 

@@ -20,7 +20,13 @@ import scipy.sparse as sp
 
 from svdfaiss import bundle
 from svdfaiss.data import decode_ids, lookup
-from svdfaiss.errors import InvalidBundle, InvalidInput, UnknownItem, UnknownUser
+from svdfaiss.errors import (
+    InvalidBundle,
+    InvalidInput,
+    UnknownItem,
+    UnknownItems,
+    UnknownUser,
+)
 from svdfaiss.factorize import fold_in
 from svdfaiss.index import (
     check_index,
@@ -277,13 +283,19 @@ class Recommender:
         k: int = 10,
         items: Iterable[str] | None = None,
         filter_items: Iterable[str] | None = None,
+        use_cache: bool = True,
     ) -> Results:
-        """Items closest to an item by cosine of their embeddings (never the item itself)."""
-        cached = self.cached_similar_items(item_id, k, items, filter_items)
-        if cached is not None:
-            return cached
+        """Items closest to an item by cosine of their embeddings (never the item itself).
+
+        Answered from the neighbours stored at build time when they can; `use_cache=False`
+        goes straight to the index (for a caller that already tried the cache).
+        """
         item = self.item_index(item_id)
         denied = self._item_set(filter_items)
+        if use_cache:
+            cached = self._cached_similar(item, k, items, denied)
+            if cached is not None:
+                return cached
         excluded = np.append(_NONE if denied is None else denied, item)
         query = np.asarray(self.item_vectors[item], dtype=np.float32)
         scores, idx = self._top_k(self._items, query, k, self._item_set(items), excluded)
@@ -301,20 +313,24 @@ class Recommender:
 
         Cheap enough to run on an event loop: no FAISS call.
         """
+        if self.similar_ids is None or items is not None:
+            return None
+        return self._cached_similar(self.item_index(item_id), k, items,
+                                    self._item_set(filter_items))
+
+    def _cached_similar(
+        self, item: int, k: int, items: Iterable[str] | None, denied: np.ndarray | None
+    ) -> Results | None:
         if self.similar_ids is None or self.similar_scores is None or items is not None:
             return None
-        item = self.item_index(item_id)
         if k < 1:
             raise InvalidInput(f"k must be at least 1, got {k}")
         row = np.asarray(self.similar_ids[item])
         keep = row >= 0
-        if filter_items is not None:
-            denied = self._item_set(filter_items)
-            if denied is not None and denied.size:
-                keep &= ~np.isin(row, denied)
+        if denied is not None and denied.size:
+            keep &= ~np.isin(row, denied)
         chosen = np.flatnonzero(keep)[:k]
-        wanted = min(k, self.n_items - 1)
-        if chosen.size < wanted:
+        if chosen.size < min(k, self.n_items - 1):
             return None
         idx = row[chosen].astype(np.int64)
         return self._items_result(np.asarray(self.similar_scores[item])[chosen], idx)
@@ -348,9 +364,7 @@ class Recommender:
         if known.size == 0:
             if not item_ids:
                 raise InvalidInput("item_ids is empty; give at least one item id")
-            raise UnknownItem(unknown[0]) if len(unknown) == 1 else InvalidInput(
-                f"none of the {len(unknown)} item ids is known: "
-                + ", ".join(repr(u) for u in unknown[:5]) + ("..." if len(unknown) > 5 else ""))
+            raise UnknownItem(unknown[0]) if len(unknown) == 1 else UnknownItems(unknown)
         result = self._recommend_vector(self.basket_vector(known),
                                         known if exclude_given else None, k, items, filter_items)
         return Results(result.ids, result.scores, result.indexes, result.fields, unknown)

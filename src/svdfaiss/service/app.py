@@ -24,7 +24,6 @@ import faiss as _faiss
 import orjson
 from fastapi import Body, FastAPI, Header, HTTPException, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -37,7 +36,14 @@ from prometheus_client import (
 
 from svdfaiss import bundle
 from svdfaiss.config import Settings
-from svdfaiss.errors import InvalidBundle, InvalidInput, NoBundle, UnknownItem, UnknownUser
+from svdfaiss.errors import (
+    InvalidBundle,
+    InvalidInput,
+    NoBundle,
+    UnknownItem,
+    UnknownItems,
+    UnknownUser,
+)
 from svdfaiss.recommender import Recommender, Results
 from svdfaiss.service import schemas
 
@@ -290,7 +296,8 @@ def _add_query_routes(app: FastAPI, holder: ModelHolder, settings: Settings) -> 
         # needing FAISS goes to the thread pool so that a search never blocks the loop.
         result = rec.cached_similar_items(item_id, k, items, filter_items)
         if result is None:
-            result = await run_in_threadpool(rec.similar_items, item_id, k, items, filter_items)
+            result = await run_in_threadpool(rec.similar_items, item_id, k, items, filter_items,
+                                             False)
         return _items(rec, result)
 
     @app.get("/users/{user_id:path}/recommendations", response_model=schemas.ItemsResponse,
@@ -335,9 +342,7 @@ def _add_query_routes(app: FastAPI, holder: ModelHolder, settings: Settings) -> 
         try:
             result = rec.recommend_for_items(body.item_ids, body.k, body.exclude_given,
                                              body.items, body.filter_items)
-        except (UnknownItem, InvalidInput) as exc:
-            if isinstance(exc, InvalidInput) and "none of the" not in str(exc):
-                raise
+        except (UnknownItem, UnknownItems):
             return _json({"detail": "none of the item ids is known",
                           "unknown_item_ids": body.item_ids}, rec.version, 404)
         return _items(rec, result, unknown_item_ids=result.unknown)
@@ -424,4 +429,4 @@ def _authorize(settings: Settings, authorization: str | None) -> None:
         raise HTTPException(403, "wrong token")
 
 
-__all__ = ["Metrics", "ModelHolder", "RequestValidationError", "create_app"]
+__all__ = ["Metrics", "ModelHolder", "create_app"]
