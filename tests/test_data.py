@@ -22,6 +22,7 @@ from svdfaiss.data import (
     build_interactions,
     decode_ids,
     lookup,
+    lookup_one,
     read_log,
 )
 from svdfaiss.errors import InvalidInput
@@ -162,6 +163,8 @@ def test_lookup_finds_exact_ids_only():
     ids = np.array([b"0001", b"01", b"1", b"abc"], dtype="S4")
     assert lookup(ids, ["1", "01", "0001", "abc"]).tolist() == [2, 1, 0, 3]
     assert lookup(ids, ["001", "abcd", "abc\x00", "", "ab"]).tolist() == [-1] * 5
+    queries = ["1", "01", "0001", "abc", "001", "abcd", "abc\x00", "", "ab", "zzzzz", "\x00"]
+    assert [lookup_one(ids, q) for q in queries] == lookup(ids, queries).tolist()
 
 
 ascii_ids = st.text(alphabet=string.ascii_letters + string.digits + "-_.:/ ", min_size=1,

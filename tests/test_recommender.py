@@ -237,3 +237,27 @@ def test_neighbours_stored_at_build_time_answer_like_a_search(rec, sample, tmp_p
     assert rec.cached_similar_items(item_id, 51) is None  # beyond the cache: search
     assert rec.cached_similar_items(item_id, 5, items=[item_id]) is None  # allow-list: search
     assert len(rec.similar_items(item_id, 80)) == 80
+
+
+def test_a_batch_of_similar_items_equals_single_searches(rec, sample, tmp_path):
+    items = decode_ids(rec.item_ids[::50])
+    ks = [1 + (n * 7) % 80 for n in range(len(items))]
+    for result, item, k in zip(rec.similar_items_batch(items, ks), items, ks, strict=True):
+        single = rec.similar_items(item, k, use_cache=False)
+        assert result.ids == single.ids and len(result) == k
+        np.testing.assert_allclose(result.scores, single.scores, rtol=1e-5, atol=1e-6)
+    assert rec.similar_items_batch([], []) == []
+    with pytest.raises(UnknownItem, match="'nope'"):
+        rec.similar_items_batch([items[0], "nope"], [3, 3])
+    with pytest.raises(InvalidInput, match="k must be at least 1"):
+        rec.similar_items_batch([items[0]], [0])
+
+    # One probe of 64 lists leaves rows short of k: those rows fall back and still get k.
+    build(BuildConfig(input=sample.events, model="ivf", index_dir=tmp_path, k=32,
+                      item_index=IndexParams(kind="ivf", ivf_nlist=64, ivf_nprobe=1)))
+    model = Recommender.load(tmp_path, "ivf")
+    items = decode_ids(model.item_ids[::25])
+    batch = model.similar_items_batch(items, [120] * len(items))
+    assert all(len(r) == 120 for r in batch)
+    assert [r.ids for r in batch] == [model.similar_items(i, 120, use_cache=False).ids
+                                      for i in items]

@@ -12,12 +12,15 @@ from pathlib import Path
 from urllib.parse import quote
 
 import httpx
+import orjson
 import pytest
 
 from svdfaiss import bundle
 from svdfaiss.builder import BuildConfig, build
 from svdfaiss.data import decode_ids
+from svdfaiss.config import Settings
 from svdfaiss.recommender import Recommender
+from svdfaiss.service.app import Metrics, ModelHolder, SimilarItemsFastPath
 
 from .helpers import free_port
 
@@ -26,10 +29,12 @@ TOKEN = "test-token-0123456789abcdef"
 
 @contextlib.contextmanager
 def server(index_dir: Path, model: str = "sample", token: str | None = TOKEN,
-           poll: float = 0.0, log: Path | None = None) -> Iterator[str]:
+           poll: float = 0.0, log: Path | None = None,
+           settings: dict[str, str] | None = None) -> Iterator[str]:
     """Start `svdfaiss serve` and wait (at most 30 s) until /healthz answers."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SVDFAISS_")}
+    env.update(settings or {})
     if token:
         env["SVDFAISS_ADMIN_TOKEN"] = token
     out = log.open("w") if log else subprocess.DEVNULL
@@ -176,6 +181,82 @@ def test_a_basket_of_only_unknown_ids_is_404(live):
     response = httpx.post(f"{url}/recommendations", json={"item_ids": ["x", "y"]})
     assert response.status_code == 404
     assert response.json()["unknown_item_ids"] == ["x", "y"]
+
+
+def test_the_fast_path_answers_byte_for_byte_like_the_fastapi_route(live, versions):
+    url, rec = live
+    assert rec.similar_ids is not None, "the sample bundle stores neighbours"
+    items = decode_ids(rec.item_ids[::97])
+    queries = [f"/items/{quote(i, safe='')}/similar?{q}" for i in items
+               for q in ("", "k=1", "k=10", "k=50", "k=60", "k=1000")]
+    queries += [f"/items/{items[0]}/similar?{q}" for q in
+                ("k=0", "k=1001", "k=010", "k=+5", "k=5&k=6", "k=", "K=5", "k=5&items=x",
+                 "k=99999999999999999999")]
+    queries += ["/items/nope/similar", "/items//similar", "/items/similar",
+                f"/items/{items[0]}/similar/"]
+    with server(versions, settings={"SVDFAISS_FAST_PATH": "false"}) as reference:
+        for query in queries:
+            fast, slow = httpx.get(url + query), httpx.get(reference + query)
+            assert (fast.status_code, fast.content) == (slow.status_code, slow.content), query
+            for header in ("content-type", "x-model-version"):
+                assert fast.headers.get(header) == slow.headers.get(header), (query, header)
+
+
+def test_the_fast_path_answers_stored_neighbours_without_fastapi(versions):
+    settings = Settings(index_dir=versions, model="sample")
+    holder = ModelHolder(settings, Metrics())
+    asyncio.run(holder.reload())
+    rec = holder.get()
+    item = decode_ids(rec.item_ids[5:6])[0]
+    passed_on: list[str] = []
+
+    async def inner(scope, receive, send):
+        passed_on.append(scope["query_string"].decode())
+
+    fast = SimilarItemsFastPath(inner, holder, settings, route="the route")
+
+    async def get(query: str) -> list[dict]:
+        sent: list[dict] = []
+
+        async def send(message):
+            sent.append(message)
+
+        scope = {"type": "http", "method": "GET", "path": f"/items/{item}/similar",
+                 "query_string": query.encode()}
+        await fast(scope, None, send)
+        return sent
+
+    sent = asyncio.run(get("k=7"))
+    assert passed_on == [] and sent[0]["status"] == 200
+    assert orjson.loads(sent[1]["body"])["items"] == records(rec.similar_items(item, 7))
+    for query in ("k=60", "k=7&filter_items=x", "k=0", "q=1"):  # beyond the cache, or not plain
+        assert asyncio.run(get(query)) == []
+    assert passed_on == ["k=60", "k=7&filter_items=x", "k=0", "q=1"]
+
+
+def test_batched_searches_equal_single_ones(versions):
+    rec = Recommender.load(versions, "sample")
+    items = decode_ids(rec.item_ids[::40])
+    expected = {i: rec.similar_items(i, 60, use_cache=False) for i in items}  # beyond cache
+
+    async def many(url: str) -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+            return await asyncio.gather(*(client.get(f"/items/{i}/similar", params={"k": 60})
+                                          for i in items * 4))
+
+    with server(versions, settings={"SVDFAISS_SEARCH_MODE": "batch"}) as url:
+        responses = asyncio.run(many(url))
+        for item, response in zip(items * 4, responses, strict=True):
+            assert response.status_code == 200
+            got = response.json()["items"]
+            assert [r["item_id"] for r in got] == expected[item].ids
+            assert [r["score"] for r in got] == pytest.approx(expected[item].scores, abs=1e-5)
+        assert httpx.get(f"{url}/items/nope/similar", params={"k": 60}).status_code == 404
+        deny = expected[items[0]].ids[:3]
+        body = httpx.get(f"{url}/items/{items[0]}/similar",
+                         params={"k": 60, "filter_items": deny}).json()
+        assert [r["item_id"] for r in body["items"]] == rec.similar_items(
+            items[0], 60, filter_items=deny).ids
 
 
 def test_ids_with_any_characters(tmp_path):

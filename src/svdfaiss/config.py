@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -26,6 +27,11 @@ class Settings(BaseSettings):
     max_ids: int = Field(1000, ge=1, le=100_000, description="ids in a basket or a filter list")
     poll_seconds: float = Field(0.0, ge=0.0, description="check CURRENT this often; 0 is off")
     verify_checksums: bool = True
+    search_mode: Literal["threadpool", "batch"] = Field(
+        "threadpool", description="how similar-items searches leave the event loop: one "
+        "thread-pool call per request, or concurrent requests batched into one FAISS call")
+    fast_path: bool = Field(True, description="answer unfiltered similar-items queries from "
+                            "stored neighbours without FastAPI's parameter machinery")
 
     @field_validator("admin_token")
     @classmethod

@@ -779,6 +779,16 @@ def lookup(sorted_ids: np.ndarray, external_ids: Iterable[str]) -> np.ndarray:
     return np.where(found, pos_clipped, -1).astype(np.int64)
 
 
+def lookup_one(sorted_ids: np.ndarray, external_id: str) -> int:
+    """Internal index of one id in a sorted `S` array, -1 when absent; the per-request path
+    (a tenth of `lookup`'s cost for one id)."""
+    key = external_id.encode("utf-8")
+    pos = int(sorted_ids.searchsorted(key))
+    # A stored id compares as bytes without trailing NULs, so a key with a NUL or longer
+    # than the stored width never matches.
+    return pos if pos < sorted_ids.size and sorted_ids[pos] == key else -1
+
+
 def decode_ids(ids: np.ndarray) -> list[str]:
     """External ids (str) of an `S` array."""
     return [b.decode("utf-8") for b in ids.tolist()]

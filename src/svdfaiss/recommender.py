@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import scipy.sparse as sp
 
 from svdfaiss import bundle
-from svdfaiss.data import decode_ids, lookup
+from svdfaiss.data import decode_ids, lookup, lookup_one
 from svdfaiss.errors import (
     InvalidBundle,
     InvalidInput,
@@ -173,13 +173,13 @@ class Recommender:
     # ------------------------------------------------------------------ id mapping
 
     def item_index(self, item_id: str) -> int:
-        found = int(lookup(self.item_ids, [item_id])[0])
+        found = lookup_one(self.item_ids, item_id)
         if found < 0:
             raise UnknownItem(item_id)
         return found
 
     def user_index(self, user_id: str) -> int:
-        found = int(lookup(self.user_ids, [user_id])[0])
+        found = lookup_one(self.user_ids, user_id)
         if found < 0:
             raise UnknownUser(user_id)
         return found
@@ -300,6 +300,34 @@ class Recommender:
         query = np.asarray(self.item_vectors[item], dtype=np.float32)
         scores, idx = self._top_k(self._items, query, k, self._item_set(items), excluded)
         return self._items_result(scores, idx)
+
+    def similar_items_batch(self, item_ids: Sequence[str], ks: Sequence[int]) -> list[Results]:
+        """Unfiltered similar items for many ids (with a k each) in one FAISS call.
+
+        Equal to `similar_items(item_id, k, use_cache=False)` per id; a row the single
+        search cannot fill (a near-empty IVF probe) falls back to that call. Raises
+        UnknownItem for the first unknown id.
+        """
+        if len(item_ids) != len(ks):
+            raise InvalidInput(f"{len(item_ids)} ids but {len(ks)} values of k")
+        if any(k < 1 for k in ks):
+            raise InvalidInput(f"k must be at least 1, got {min(ks)}")
+        rows = np.array([self.item_index(i) for i in item_ids], dtype=np.int64)
+        if rows.size == 0:
+            return []
+        want = min(max(ks), self.n_items - 1)
+        queries = np.asarray(self.item_vectors[rows], dtype=np.float32)
+        scores, ids = search(self._items.index, queries, want + 1, kind=self._items.kind)
+        out = []
+        for n, (item_id, k) in enumerate(zip(item_ids, ks, strict=True)):
+            keep = (ids[n] >= 0) & (ids[n] != rows[n])
+            k = min(k, self.n_items - 1)
+            if int(keep.sum()) >= k:
+                out.append(self._items_result(scores[n][keep][:k],
+                                              ids[n][keep][:k].astype(np.int64)))
+            else:
+                out.append(self.similar_items(item_id, k, use_cache=False))
+        return out
 
     def cached_similar_items(
         self,

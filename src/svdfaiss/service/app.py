@@ -11,6 +11,7 @@ they started with. A bundle that fails to load is refused and the old one keeps 
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import logging
 import secrets
 import threading
@@ -149,6 +150,64 @@ class ModelHolder:
         return current.recommender
 
 
+class SearchBatcher:
+    """Gathers the unfiltered similar-items searches that arrive while one FAISS call runs
+    into the next call (natural batching: no timer, so a lone request never waits)."""
+
+    def __init__(self) -> None:
+        self._pending: list[tuple[Recommender, str, int, asyncio.Future[Results]]] = []
+        self._running = False
+
+    async def similar_items(self, rec: Recommender, item_id: str, k: int) -> Results:
+        future: asyncio.Future[Results] = asyncio.get_running_loop().create_future()
+        self._pending.append((rec, item_id, k, future))
+        if not self._running:
+            self._running = True
+            asyncio.get_running_loop().create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                # A reload may swap the model mid-stream: one FAISS call per model.
+                for rec in {id(r): r for r, *_ in batch}.values():
+                    group = [(i, k, f) for r, i, k, f in batch if r is rec]
+                    await self._run(rec, group)
+        finally:
+            self._running = False
+
+    @staticmethod
+    async def _run(rec: Recommender,
+                   group: list[tuple[str, int, asyncio.Future[Results]]]) -> None:
+        try:
+            results = await run_in_threadpool(rec.similar_items_batch,
+                                              [i for i, _, _ in group], [k for _, k, _ in group])
+        except UnknownItem:
+            # Ids were checked before queueing, so this is a model swap race: answer singly.
+            for item_id, k, future in group:
+                _settle(future, functools.partial(rec.similar_items, item_id, k,
+                                                  use_cache=False))
+            return
+        except Exception as exc:
+            for _, _, future in group:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for (_, _, future), result in zip(group, results, strict=True):
+            if not future.done():
+                future.set_result(result)
+
+
+def _settle(future: asyncio.Future[Results], compute: Callable[[], Results]) -> None:
+    if future.done():
+        return
+    try:
+        future.set_result(compute())
+    except Exception as exc:
+        future.set_exception(exc)
+
+
 _thread_state = threading.local()
 
 
@@ -199,6 +258,75 @@ class ServiceMiddleware:
             self.metrics.latency.labels(template, method).observe(time.perf_counter() - start)
 
 
+_PREFIX = "/items/"
+_SUFFIX = "/similar"
+_DEFAULT_K = 10
+
+
+def _plain_k(query_string: bytes, max_k: int) -> int | None:
+    """k of a query string that holds nothing but `k=<digits>` (or nothing); None otherwise."""
+    if not query_string:
+        return _DEFAULT_K
+    if not query_string.startswith(b"k=") or not query_string[2:].isdigit():
+        return None
+    k = int(query_string[2:])
+    return k if 1 <= k <= max_k else None
+
+
+class SimilarItemsFastPath:
+    """Answers the hot query, `GET /items/{id}/similar` with at most `k`, from neighbours
+    stored at build time, without FastAPI's per-request parameter machinery.
+
+    Only successes are answered here: filters, any other parameter, a bad k, an unknown id
+    or an item whose stored neighbours cannot answer all go on to the FastAPI route, which
+    stays the reference (errors, OpenAPI). A test holds both paths to the same bytes.
+    """
+
+    def __init__(self, app: ASGIApp, holder: ModelHolder, settings: Settings,
+                 route: Any) -> None:
+        self.app = app
+        self.holder = holder
+        self.max_k = settings.max_k
+        self.route = route
+
+    async def __call__(self, scope: Scope, receive: Callable[[], Awaitable[Message]],
+                       send: Callable[[Message], Awaitable[None]]) -> None:
+        body = self._answer(scope) if scope["type"] == "http" else None
+        if body is None:
+            await self.app(scope, receive, send)
+            return
+        payload, version = body
+        scope["route"] = self.route  # the metrics label of the route it stands in for
+        await send({"type": "http.response.start", "status": 200, "headers": [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(payload)).encode()),
+            (b"x-model-version", version.encode())]})
+        await send({"type": "http.response.body", "body": payload})
+
+    def _answer(self, scope: Scope) -> tuple[bytes, str] | None:
+        path: str = scope["path"]
+        if (scope["method"] != "GET" or not path.startswith(_PREFIX)
+                or not path.endswith(_SUFFIX) or len(path) <= len(_PREFIX) + len(_SUFFIX)):
+            return None
+        k = _plain_k(scope["query_string"], self.max_k)
+        current = self.holder.current
+        if k is None or current is None:
+            return None
+        rec = current.recommender
+        try:
+            result = rec.cached_similar_items(path[len(_PREFIX):-len(_SUFFIX)], k)
+        except UnknownItem:
+            return None
+        if result is None:
+            return None
+        return _items_body(rec, result), rec.version
+
+
+def _items_body(rec: Recommender, results: Results, **extra: Any) -> bytes:
+    return orjson.dumps({"model": rec.model, "version": rec.version, "items": results.records(),
+                         **extra}, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
 def _json(payload: Any, version: str, status: int = 200) -> Response:
     return Response(orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY),
                     status_code=status, media_type="application/json",
@@ -206,8 +334,8 @@ def _json(payload: Any, version: str, status: int = 200) -> Response:
 
 
 def _items(rec: Recommender, results: Results, **extra: Any) -> Response:
-    return _json({"model": rec.model, "version": rec.version, "items": results.records(),
-                  **extra}, rec.version)
+    return Response(_items_body(rec, results, **extra), media_type="application/json",
+                    headers={"X-Model-Version": rec.version})
 
 
 def _problem(status: int, detail: str, **extra: Any) -> JSONResponse:
@@ -260,8 +388,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.holder = holder
     app.state.settings = settings
     _install_error_handlers(app)
-    app.add_middleware(ServiceMiddleware, holder=holder, metrics=metrics)
     _add_query_routes(app, holder, settings)
+    if settings.fast_path:
+        similar_route = next(r for r in app.routes if getattr(r, "name", "") == "similar_items")
+        app.add_middleware(SimilarItemsFastPath, holder=holder, settings=settings,
+                           route=similar_route)
+    app.add_middleware(ServiceMiddleware, holder=holder, metrics=metrics)
     _add_operational_routes(app, holder, settings, metrics)
     return app
 
@@ -285,6 +417,7 @@ def _add_query_routes(app: FastAPI, holder: ModelHolder, settings: Settings) -> 
         max_length=max_ids, description="deny-list: never these items (repeatable)")]
     not_found: dict[int | str, dict[str, Any]] = {
         404: {"model": schemas.Problem, "description": "unknown id"}}
+    batcher = SearchBatcher() if settings.search_mode == "batch" else None
 
     @app.get("/items/{item_id:path}/similar", response_model=schemas.ItemsResponse,
              responses=not_found, tags=["items"])
@@ -295,7 +428,10 @@ def _add_query_routes(app: FastAPI, holder: ModelHolder, settings: Settings) -> 
         # Neighbours stored at build time answer on the event loop (an array slice); anything
         # needing FAISS goes to the thread pool so that a search never blocks the loop.
         result = rec.cached_similar_items(item_id, k, items, filter_items)
-        if result is None:
+        if result is None and batcher is not None and items is None and filter_items is None:
+            rec.item_index(item_id)  # an unknown id is a 404 before it joins a batch
+            result = await batcher.similar_items(rec, item_id, k)
+        elif result is None:
             result = await run_in_threadpool(rec.similar_items, item_id, k, items, filter_items,
                                              False)
         return _items(rec, result)
