@@ -17,8 +17,8 @@ import pytest
 
 from svdfaiss import bundle
 from svdfaiss.builder import BuildConfig, build
-from svdfaiss.data import decode_ids
 from svdfaiss.config import Settings
+from svdfaiss.data import decode_ids
 from svdfaiss.recommender import Recommender
 from svdfaiss.service.app import Metrics, ModelHolder, SimilarItemsFastPath
 
