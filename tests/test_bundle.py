@@ -58,6 +58,27 @@ def test_verify_reports_missing_and_corrupted_files(tmp_path, small):
         Recommender.open(path)
 
 
+def test_prefetched_digests_are_used_once_and_never_for_a_changed_file(tmp_path, small,
+                                                                        monkeypatch):
+    path = build_small(small, tmp_path, "v1").path
+    manifest = bundle.read_manifest(path)
+    assert bundle.prefetch_bundle(path, manifest) == ["items.faiss", "items_mips.faiss",
+                                                      "users.faiss"]
+    time.sleep(0.5)  # let the background hashing finish
+    hashed: list[str] = []
+    real = bundle.sha256_file
+    monkeypatch.setattr(bundle, "sha256_file", lambda p: hashed.append(p.name) or real(p))
+    with (path / "item_factors.npy").open("r+b") as fh:  # changed after its prefetch
+        fh.seek(200)
+        fh.write(b"\xff\xff\xff\xff")
+    os.utime(path / "item_factors.npy", ns=(1, 1))
+    problems = bundle.verify(path, manifest)
+    assert hashed == ["item_factors.npy"] and len(problems) == 1
+    assert "item_factors.npy: sha256" in problems[0]
+    bundle.verify(path, manifest)  # a digest serves one verify: the next one hashes again
+    assert sorted(hashed) == sorted(["item_factors.npy", *manifest["files"]])
+
+
 def test_gc_keeps_the_newest_and_current_and_rollback_switches(tmp_path, small):
     for v in ("v1", "v2", "v3", "v4"):
         build_small(small, tmp_path, v)

@@ -18,8 +18,9 @@ import os
 import re
 import secrets
 import shutil
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,56 @@ def sha256_file(path: Path, chunk: int = 4 << 20) -> str:
         while block := fh.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+# Digests started ahead of a `verify` (see `prefetch_digests`), by file identity.
+_prefetched: dict[tuple[int, int, int, int], Future[str]] = {}
+_prefetch_lock = threading.Lock()
+_prefetch_pool: ThreadPoolExecutor | None = None
+
+
+def _identity(path: Path) -> tuple[int, int, int, int]:
+    st = path.stat()
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def prefetch_digests(paths: Iterable[Path]) -> None:
+    """Start hashing files on two background threads, in the given order.
+
+    The next `verify` of such a file uses that digest when the file is still the same
+    (device, inode, size and mtime), so hashing overlaps whatever the caller does meanwhile
+    (imports, loading indexes already verified). A digest is used once, then forgotten.
+    """
+    global _prefetch_pool
+    with _prefetch_lock:
+        if _prefetch_pool is None:
+            _prefetch_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="sha256")
+        for path in paths:
+            try:
+                key = _identity(path)
+            except OSError:
+                continue  # verify will name the problem
+            if key not in _prefetched:
+                _prefetched[key] = _prefetch_pool.submit(sha256_file, path)
+
+
+def prefetch_bundle(version_dir: Path, manifest: dict[str, Any]) -> list[str]:
+    """Prefetch the digests of a bundle, FAISS files first; returns those files' names."""
+    faiss_files = [str(meta["file"]) for meta in manifest.get("indexes", {}).values()]
+    rest = [name for name in manifest.get("files", {}) if name not in faiss_files]
+    prefetch_digests(version_dir / name for name in faiss_files + rest
+                     if "/" not in name and not name.startswith("."))
+    return faiss_files
+
+
+def _digest(path: Path) -> str:
+    try:
+        key = _identity(path)
+    except OSError:
+        return sha256_file(path)  # raises the OSError with its path
+    with _prefetch_lock:
+        future = _prefetched.pop(key, None)
+    return future.result() if future is not None else sha256_file(path)
 
 
 def _fsync(path: Path) -> None:
@@ -184,14 +235,21 @@ def read_manifest(version_dir: Path) -> dict[str, Any]:
     return manifest
 
 
-def verify(version_dir: Path, manifest: dict[str, Any] | None = None) -> list[str]:
-    """Problems of a bundle (missing files, size or sha256 mismatches); empty when intact."""
+def verify(version_dir: Path, manifest: dict[str, Any] | None = None,
+           names: Iterable[str] | None = None) -> list[str]:
+    """Problems of a bundle (missing files, size or sha256 mismatches); empty when intact.
+
+    `names` limits the check to some of the manifest's files (all by default).
+    """
     try:
         manifest = manifest or read_manifest(version_dir)
     except InvalidBundle as exc:
         return [str(exc)]
     problems: list[str] = []
-    entries = list(manifest["files"].items())
+    files = manifest["files"]
+    wanted = list(files) if names is None else list(names)
+    problems += [f"{name}: not in the manifest" for name in wanted if name not in files]
+    entries = [(name, files[name]) for name in wanted if name in files]
     present = []
     for name, meta in entries:
         path = version_dir / name
@@ -204,7 +262,7 @@ def verify(version_dir: Path, manifest: dict[str, Any] | None = None) -> list[st
         else:
             present.append((path, meta))
     with ThreadPoolExecutor(max_workers=2) as pool:
-        digests = list(pool.map(sha256_file, [p for p, _ in present]))
+        digests = list(pool.map(_digest, [p for p, _ in present]))
     for (path, meta), digest in zip(present, digests, strict=True):
         if digest != meta.get("sha256"):
             problems.append(f"{path}: sha256 {digest[:12]}..., manifest says "

@@ -463,11 +463,21 @@ def _serve(settings_env: dict[str, str], host: str, port: int, workers: int) -> 
     worker process builds the same app."""
     import os
 
+    os.environ.update(settings_env)
+    if workers == 1 and os.environ.get("SVDFAISS_VERIFY_CHECKSUMS", "true").lower() not in (
+            "0", "false", "no", "off"):
+        # Hash the bundle while the service's modules import (about a second); the load
+        # at start-up then finds the digests ready. Problems are reported by that load.
+        with contextlib.suppress(Exception):
+            from svdfaiss import bundle
+
+            directory = bundle.model_dir(Path(settings_env["SVDFAISS_INDEX_DIR"]),
+                                         settings_env["SVDFAISS_MODEL"])
+            bundle.prefetch_bundle(*bundle.current_bundle(directory))
     import uvicorn
 
     from svdfaiss.config import Settings
 
-    os.environ.update(settings_env)
     # One request is one query: OpenMP teams per search only add threads that spin after each
     # search and starve the server (measured: p50 7.7 ms instead of sub-ms under wrk). libgomp
     # reads this when faiss first loads, which happens below, inside uvicorn.

@@ -161,10 +161,28 @@ class Recommender:
     ) -> Recommender:
         """Load one version folder; checksums are verified before FAISS parses any file."""
         manifest = manifest or bundle.read_manifest(version_dir)
-        if verify:
-            problems = bundle.verify(version_dir, manifest)
-            if problems:
-                raise InvalidBundle(f"{version_dir} does not verify: " + "; ".join(problems))
+        if not verify:
+            return cls._construct(version_dir, manifest)
+        # The FAISS files are verified first; the other files hash meanwhile in the
+        # background, and nothing is returned before every file has verified.
+        try:
+            faiss_files = bundle.prefetch_bundle(version_dir, manifest)
+        except (AttributeError, TypeError) as exc:
+            raise InvalidBundle(f"{version_dir}: manifest lacks or mistypes {exc}") from None
+        cls._verified(version_dir, manifest, faiss_files)
+        recommender = cls._construct(version_dir, manifest)
+        cls._verified(version_dir, manifest,
+                      [n for n in manifest["files"] if n not in faiss_files])
+        return recommender
+
+    @staticmethod
+    def _verified(version_dir: Path, manifest: dict[str, Any], names: list[str]) -> None:
+        problems = bundle.verify(version_dir, manifest, names)
+        if problems:
+            raise InvalidBundle(f"{version_dir} does not verify: " + "; ".join(problems))
+
+    @classmethod
+    def _construct(cls, version_dir: Path, manifest: dict[str, Any]) -> Recommender:
         try:
             return cls(version_dir, manifest)
         except (KeyError, TypeError) as exc:
