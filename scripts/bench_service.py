@@ -1,12 +1,19 @@
 """HTTP benchmark: similar-items on a generated 1M-item bundle against a bare FastAPI endpoint.
 
-Both servers run side by side in the same run (uvicorn, one worker each, 127.0.0.1), loaded
-one after the other by wrk (one thread, so it takes one core of two):
-- saturation: 32 connections for --duration seconds;
-- paced: 8 connections, each waiting --pace-ms between requests (wrk's Lua `delay`), about
-  1,000 requests/s; wrk reports the rate it reached.
-Also start-up to ready, server RSS, and recall@10 of the index against exact search.
-Needs `wrk` (Debian package). Prints a table and writes JSON.
+All servers run side by side in the same run (uvicorn, one worker each, 127.0.0.1):
+- bare FastAPI: an `async def` endpoint returning a constant JSON;
+- svdfaiss with SVDFAISS_SEARCH_MODE=threadpool (fast path for stored neighbours, a
+  thread-pool call per search);
+- svdfaiss with SVDFAISS_FAST_PATH=false (every request through the FastAPI route);
+- svdfaiss with SVDFAISS_SEARCH_MODE=batch (concurrent searches batched into one call).
+Each round loads every workload one after the other, `--rounds` times, and the table gives
+medians over rounds (this VM's steal time makes single runs noisy):
+- saturation: wrk, one thread (one core of two), 32 connections, --duration seconds;
+- paced: scripts/paced_load.py at a fixed rate, latency from each request's intended send
+  time (as wrk2), 16 connections.
+Uncached workloads ask k=60, beyond the 50 stored neighbours, so every request searches.
+Also start-up to ready (median of 3), server RSS, and recall@10 of the index against exact
+search. Needs `wrk` (Debian package). Prints a table and writes JSON.
 
     python scripts/bench_service.py --work /tmp/svdfaiss-bench --json docs/results/service-1m.json
 """
@@ -20,6 +27,7 @@ import platform
 import re
 import shutil
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -93,16 +101,45 @@ def lua_script(path: Path, paths: list[str], pace_ms: float | None) -> Path:
     return path
 
 
+def start(cmd: list[str], env: dict[str, str], cwd: Path | None = None
+          ) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per-key medians of numeric results over rounds (errors summed)."""
+    out: dict[str, Any] = {}
+    for key in runs[0]:
+        values = [r[key] for r in runs if isinstance(r.get(key), (int, float))]
+        if key in ("non_2xx", "errors"):
+            out[key] = sum(values)
+        elif values:
+            out[key] = round(float(statistics.median(values)), 3)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=Path("/tmp/svdfaiss-bench"))
     parser.add_argument("--items", type=int, default=1_000_000)
     parser.add_argument("--users", type=int, default=1_500_000)
-    parser.add_argument("--events", type=int, default=5_000_000)
+    parser.add_argument("--events", type=int, default=6_000_000)
     parser.add_argument("--build-args", default="--index ivf --ivf-nlist 4096 --ivf-nprobe 16 "
                         "--user-index none --similar-cache 50")
-    parser.add_argument("--duration", type=int, default=10)
-    parser.add_argument("--pace-ms", type=float, default=7.5)
+    parser.add_argument("--duration", type=int, default=8)
+    parser.add_argument("--rate", type=float, default=1000.0, help="paced rate, cached")
+    parser.add_argument("--search-rate", type=float, default=300.0,
+                        help="paced rate of the uncached (searching) workloads")
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     if shutil.which("wrk") is None:
@@ -123,9 +160,11 @@ def main() -> None:
                        check=True, stdout=subprocess.DEVNULL)
         print(f"built the bundle in {time.perf_counter() - t:.0f} s")
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+    here = Path(__file__).resolve().parent
+    sys.path[:0] = [str(here.parent / "src"), str(here)]
     import numpy as np
 
+    from paced_load import get_requests, paced_run
     from svdfaiss.data import decode_ids
     from svdfaiss.index import exact_top_k
     from svdfaiss.recommender import Recommender
@@ -137,7 +176,7 @@ def main() -> None:
     vectors = np.asarray(rec.item_vectors)
     hits = 0
     for i in sample[:200]:
-        got = rec.similar_items(decode_ids(rec.item_ids[i : i + 1])[0], 10)
+        got = rec.similar_items(decode_ids(rec.item_ids[i : i + 1])[0], 10, use_cache=False)
         scores, _ = exact_top_k(vectors, vectors[i], 11)
         hits += sum(s >= scores[-1] - 1e-5 for s in got.scores)
     recall = hits / 2000
@@ -145,61 +184,97 @@ def main() -> None:
     del rec, vectors
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("SVDFAISS_")}
-    port = free_port()
-    api = subprocess.Popen([sys.executable, "-m", "svdfaiss", "serve", "--index-dir",
-                            str(index_dir), "--model", model, "--port", str(port)], env=env,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    ready_s = wait_ready(f"http://127.0.0.1:{port}/readyz", api)
-    bare_port = free_port()
+    serve = [sys.executable, "-m", "svdfaiss", "serve", "--index-dir", str(index_dir),
+             "--model", model]
+    startups = []
+    for _ in range(3):
+        port = free_port()
+        proc = start([*serve, "--port", str(port)], env)
+        startups.append(wait_ready(f"http://127.0.0.1:{port}/readyz", proc))
+        stop(proc)
+    ready_s = statistics.median(startups)
+
     bare_file = args.work / "bare_app.py"
     bare_file.write_text(BARE_APP)
-    bare = subprocess.Popen([sys.executable, "-m", "uvicorn", "bare_app:app", "--port",
-                             str(bare_port), "--no-access-log", "--log-level", "warning"],
-                            cwd=args.work, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_ready(f"http://127.0.0.1:{bare_port}/bare", bare)
+    ports = {name: free_port() for name in ("bare", "threadpool", "route", "batch")}
+    procs = {
+        "bare": start([sys.executable, "-m", "uvicorn", "bare_app:app", "--port",
+                       str(ports["bare"]), "--no-access-log", "--log-level", "warning"],
+                      env, cwd=args.work),
+        "threadpool": start([*serve, "--port", str(ports["threadpool"])],
+                            {**env, "SVDFAISS_SEARCH_MODE": "threadpool"}),
+        "route": start([*serve, "--port", str(ports["route"])],
+                       {**env, "SVDFAISS_FAST_PATH": "false"}),
+        "batch": start([*serve, "--port", str(ports["batch"])],
+                       {**env, "SVDFAISS_SEARCH_MODE": "batch"}),
+    }
+    cached = [f"/items/{i}/similar?k=10" for i in ids]
+    uncached = [f"/items/{i}/similar?k=60" for i in ids]
+    workloads = [  # name, server, paths, paced rate
+        ("bare FastAPI", "bare", ["/bare"], args.rate),
+        ("similar, fast path", "threadpool", cached, args.rate),
+        ("similar, FastAPI route", "route", cached, args.rate),
+        ("search, thread pool", "threadpool", uncached, args.search_rate),
+        ("search, batched", "batch", uncached, args.search_rate),
+    ]
+    runs: dict[str, dict[str, list[dict[str, Any]]]] = {
+        name: {"saturation": [], "paced": []} for name, *_ in workloads}
     try:
-        similar_paths = [f"/items/{i}/similar?k=10" for i in ids]
-        scripts = args.work
-        results: dict[str, Any] = {}
-        for name, url, paths in (("bare FastAPI", f"http://127.0.0.1:{bare_port}", ["/bare"]),
-                                 ("similar items", f"http://127.0.0.1:{port}", similar_paths)):
-            wrk(url, 4, 2, lua_script(scripts / "warm.lua", paths, None))  # warm-up
-            results[name] = {
-                "saturation": wrk(url, 32, args.duration,
-                                  lua_script(scripts / "sat.lua", paths, None)),
-                "paced": wrk(url, 8, args.duration,
-                             lua_script(scripts / "paced.lua", paths, args.pace_ms)),
-            }
-        api_rss = rss_mb(api.pid)
+        for name, port in ports.items():
+            path = "/bare" if name == "bare" else "/readyz"
+            wait_ready(f"http://127.0.0.1:{port}{path}", procs[name])
+        for round_no in range(args.rounds):
+            print(f"round {round_no + 1} of {args.rounds}", file=sys.stderr)
+            for name, server, paths, rate in workloads:
+                url = f"http://127.0.0.1:{ports[server]}"
+                wrk(url, 4, 2, lua_script(args.work / "warm.lua", paths, None))
+                runs[name]["saturation"].append(
+                    wrk(url, 32, args.duration, lua_script(args.work / "sat.lua", paths, None)))
+                paced = paced_run("127.0.0.1", ports[server], get_requests("127.0.0.1", paths),
+                                  rate, args.duration, connections=16)
+                runs[name]["paced"].append(paced.summary())
+        rss = {name: round(rss_mb(proc.pid), 1) for name, proc in procs.items()}
     finally:
-        for proc in (api, bare):
-            proc.terminate()
-            proc.wait(15)
+        for proc in procs.values():
+            stop(proc)
 
-    sat_ratio = (results["similar items"]["saturation"]["requests_per_s"]
-                 / results["bare FastAPI"]["saturation"]["requests_per_s"])
+    results = {name: {load: median_run(r) for load, r in loads.items()}
+               for name, loads in runs.items()}
+
+    def ratio(name: str, base: str) -> float:
+        per_round = [a["requests_per_s"] / b["requests_per_s"] for a, b in
+                     zip(runs[name]["saturation"], runs[base]["saturation"], strict=True)]
+        return round(float(statistics.median(per_round)), 3)
+
+    ratios = {"fast path / bare FastAPI": ratio("similar, fast path", "bare FastAPI"),
+              "FastAPI route / bare FastAPI": ratio("similar, FastAPI route", "bare FastAPI"),
+              "batched / thread pool": ratio("search, batched", "search, thread pool")}
     result = {
         "date": time.strftime("%Y-%m-%d"),
         "machine": f"{platform.platform()}, {os.cpu_count()} cpus",
         "bundle": {"items": manifest["counts"]["items"], "users": manifest["counts"]["users"],
                    "index": manifest["indexes"]["items"]},
         "recall_at_10_vs_exact": recall,
-        "startup_to_ready_s": round(ready_s, 2),
-        "service_rss_mb": round(api_rss, 1),
-        "wrk": results,
-        "similar_over_bare_saturation": round(sat_ratio, 3),
+        "startup_to_ready_s": {"median": round(ready_s, 2),
+                               "runs": [round(s, 2) for s in startups]},
+        "rss_mb": rss,
+        "rounds": args.rounds,
+        "medians": results,
+        "saturation_ratios": ratios,
+        "runs": runs,
     }
     print(f"\n1M-item bundle: {manifest['counts']['items']:,} items, index "
           f"{manifest['indexes']['items']['type']} {manifest['indexes']['items']['params']}")
-    print(f"recall@10 vs exact {recall:.3f}; start-up to ready {ready_s:.2f} s; "
-          f"service RSS {api_rss:.0f} MB")
-    header = f"{'':16}{'load':12}{'req/s':>9}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'non-2xx':>9}"
-    print(header)
-    for name, runs in results.items():
-        for load, r in runs.items():
-            print(f"{name:16}{load:12}{r['requests_per_s']:>9.0f}{r.get('p50_ms', 0):>9.3f}"
-                  f"{r.get('p90_ms', 0):>9.3f}{r.get('p99_ms', 0):>9.3f}{r['non_2xx']:>9.0f}")
-    print(f"saturation: similar items / bare FastAPI = {sat_ratio:.2f}")
+    print(f"recall@10 vs exact {recall:.3f}; start-up to ready {ready_s:.2f} s (median of 3); "
+          f"RSS MB {rss}")
+    print(f"{'':24}{'load':12}{'req/s':>9}{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'errors':>8}")
+    for name, loads in results.items():
+        for load, r in loads.items():
+            errors = r.get("non_2xx", 0) + r.get("errors", 0)
+            print(f"{name:24}{load:12}{r['requests_per_s']:>9.0f}{r.get('p50_ms', 0):>9.3f}"
+                  f"{r.get('p90_ms', 0):>9.3f}{r.get('p99_ms', 0):>9.3f}{errors:>8.0f}")
+    for name, value in ratios.items():
+        print(f"saturation, {name}: {value:.2f} (median of per-round ratios)")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2) + "\n")

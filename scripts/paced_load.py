@@ -12,11 +12,11 @@ its sockets to keep sub-millisecond timing: give it a core of its own.
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import selectors
 import socket
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -33,7 +33,8 @@ class PacedResult:
     sent: int = 0
     completed: int = 0
     errors: int = 0
-    statuses: Counter[int] = field(default_factory=Counter)
+    reconnects: int = 0
+    statuses: collections.Counter[int] = field(default_factory=collections.Counter)
     latencies: list[float] = field(default_factory=list)
     send_lag: list[float] = field(default_factory=list)
     sent_at: list[float] = field(default_factory=list)
@@ -49,6 +50,7 @@ class PacedResult:
         return {"rate_asked": self.rate_asked, "requests_per_s": round(self.completed
                                                                        / self.seconds, 1),
                 "sent": self.sent, "completed": self.completed, "errors": self.errors,
+                "reconnects": self.reconnects,
                 "non_2xx": non_2xx, **self.percentiles_ms(),
                 # how late the client itself sent: large values mean the client, not the
                 # server, was held up (an overloaded machine)
@@ -96,25 +98,45 @@ class _Conn:
 
 def paced_run(host: str, port: int, requests: Callable[[int], bytes], rate: float,
               seconds: float, connections: int = 16, timeout: float = 10.0) -> PacedResult:
-    """Send `rate` requests a second for `seconds` (request i is `requests(i)`, raw bytes)."""
+    """Send `rate` requests a second for `seconds` (request i is `requests(i)`, raw bytes).
+
+    Connections are used in turn, so none idles past the server's keep-alive timeout; one
+    the server closed anyway is reopened and its request sent again, as browsers do. A
+    request that gets no answer by the end counts as an error.
+    """
     total = int(rate * seconds)
     result = PacedResult(rate, seconds)
-    pool = [_Conn(host, port) for _ in range(connections)]
-    idle = list(pool)
+    idle: collections.deque[_Conn] = collections.deque(
+        _Conn(host, port) for _ in range(connections))
+    busy: dict[_Conn, bytes] = {}
     sel = selectors.DefaultSelector()
-    for conn in pool:
+    for conn in idle:
         sel.register(conn.sock, selectors.EVENT_READ, conn)
+
+    def reopen(conn: _Conn, request: bytes) -> None:
+        sel.unregister(conn.sock)
+        conn.sock.close()
+        conn.__init__(host, port)  # type: ignore[misc]
+        sel.register(conn.sock, selectors.EVENT_READ, conn)
+        conn.sock.sendall(request)
+        result.reconnects += 1
+
     start = time.perf_counter()
     deadline = start + seconds + timeout
     next_i = 0
     try:
-        while (next_i < total or len(idle) < len(pool)) and time.perf_counter() < deadline:
+        while (next_i < total or busy) and time.perf_counter() < deadline:
             now = time.perf_counter()
             while next_i < total and idle and start + next_i / rate <= now:
-                conn = idle.pop()
+                conn = idle.popleft()
                 conn.due = start + next_i / rate
                 conn.sent_offset = conn.due - start
-                conn.sock.sendall(requests(next_i))
+                request = requests(next_i)
+                busy[conn] = request
+                try:
+                    conn.sock.sendall(request)
+                except OSError:
+                    reopen(conn, request)
                 result.send_lag.append(time.perf_counter() - conn.due)
                 next_i += 1
                 result.sent += 1
@@ -127,8 +149,12 @@ def paced_run(host: str, port: int, requests: Callable[[int], bytes], rate: floa
                     chunk = conn.sock.recv(1 << 16)
                 except BlockingIOError:
                     continue
-                if not chunk:
-                    raise ConnectionError("server closed a keep-alive connection")
+                except OSError:
+                    chunk = b""
+                if not chunk:  # closed by the server: reopen and send the request again
+                    if conn in busy:
+                        reopen(conn, busy[conn])
+                    continue
                 conn.buf += chunk
                 status = conn.response_complete()
                 if status is not None:
@@ -137,11 +163,10 @@ def paced_run(host: str, port: int, requests: Callable[[int], bytes], rate: floa
                     result.sent_at.append(conn.sent_offset)
                     result.statuses[status] += 1
                     result.completed += 1
+                    del busy[conn]
                     idle.append(conn)
-    except OSError:
-        result.errors += 1
     finally:
-        for conn in pool:
+        for conn in (*idle, *busy):
             sel.unregister(conn.sock)
             conn.sock.close()
     result.errors += result.sent - result.completed

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import httpx
 import pytest
 
+TOKEN = "test-token-0123456789abcdef"
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
@@ -35,3 +39,41 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+@contextlib.contextmanager
+def server(index_dir: Path, model: str = "sample", token: str | None = TOKEN,
+           poll: float = 0.0, log: Path | None = None,
+           settings: dict[str, str] | None = None) -> Iterator[str]:
+    """Start `svdfaiss serve` and wait (at most 30 s) until /healthz answers."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SVDFAISS_")}
+    env.update(settings or {})
+    if token:
+        env["SVDFAISS_ADMIN_TOKEN"] = token
+    out = log.open("w") if log else subprocess.DEVNULL
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "svdfaiss", "serve", "--index-dir", str(index_dir), "--model",
+         model, "--host", "127.0.0.1", "--port", str(port), "--poll-seconds", str(poll)],
+        env=env, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"server did not start (exit {proc.poll()})")
+            time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        if log:
+            out.close()  # type: ignore[union-attr]

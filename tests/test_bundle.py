@@ -2,6 +2,8 @@
 
 import json
 import os
+import random
+import resource
 import signal
 import subprocess
 import sys
@@ -159,3 +161,54 @@ def test_sigkill_while_writing_leaves_current_on_the_previous_intact_bundle(tmp_
     assert bundle.read_current(model_dir) == "v2"
     assert not list(model_dir.glob(".tmp-*"))
     assert Recommender.load(index_dir, "m").version == "v2"
+
+
+def test_a_full_disk_is_a_clear_error_publishes_nothing_and_cleans_up(tmp_path, small):
+    """RLIMIT_FSIZE makes every write past 64 kB fail as a full disk would (EFBIG)."""
+    build_small(small, tmp_path, "v1")
+
+    def limit_file_size() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # fail the write instead of killing
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64_000, 64_000))
+
+    data = write_sample(SampleSpec(users=3000, items=1500, events=30_000), tmp_path / "big")
+    result = subprocess.run(
+        [sys.executable, "-m", "svdfaiss", "build", str(data.events), "--model", "m", "--out",
+         str(tmp_path), "--version", "v2", "--k", "32"],
+        preexec_fn=limit_file_size, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 7, result.stderr
+    assert "error:" in result.stderr and "nothing was published" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert bundle.read_current(tmp_path / "m") == "v1"
+    assert not list((tmp_path / "m").glob(".tmp-*"))
+    assert not (tmp_path / "m" / "v2").exists()
+    assert bundle.verify(tmp_path / "m" / "v1") == []
+
+
+@pytest.mark.slow
+def test_sigkill_at_random_moments_always_leaves_an_intact_current(tmp_path, small):
+    """Kill trials at random moments of a build: CURRENT always names a bundle that verifies."""
+    index_dir = tmp_path / "indexes"
+    cmd = [sys.executable, "-m", "svdfaiss", "build", str(small.events), "--model", "m",
+           "--out", str(index_dir), "--k", "8"]
+    started = time.monotonic()
+    subprocess.run([*cmd, "--version", "v0"], check=True, capture_output=True, timeout=120)
+    full_build = time.monotonic() - started
+    model_dir = index_dir / "m"
+    rng = random.Random(7)
+    outcomes = {"killed": 0, "finished": 0}
+    for trial in range(12):
+        proc = subprocess.Popen([*cmd, "--version", f"t{trial}"], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.3, 1.0) * full_build)
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+            outcomes["killed"] += 1
+        else:
+            outcomes["finished"] += 1
+        proc.wait(timeout=60)
+        current = bundle.read_current(model_dir)
+        assert current in {"v0", *(f"t{t}" for t in range(trial + 1))}
+        assert bundle.verify(model_dir / current) == []
+        assert Recommender.load(index_dir, "m").version == current
+    assert outcomes["killed"] >= 3, outcomes

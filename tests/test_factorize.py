@@ -55,3 +55,21 @@ def test_rank_limits_are_explained():
         truncated_svd(x, 6)
     with pytest.raises(InvalidInput, match="needs at least 2 of each"):
         truncated_svd(sp.csr_matrix(np.ones((1, 5))), 1)
+
+
+def test_degenerate_and_small_matrices_factorize_exactly(monkeypatch):
+    """A rank-1 matrix (ARPACK's Arnoldi factorization breaks down on it) and a small one."""
+    rank_one = sp.csr_matrix(np.ones((30, 12), dtype=np.float32))
+    factors = truncated_svd(rank_one, 4)
+    np.testing.assert_allclose(factors.singular_values[0], np.sqrt(30 * 12), rtol=1e-5)
+    np.testing.assert_allclose(factors.singular_values[1:], 0, atol=1e-3)
+    rng = np.random.default_rng(3)
+    x = sp.random(300, 200, density=0.1, random_state=rng, dtype=np.float32, format="csr")
+    dense = truncated_svd(x, 8)  # 200 columns: the exact dense path
+    monkeypatch.setattr("svdfaiss.factorize.DENSE_MAX", 0)
+    lanczos = truncated_svd(x, 8)
+    np.testing.assert_allclose(dense.singular_values, lanczos.singular_values, rtol=1e-4)
+    np.testing.assert_allclose(dense.singular_values,
+                               np.linalg.svd(x.toarray(), compute_uv=False)[:8], rtol=1e-4)
+    fallback = truncated_svd(rank_one, 4)  # Lanczos first; on breakdown, the dense solve
+    np.testing.assert_allclose(fallback.singular_values, factors.singular_values, atol=1e-3)

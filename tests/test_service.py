@@ -1,11 +1,8 @@
 """The HTTP service against a real uvicorn process on 127.0.0.1 (a free port per server)."""
 
 import asyncio
-import contextlib
-import os
+import json
 import shutil
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,47 +19,7 @@ from svdfaiss.data import decode_ids
 from svdfaiss.recommender import Recommender
 from svdfaiss.service.app import Metrics, ModelHolder, SimilarItemsFastPath
 
-from .helpers import free_port
-
-TOKEN = "test-token-0123456789abcdef"
-
-
-@contextlib.contextmanager
-def server(index_dir: Path, model: str = "sample", token: str | None = TOKEN,
-           poll: float = 0.0, log: Path | None = None,
-           settings: dict[str, str] | None = None) -> Iterator[str]:
-    """Start `svdfaiss serve` and wait (at most 30 s) until /healthz answers."""
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SVDFAISS_")}
-    env.update(settings or {})
-    if token:
-        env["SVDFAISS_ADMIN_TOKEN"] = token
-    out = log.open("w") if log else subprocess.DEVNULL
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "svdfaiss", "serve", "--index-dir", str(index_dir), "--model",
-         model, "--host", "127.0.0.1", "--port", str(port), "--poll-seconds", str(poll)],
-        env=env, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"server did not start (exit {proc.poll()})")
-            time.sleep(0.1)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        if log:
-            out.close()  # type: ignore[union-attr]
+from .helpers import TOKEN, server
 
 
 @pytest.fixture(scope="module")
@@ -358,18 +315,30 @@ def corrupt(version_dir: Path, how: str) -> None:
         path.write_bytes(bytes(data))
     elif how == "missing":
         (version_dir / "item_ids.npy").unlink()
+    elif how == "truncated index":
+        path = version_dir / "items.faiss"
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
+    elif how == "truncated ids":
+        path = version_dir / "item_ids.npy"
+        path.write_bytes(path.read_bytes()[:100])
+    elif how == "manifest not json":
+        (version_dir / "manifest.json").write_text('{"model": "sample", "files": {')
+    elif how == "manifest without files":
+        manifest = bundle.read_manifest(version_dir)
+        del manifest["files"]
+        (version_dir / "manifest.json").write_text(json.dumps(manifest))
     elif how == "unreadable":  # bytes FAISS cannot parse, with a manifest that agrees
         path = version_dir / "items.faiss"
         path.write_bytes(b"not a faiss index at all")
         manifest = bundle.read_manifest(version_dir)
         manifest["files"]["items.faiss"] = {"sha256": bundle.sha256_file(path),
                                             "size": path.stat().st_size}
-        import json
-
         (version_dir / "manifest.json").write_text(json.dumps(manifest))
 
 
-@pytest.mark.parametrize("how", ["checksum", "missing", "unreadable"])
+@pytest.mark.parametrize("how", ["checksum", "missing", "unreadable", "truncated index",
+                                 "truncated ids", "manifest not json",
+                                 "manifest without files"])
 def test_a_bad_new_bundle_is_refused_and_the_old_keeps_serving(own_copy, tmp_path, how):
     model_dir = own_copy / "sample"
     corrupt(model_dir / "v2", how)

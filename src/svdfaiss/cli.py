@@ -62,6 +62,9 @@ def _clean_errors(func: F) -> F:
         except MemoryError:
             err.print("[bold red]error:[/] out of memory; lower --k or filter more rows")
             raise typer.Exit(6) from None
+        except OSError as exc:  # a full disk, a file size limit, a permission
+            err.print(f"[bold red]error:[/] {escape(str(exc))}; nothing was published")
+            raise typer.Exit(7) from None
 
     return wrapper  # type: ignore[return-value]
 

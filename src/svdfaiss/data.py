@@ -7,14 +7,15 @@ memory-mapped array and need no hash table at load time.
 
 from __future__ import annotations
 
+import contextlib
 import csv
-import io
 import re
-from collections.abc import Iterable
+import sys
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -189,7 +190,9 @@ def detect_format(path: Path, options: ReadOptions) -> Literal["csv", "tsv", "pa
 
 def _first_line(path: Path) -> str:
     with path.open("rb") as fh:
-        raw = fh.readline(1 << 20)
+        head = fh.read(1 << 20)
+    # Any line ending counts (\n, \r\n, or a lone \r as old exports write), as for pyarrow.
+    raw = re.split(rb"\r\n|\r|\n", head, maxsplit=1)[0]
     if not raw.strip():
         with path.open("rb") as fh:
             if not fh.read(1 << 16).strip():
@@ -320,7 +323,10 @@ class _Parsed:
 def _read_csv(path: Path, options: ReadOptions, fmt: str) -> _Parsed:
     line = _first_line(path)
     delimiter = _sniff_delimiter(path, line, options, fmt)
-    fields = next(csv.reader(io.StringIO(line), delimiter=delimiter))
+    try:
+        fields = next(csv.reader([line], delimiter=delimiter))
+    except csv.Error as exc:
+        raise InvalidInput(f"{path}: line 1 is not valid {fmt.upper()} ({exc})") from None
     header = options.header if options.header is not None else _looks_like_header(fields)
     if header:
         names, seen = [], set()
@@ -360,29 +366,60 @@ def _read_csv(path: Path, options: ReadOptions, fmt: str) -> _Parsed:
             ),
         )
 
-    try:
-        table = read(True, on_malformed)
-        malformed: list[tuple[int, str]] = []
-        if malformed_count:
-            # Threaded parsing does not know line numbers; a serial pass does. Only bad files
-            # pay for it.
-            malformed_count = 0
-            rows: list[tuple[int, str]] = []
-
-            def on_malformed_numbered(row: pacsv.InvalidRow) -> str:
-                nonlocal malformed_count
-                malformed_count += 1
-                rows.append((int(row.number or 0), str(row.text)))
-                return "skip"
-
-            table = read(False, on_malformed_numbered)
-            malformed = rows
-    except pa.ArrowInvalid as exc:
-        message = str(exc).split("\n")[0]
-        if "UTF8" in message or "utf8" in message.lower():
-            message = "not valid UTF-8 text"
-        raise InvalidInput(f"{path}: cannot parse as {fmt.upper()}: {message}") from None
+    with _undecodable_rows() as undecodable:
+        try:
+            table, malformed, malformed_count = _read_counting(read, on_malformed,
+                                                               lambda: malformed_count)
+        except pa.ArrowInvalid as exc:
+            message = str(exc).split("\n")[0]
+            if undecodable:
+                message = (f"{message} (a row with the wrong number of fields that is not "
+                           "UTF-8 text either; save the file as UTF-8)")
+            elif "UTF8" in message or "utf8" in message.lower():
+                message = "not valid UTF-8 text"
+            raise InvalidInput(f"{path}: cannot parse as {fmt.upper()}: {message}") from None
     return _Parsed(table, columns, malformed, malformed_count, 2 if header else 1, delimiter)
+
+
+@contextlib.contextmanager
+def _undecodable_rows() -> Iterator[list[BaseException]]:
+    """Collect what pyarrow reports when it cannot hand a malformed row to the row handler.
+
+    A malformed row that is not UTF-8 cannot be decoded for the handler: pyarrow reports that
+    through `sys.unraisablehook` (a traceback on stderr) and then fails the read. The read's
+    error becomes a clear message instead; other unraisable errors pass through.
+    """
+    seen: list[BaseException] = []
+    previous = sys.unraisablehook
+
+    def hook(unraisable: Any) -> None:
+        if isinstance(unraisable.exc_value, UnicodeDecodeError):
+            seen.append(unraisable.exc_value)
+        else:
+            previous(unraisable)
+
+    sys.unraisablehook = hook
+    try:
+        yield seen
+    finally:
+        sys.unraisablehook = previous
+
+
+def _read_counting(read: Callable[[bool, object], pa.Table],
+                   on_malformed: Callable[[pacsv.InvalidRow], str],
+                   count: Callable[[], int]) -> tuple[pa.Table, list[tuple[int, str]], int]:
+    """Read in parallel; when rows were malformed, again serially for their line numbers."""
+    table = read(True, on_malformed)
+    if not count():
+        return table, [], 0
+    # Threaded parsing does not know line numbers; a serial pass does. Only bad files pay.
+    rows: list[tuple[int, str]] = []
+
+    def on_malformed_numbered(row: pacsv.InvalidRow) -> str:
+        rows.append((int(row.number or 0), str(row.text)))
+        return "skip"
+
+    return read(False, on_malformed_numbered), rows, len(rows)
 
 
 def _read_parquet(path: Path, options: ReadOptions) -> _Parsed:

@@ -8,11 +8,13 @@ from typing import Literal
 
 import numpy as np
 import scipy.sparse as sp
-from scipy.sparse.linalg import LinearOperator, eigsh
+from scipy.sparse.linalg import ArpackError, ArpackNoConvergence, LinearOperator, eigsh
 
 from svdfaiss.errors import InvalidInput
 
 Solver = Literal["arpack", "randomized"]
+DENSE_MAX = 400  # a Gram matrix this small is solved exactly (eigh: milliseconds)
+DENSE_FALLBACK_MAX = 20_000  # where ARPACK fails, a dense solve is still affordable
 
 
 @dataclass(frozen=True)
@@ -107,8 +109,18 @@ def _arpack(x: sp.csr_matrix, k: int, seed: int) -> tuple[np.ndarray, np.ndarray
     """
     transpose = x.shape[0] < x.shape[1]
     a = x.T.tocsr() if transpose else x
-    v0 = np.random.default_rng(seed).standard_normal(a.shape[1]).astype(a.dtype)
-    eigenvalues, vectors = eigsh(_gram_operator(a), k=k, v0=v0, which="LM")
+    n = a.shape[1]
+    if n <= DENSE_MAX:
+        eigenvalues, vectors = _dense_eigh(a, k)
+    else:
+        v0 = np.random.default_rng(seed).standard_normal(n).astype(a.dtype)
+        try:
+            eigenvalues, vectors = eigsh(_gram_operator(a), k=k, v0=v0, which="LM")
+        except (ArpackError, ArpackNoConvergence) as exc:
+            if n > DENSE_FALLBACK_MAX:
+                raise InvalidInput(f"the SVD did not converge ({exc}); try --solver "
+                                   "randomized or a smaller --k") from None
+            eigenvalues, vectors = _dense_eigh(a, k)  # degenerate spectra: exact instead
     order = np.argsort(eigenvalues)[::-1]
     s = np.sqrt(np.maximum(eigenvalues[order], 0)).astype(a.dtype)
     v = np.ascontiguousarray(vectors[:, order], dtype=a.dtype)
@@ -116,6 +128,13 @@ def _arpack(x: sp.csr_matrix, k: int, seed: int) -> tuple[np.ndarray, np.ndarray
     u /= np.where(s > 0, s, 1)
     u[:, s == 0] = 0
     return (v, s, u.T) if transpose else (u, s, v.T)
+
+
+def _dense_eigh(a: sp.csr_matrix, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The top-k eigenpairs of the dense Gram matrix: exact, for a small side."""
+    gram = (a.T @ a).toarray().astype(np.float64)
+    eigenvalues, vectors = np.linalg.eigh(gram)
+    return eigenvalues[-k:], vectors[:, -k:]
 
 
 def truncated_svd(x: sp.csr_matrix, k: int, solver: Solver = "arpack", seed: int = 0) -> Factors:

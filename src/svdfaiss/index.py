@@ -149,7 +149,12 @@ def kind_of(index: faiss.Index) -> str:
 
 
 def write_index(index: faiss.Index, path: Path) -> None:
-    faiss.write_index(index, str(path))
+    """Write an index; a failed write (full disk, file size limit) is an OSError naming it."""
+    try:
+        faiss.write_index(index, str(path))
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "write failed"
+        raise OSError(f"{path}: could not write the FAISS index (disk full?): {first}") from None
 
 
 def read_index(path: Path) -> faiss.Index:

@@ -25,6 +25,7 @@ import faiss as _faiss
 import orjson
 from fastapi import Body, FastAPI, Header, HTTPException, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -287,6 +288,7 @@ class SimilarItemsFastPath:
         self.app = app
         self.holder = holder
         self.max_k = settings.max_k
+        self.max_id_length = settings.max_id_length
         self.route = route
 
     async def __call__(self, scope: Scope, receive: Callable[[], Awaitable[Message]],
@@ -312,9 +314,12 @@ class SimilarItemsFastPath:
         current = self.holder.current
         if k is None or current is None:
             return None
+        item_id = path[len(_PREFIX):-len(_SUFFIX)]
+        if len(item_id) > self.max_id_length:
+            return None
         rec = current.recommender
         try:
-            result = rec.cached_similar_items(path[len(_PREFIX):-len(_SUFFIX)], k)
+            result = rec.cached_similar_items(item_id, k)
         except UnknownItem:
             return None
         if result is None:
@@ -383,7 +388,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         title="svdfaiss",
         summary="Similar items and recommendations from SVD embeddings in FAISS indexes.",
         lifespan=lifespan,
-        responses={503: {"model": schemas.Problem, "description": "no bundle loaded"}},
+        responses={
+            400: {"description": "a malformed request: a body that is not UTF-8 (JSON), or "
+                  "a URL longer than the HTTP server accepts (plain text, from uvicorn)",
+                  "content": {"application/json": {"schema": {
+                      "$ref": "#/components/schemas/Problem"}},
+                      "text/plain": {"schema": {"type": "string"}}}},
+            503: {"model": schemas.Problem, "description": "no bundle loaded"}},
+        max_body_size=settings.max_body_bytes,
     )
     app.state.holder = holder
     app.state.settings = settings
@@ -393,6 +405,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         similar_route = next(r for r in app.routes if getattr(r, "name", "") == "similar_items")
         app.add_middleware(SimilarItemsFastPath, holder=holder, settings=settings,
                            route=similar_route)
+    if settings.cors_origins:  # off unless origins are configured
+        app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
+                           allow_methods=["GET", "POST"], allow_headers=["content-type"])
     app.add_middleware(ServiceMiddleware, holder=holder, metrics=metrics)
     _add_operational_routes(app, holder, settings, metrics)
     return app
@@ -409,19 +424,24 @@ async def _poll(holder: ModelHolder) -> None:
 
 
 def _add_query_routes(app: FastAPI, holder: ModelHolder, settings: Settings) -> None:
-    max_k, max_ids = settings.max_k, settings.max_ids
+    max_k, max_ids, max_len = settings.max_k, settings.max_ids, settings.max_id_length
+    OneId: Any = schemas.id_type(max_len)  # noqa: N806
+    ItemId = Annotated[str, Path(min_length=1, max_length=max_len)]  # noqa: N806
+    UserId = Annotated[str, Path(min_length=1, max_length=max_len)]  # noqa: N806
     KQuery = Annotated[int, Query(ge=1, le=max_k, description="number of results")]  # noqa: N806
-    AllowQuery = Annotated[list[str] | None, Query(  # noqa: N806
+    AllowQuery = Annotated[list[OneId] | None, Query(  # noqa: N806
         max_length=max_ids, description="allow-list: only these items (repeatable)")]
-    DenyQuery = Annotated[list[str] | None, Query(  # noqa: N806
+    DenyQuery = Annotated[list[OneId] | None, Query(  # noqa: N806
         max_length=max_ids, description="deny-list: never these items (repeatable)")]
     not_found: dict[int | str, dict[str, Any]] = {
         404: {"model": schemas.Problem, "description": "unknown id"}}
     batcher = SearchBatcher() if settings.search_mode == "batch" else None
+    too_large: dict[int | str, dict[str, Any]] = {
+        413: {"model": schemas.Problem, "description": "body over SVDFAISS_MAX_BODY_BYTES"}}
 
     @app.get("/items/{item_id:path}/similar", response_model=schemas.ItemsResponse,
              responses=not_found, tags=["items"])
-    async def similar_items(item_id: Annotated[str, Path()], k: KQuery = 10,
+    async def similar_items(item_id: ItemId, k: KQuery = 10,
                             items: AllowQuery = None, filter_items: DenyQuery = None) -> Response:
         """Items most similar to an item (cosine of embeddings; never the item itself)."""
         rec = holder.get()
@@ -438,7 +458,7 @@ def _add_query_routes(app: FastAPI, holder: ModelHolder, settings: Settings) -> 
 
     @app.get("/users/{user_id:path}/recommendations", response_model=schemas.ItemsResponse,
              responses=not_found, tags=["users"])
-    def recommendations(user_id: Annotated[str, Path()], k: KQuery = 10,
+    def recommendations(user_id: UserId, k: KQuery = 10,
                         exclude_seen: bool = True, items: AllowQuery = None,
                         filter_items: DenyQuery = None) -> Response:
         """Recommendations for a known user (items they interacted with excluded by default)."""
@@ -447,9 +467,9 @@ def _add_query_routes(app: FastAPI, holder: ModelHolder, settings: Settings) -> 
 
     @app.get("/users/{user_id:path}/similar", response_model=schemas.UsersResponse,
              responses=not_found, tags=["users"])
-    def similar_users(user_id: Annotated[str, Path()], k: KQuery = 10,
-                      users: Annotated[list[str] | None, Query(max_length=max_ids)] = None,
-                      filter_users: Annotated[list[str] | None,
+    def similar_users(user_id: UserId, k: KQuery = 10,
+                      users: Annotated[list[OneId] | None, Query(max_length=max_ids)] = None,
+                      filter_users: Annotated[list[OneId] | None,
                                               Query(max_length=max_ids)] = None) -> Response:
         """Users most similar to a user (cosine of embeddings; never the user itself)."""
         rec = holder.get()
@@ -459,7 +479,7 @@ def _add_query_routes(app: FastAPI, holder: ModelHolder, settings: Settings) -> 
 
     @app.get("/users/{user_id:path}/items/{item_id:path}/score",
              response_model=schemas.ScoreResponse, responses=not_found, tags=["users"])
-    def score(user_id: Annotated[str, Path()], item_id: Annotated[str, Path()]) -> Response:
+    def score(user_id: UserId, item_id: ItemId) -> Response:
         """The model's score of one item for one user (the ranking score of recommendations)."""
         rec = holder.get()
         return _json({"model": rec.model, "version": rec.version, "user_id": user_id,
@@ -467,10 +487,10 @@ def _add_query_routes(app: FastAPI, holder: ModelHolder, settings: Settings) -> 
 
     # Bodies bounded by the settings are built at run time: pydantic enforces their shape,
     # so handlers read them as Any.
-    basket_model: Any = schemas.basket_request(max_ids, max_k)
+    basket_model: Any = schemas.basket_request(max_ids, max_k, max_len)
 
-    @app.post("/recommendations", response_model=schemas.BasketResponse, responses=not_found,
-              tags=["items"])
+    @app.post("/recommendations", response_model=schemas.BasketResponse,
+              responses={**not_found, **too_large}, tags=["items"])
     def basket(body: Annotated[basket_model, Body()]) -> Response:
         """Recommendations for an anonymous basket or session (fold-in); unknown ids are
         reported in `unknown_item_ids` and ignored while at least one id is known."""
@@ -484,18 +504,20 @@ def _add_query_routes(app: FastAPI, holder: ModelHolder, settings: Settings) -> 
         return _items(rec, result, unknown_item_ids=result.unknown)
 
     similar_batch: Any = schemas.batch_request("item_ids", settings.max_batch, max_ids, max_k,
-                                               False)
+                                               max_len, False)
     recs_batch: Any = schemas.batch_request("user_ids", settings.max_batch, max_ids, max_k,
-                                            True)
+                                            max_len, True)
 
-    @app.post("/batch/similar", response_model=schemas.BatchResponse, tags=["batch"])
+    @app.post("/batch/similar", response_model=schemas.BatchResponse, responses=too_large,
+              tags=["batch"])
     def batch_similar(body: Annotated[similar_batch, Body()]) -> Response:
         """Similar items for many items in one call; unknown ids get an `error` entry."""
         rec = holder.get()
         return _batch(rec, body.item_ids, lambda i: rec.similar_items(
             i, body.k, body.items, body.filter_items))
 
-    @app.post("/batch/recommendations", response_model=schemas.BatchResponse, tags=["batch"])
+    @app.post("/batch/recommendations", response_model=schemas.BatchResponse,
+              responses=too_large, tags=["batch"])
     def batch_recommendations(body: Annotated[recs_batch, Body()]) -> Response:
         """Recommendations for many users in one call; unknown ids get an `error` entry."""
         rec = holder.get()
@@ -542,7 +564,9 @@ def _add_operational_routes(app: FastAPI, holder: ModelHolder, settings: Setting
 
     @app.post("/admin/reload", response_model=schemas.ReloadResult, tags=["operations"],
               responses={401: {"model": schemas.Problem}, 403: {"model": schemas.Problem},
-                         404: {"model": schemas.Problem}})
+                         404: {"model": schemas.Problem},
+                         409: {"model": schemas.ReloadResult,
+                               "description": "the new bundle was refused; the old serves"}})
     async def admin_reload(authorization: Annotated[str | None, Header()] = None) -> Any:
         """Load the version CURRENT names now (bearer token from SVDFAISS_ADMIN_TOKEN)."""
         _authorize(settings, authorization)

@@ -7,8 +7,9 @@ responses without validating each one (no per-item pydantic object on the way ou
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 
 class ScoredItem(BaseModel):
@@ -82,30 +83,37 @@ class ReloadResult(BaseModel):
     detail: str | None = None
 
 
-def basket_request(max_ids: int, max_k: int) -> type[BaseModel]:
+def id_type(max_length: int) -> Any:
+    """An id as requests carry it: 1 to `max_length` characters."""
+    return Annotated[str, StringConstraints(min_length=1, max_length=max_length)]
+
+
+def basket_request(max_ids: int, max_k: int, max_id_length: int) -> type[BaseModel]:
     """The POST /recommendations body, bounded by the settings."""
+    one_id = id_type(max_id_length)
 
     class BasketRequest(BaseModel):
         model_config = ConfigDict(extra="forbid")
-        item_ids: list[str] = Field(min_length=1, max_length=max_ids)
+        item_ids: list[one_id] = Field(min_length=1, max_length=max_ids)  # type: ignore[valid-type]
         k: int = Field(10, ge=1, le=max_k)
         exclude_given: bool = True
-        items: list[str] | None = Field(None, max_length=max_ids, description="allow-list")
-        filter_items: list[str] | None = Field(None, max_length=max_ids,
-                                               description="deny-list")
+        items: list[one_id] | None = Field(  # type: ignore[valid-type]
+            None, max_length=max_ids, description="allow-list")
+        filter_items: list[one_id] | None = Field(  # type: ignore[valid-type]
+            None, max_length=max_ids, description="deny-list")
 
     return BasketRequest
 
 
-def batch_request(field: str, max_batch: int, max_ids: int, max_k: int,
+def batch_request(field: str, max_batch: int, max_ids: int, max_k: int, max_id_length: int,
                   with_exclude_seen: bool) -> type[BaseModel]:
     """A POST /batch/... body: up to max_batch ids, one k and one pair of filters for all."""
-
+    ids: Any = list[id_type(max_id_length)]  # type: ignore[misc]
     fields = {
-        field: (list[str], Field(min_length=1, max_length=max_batch)),
+        field: (ids, Field(min_length=1, max_length=max_batch)),
         "k": (int, Field(10, ge=1, le=max_k)),
-        "items": (list[str] | None, Field(None, max_length=max_ids)),
-        "filter_items": (list[str] | None, Field(None, max_length=max_ids)),
+        "items": (ids | None, Field(None, max_length=max_ids)),
+        "filter_items": (ids | None, Field(None, max_length=max_ids)),
     }
     if with_exclude_seen:
         fields["exclude_seen"] = (bool, True)
