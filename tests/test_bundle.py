@@ -186,7 +186,7 @@ def test_a_full_disk_is_a_clear_error_publishes_nothing_and_cleans_up(tmp_path, 
 
 
 @pytest.mark.slow
-def test_sigkill_at_random_moments_always_leaves_an_intact_current(tmp_path, small):
+def test_sigkill_at_random_moments_always_leaves_an_intact_current(tmp_path, small, capsys):
     """Kill trials at random moments of a build: CURRENT always names a bundle that verifies."""
     index_dir = tmp_path / "indexes"
     cmd = [sys.executable, "-m", "svdfaiss", "build", str(small.events), "--model", "m",
@@ -211,4 +211,6 @@ def test_sigkill_at_random_moments_always_leaves_an_intact_current(tmp_path, sma
         assert current in {"v0", *(f"t{t}" for t in range(trial + 1))}
         assert bundle.verify(model_dir / current) == []
         assert Recommender.load(index_dir, "m").version == current
+    with capsys.disabled():
+        print(f"\nkill trials: {outcomes}, CURRENT verified after each")
     assert outcomes["killed"] >= 3, outcomes

@@ -261,3 +261,19 @@ def test_a_batch_of_similar_items_equals_single_searches(rec, sample, tmp_path):
     assert all(len(r) == 120 for r in batch)
     assert [r.ids for r in batch] == [model.similar_items(i, 120, use_cache=False).ids
                                       for i in items]
+
+
+def test_a_replaced_model_is_freed_at_once_without_the_cyclic_gc(sample_index_dir):
+    """A reload drops the old model; a reference cycle would keep its indexes until a GC."""
+    import gc
+    import weakref
+
+    model = Recommender.load(sample_index_dir, "sample")
+    model.similar_users(decode_ids(model.user_ids[:1])[0], 3)  # touch the users space
+    ref = weakref.ref(model)
+    gc.disable()
+    try:
+        del model
+        assert ref() is None
+    finally:
+        gc.enable()

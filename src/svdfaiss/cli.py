@@ -242,6 +242,129 @@ def build(
         print_summary(report.path, report.manifest)
 
 
+@app.command()
+@_clean_errors
+def evaluate(
+    input_path: Annotated[Path, typer.Argument(metavar="INPUT",
+                                               help="Interactions: CSV, TSV or Parquet.")],
+    fmt: Annotated[str, typer.Option("--format", help="auto|csv|tsv|parquet")] = "auto",
+    user_col: Annotated[str | None, typer.Option(help="Name or 0-based number.")] = None,
+    item_col: Annotated[str | None, typer.Option(help="Name or 0-based number.")] = None,
+    value_col: Annotated[str | None, typer.Option(help="Rating or count column.")] = None,
+    no_value: Annotated[bool, typer.Option("--no-value")] = False,
+    feedback: Annotated[str, typer.Option(help="auto|explicit|implicit")] = "auto",
+    min_user_interactions: Annotated[int, typer.Option(min=1)] = 1,
+    min_item_interactions: Annotated[int, typer.Option(min=1)] = 1,
+    weighting: Annotated[str, typer.Option(help="auto|none|binary|log|bm25")] = "auto",
+    beta: Annotated[float, typer.Option(help="Item popularity scaling n_j^-beta.")] = 0.0,
+    k: Annotated[int, typer.Option("--k", help="SVD components.")] = 64,
+    at: Annotated[list[int] | None, typer.Option(
+        "--at", help="Cutoffs (repeatable; default 10 and 20).")] = None,
+    test_fraction: Annotated[float, typer.Option(help="Share of each user held out.")] = 0.2,
+    min_test_interactions: Annotated[int, typer.Option(
+        help="Users with fewer interactions are never tested.")] = 5,
+    seed: Annotated[int, typer.Option(help="Seed of the holdout split.")] = 42,
+    ease: Annotated[bool, typer.Option("--ease/--no-ease",
+                                       help="Include EASE (an items x items inverse).")] = True,
+    ease_lambda: float = 500.0,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the results here.")]
+    = None,
+) -> None:
+    """Hold out 20% of each user's interactions and score svdfaiss and baselines on them."""
+    from svdfaiss.builder import BuildConfig
+    from svdfaiss.data import ReadOptions, build_interactions, read_log
+    from svdfaiss.evaluation import MAX_EASE_ITEMS, evaluate_topn
+
+    read = ReadOptions(format=fmt, user_col=user_col, item_col=item_col,  # type: ignore[arg-type]
+                       value_col=value_col, no_value=no_value,
+                       feedback=feedback)  # type: ignore[arg-type]
+    config = BuildConfig(input=input_path, model="evaluate", index_dir=Path("."),
+                         weighting=weighting, beta=beta, k=k)  # type: ignore[arg-type]
+    config.check()
+    inter = build_interactions(read_log(input_path, read), min_user_interactions,
+                               min_item_interactions, "last")
+    scheme = config.resolved_weighting(inter.feedback)
+    with_ease = ease and inter.n_items <= MAX_EASE_ITEMS
+    report = evaluate_topn(inter.matrix, k, scheme, beta, cutoffs=tuple(at or (10, 20)),
+                           test_fraction=test_fraction, min_interactions=min_test_interactions,
+                           seed=seed, ease_lambda=ease_lambda, include_ease=with_ease)
+    report["protocol"]["input"] = str(input_path)
+    report["protocol"]["feedback"] = inter.feedback
+    if ease and not with_ease:
+        report["protocol"]["ease"] = f"skipped: over {MAX_EASE_ITEMS:,} items"
+    cutoffs = report["protocol"]["cutoffs"]
+    rows = [f"{m}@{c}" for c in cutoffs for m in ("ndcg", "recall", "precision", "map", "mrr",
+                                                   "hit_rate", "coverage")]
+    table = Table(title=f"svdfaiss evaluate: {input_path.name}, {inter.n_users:,} users, "
+                        f"{inter.n_items:,} items, {report['protocol']['test_users']:,} "
+                        "test users", title_justify="left")
+    table.add_column("metric")
+    methods = list(report["topn"])
+    for method in methods:
+        table.add_column(method.replace(" (ANN index)", "\n(ANN)"), justify="right")
+    for row in rows:
+        table.add_row(row, *(f"{report['topn'][m][row]:.4f}" for m in methods))
+    out.print(table)
+    ann = report["ann"]
+    out.print(f"ANN ({ann['index']}): recall@10 against exact {ann['recall@10_vs_exact']:.3f}, "
+              f"{ann['ms_per_query']:.3f} ms a query; SVD k={k}, weighting {scheme}, "
+              f"beta {beta}, explained energy {report['svd']['explained_energy']:.3f}")
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(report, indent=2) + "\n")
+
+
+@app.command()
+@_clean_errors
+def tune(
+    input_path: Annotated[Path, typer.Argument(metavar="INPUT",
+                                               help="Interactions: CSV, TSV or Parquet.")],
+    fmt: Annotated[str, typer.Option("--format", help="auto|csv|tsv|parquet")] = "auto",
+    no_value: Annotated[bool, typer.Option("--no-value")] = False,
+    feedback: Annotated[str, typer.Option(help="auto|explicit|implicit")] = "auto",
+    seed: Annotated[int, typer.Option(help="Seed of the holdout split.")] = 42,
+    ks: Annotated[list[int] | None, typer.Option(
+        "--k", help="Grid of --k (repeatable; default 16 32 64 128).")] = None,
+    weightings: Annotated[list[str] | None, typer.Option(
+        "--weighting", help="Grid of weightings (default none binary log bm25).")] = None,
+    betas: Annotated[list[float] | None, typer.Option(
+        "--beta", help="Grid of beta (default 0 0.25 0.5).")] = None,
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the results here.")]
+    = None,
+) -> None:
+    """Choose --k, --weighting and --beta on a validation split carved from train."""
+    from svdfaiss.data import ReadOptions, build_interactions, read_log
+    from svdfaiss.evaluation import TUNE_GRID, tune_svd
+    from svdfaiss.weighting import check_scheme
+
+    read = ReadOptions(format=fmt, no_value=no_value,  # type: ignore[arg-type]
+                       feedback=feedback)  # type: ignore[arg-type]
+    inter = build_interactions(read_log(input_path, read), 1, 1, "last")
+    grid = {"k": tuple(ks or TUNE_GRID["k"]),
+            "weighting": tuple(weightings or TUNE_GRID["weighting"]),
+            "beta": tuple(betas if betas is not None else TUNE_GRID["beta"])}
+    for scheme in grid["weighting"]:
+        for beta in grid["beta"]:
+            check_scheme(scheme, beta)
+    result = tune_svd(inter.matrix, grid, seed=seed)
+    table = Table(title=f"svdfaiss tune: {input_path.name}: {len(result['validation'])} "
+                        f"settings scored by validation {result['metric']}, the best 5",
+                  title_justify="left")
+    for name in ("k", "weighting", "beta", result["metric"]):
+        table.add_column(name, justify="right")
+    for trial in result["validation"][:5]:
+        table.add_row(str(trial["k"]), trial["weighting"], str(trial["beta"]),
+                      f"{trial[result['metric']]:.4f}")
+    out.print(table)
+    test = result["test"]
+    out.print(f"winner on test: ndcg@10 {test['ndcg@10']:.4f}, recall@20 "
+              f"{test['recall@20']:.4f}")
+    out.print(f"build with: svdfaiss build {input_path} {result['flags']}")
+    if json_path is not None:
+        json_path.parent.mkdir(parents=True, exist_ok=True)
+        json_path.write_text(json.dumps(result, indent=2) + "\n")
+
+
 def _fmt_int(n: Any) -> str:
     return f"{int(n):,}"
 

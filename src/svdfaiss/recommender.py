@@ -144,7 +144,15 @@ class Recommender:
             def exact(candidates: np.ndarray | None) -> np.ndarray:
                 return fixed if candidates is None else fixed[candidates]
         else:
-            exact = self._user_vectors
+            # A closure over the arrays, not a bound method: a reference back to self would
+            # make a cycle, and a replaced model would wait for the cyclic GC to free its
+            # indexes (measured: RSS stepping up 4 MB a reload in the soak).
+            rows, weighting = self.rows, self.weighting
+            scale, factors = self.item_scale, self.item_factors
+
+            def exact(candidates: np.ndarray | None) -> np.ndarray:
+                chosen = rows if candidates is None else rows[candidates]
+                return normalize_rows(fold_in(weight_rows(chosen, weighting, scale), factors))
         return _Space(index, kind_of(index), int(meta["rows"]), transform, exact)
 
     # ------------------------------------------------------------------ loading
@@ -230,10 +238,6 @@ class Recommender:
         """q = x V for a known user: equal to that user's row of U S."""
         vector: np.ndarray = self._fold_rows(self.rows[user : user + 1])[0]
         return vector
-
-    def _user_vectors(self, candidates: np.ndarray | None) -> np.ndarray:
-        rows = self.rows if candidates is None else self.rows[candidates]
-        return normalize_rows(self._fold_rows(rows))
 
     def basket_vector(self, items: np.ndarray) -> np.ndarray:
         """q = x V for an anonymous basket; repeated items count like repeated events."""

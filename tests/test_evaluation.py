@@ -1,0 +1,126 @@
+"""Evaluation: metric functions on hand-computed cases, the split, and the protocol end to end."""
+
+import math
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from svdfaiss.evaluation import (
+    coverage,
+    evaluate_topn,
+    holdout_split,
+    ranking_metrics,
+    top_n_from_scores,
+)
+
+from .helpers import shared_file
+
+
+def test_metrics_on_a_hand_computed_list():
+    # Relevant {1, 3, 7}; ranked 3, 5, 1, 9: hits at ranks 1 and 3.
+    m = ranking_metrics([np.array([3, 5, 1, 9])], [np.array([1, 3, 7])], cutoffs=[4])
+    assert m["precision@4"] == pytest.approx(2 / 4)
+    assert m["recall@4"] == pytest.approx(2 / 3)
+    assert m["f1@4"] == pytest.approx(2 * 0.5 * (2 / 3) / (0.5 + 2 / 3))
+    dcg = 1 / math.log2(2) + 1 / math.log2(4)
+    idcg = 1 / math.log2(2) + 1 / math.log2(3) + 1 / math.log2(4)
+    assert m["ndcg@4"] == pytest.approx(dcg / idcg)
+    assert m["map@4"] == pytest.approx((1 / 1 + 2 / 3) / 3)
+    assert m["hit_rate@4"] == 1.0 and m["mrr@4"] == 1.0
+
+
+def test_a_late_first_hit_and_a_cutoff_below_it():
+    m = ranking_metrics([np.array([4, 5, 6, 2])], [np.array([2])], cutoffs=[3, 4])
+    assert m["hit_rate@3"] == 0.0 and m["mrr@3"] == 0.0 and m["ndcg@3"] == 0.0
+    assert m["mrr@4"] == pytest.approx(1 / 4)
+    assert m["ndcg@4"] == pytest.approx(1 / math.log2(5))
+    assert m["map@4"] == pytest.approx(1 / 4)
+
+
+def test_users_without_test_items_are_not_averaged_and_empty_lists_score_zero():
+    m = ranking_metrics([np.array([1, 2]), np.array([], dtype=np.int64), np.array([9])],
+                        [np.array([1]), np.array([5]), np.array([], dtype=np.int64)],
+                        cutoffs=[2])
+    # user 1 (hit at rank 1) and user 2 (empty list) count; user 3 has no test items
+    assert m["hit_rate@2"] == pytest.approx(0.5)
+    assert m["precision@2"] == pytest.approx((1 / 2 + 0) / 2)
+    assert ranking_metrics([], [], cutoffs=[5])["ndcg@5"] == 0.0
+
+
+def test_k_larger_than_the_candidates_counts_missing_places_as_misses():
+    m = ranking_metrics([np.array([1, 2])], [np.array([1, 2])], cutoffs=[10])
+    assert m["recall@10"] == 1.0 and m["ndcg@10"] == pytest.approx(1.0)
+    assert m["precision@10"] == pytest.approx(2 / 10)
+
+
+def test_ties_break_towards_the_lower_item_and_train_items_are_excluded():
+    scores = np.array([[1.0, 3.0, 3.0, 3.0, 0.5]])
+    seen = sp.csr_matrix(np.array([[0, 0, 1, 0, 0]]))
+    assert top_n_from_scores(scores, seen, 3)[0].tolist() == [1, 3, 0]
+    assert top_n_from_scores(scores, seen, 10)[0].tolist() == [1, 3, 0, 4]
+    assert coverage([np.array([1, 3]), np.array([3, 0])], n_items=5, k=2) == pytest.approx(0.6)
+
+
+def test_holdout_split_is_seeded_disjoint_and_complete():
+    rng = np.random.default_rng(0)
+    matrix = sp.random(50, 40, density=0.3, random_state=rng, format="csr", dtype=np.float32)
+    matrix.data[:] = 1
+    split = holdout_split(matrix, 0.2, 5, seed=42)
+    again = holdout_split(matrix, 0.2, 5, seed=42)
+    assert all(np.array_equal(a, b) for a, b in zip(split.test_items, again.test_items,
+                                                     strict=True))
+    for user, items in zip(split.test_users, split.test_items, strict=True):
+        row = matrix[user].indices
+        assert np.isin(items, row).all()
+        assert not np.isin(items, split.train[user].indices).any()
+        assert len(items) == max(1, round(0.2 * row.size))
+    assert split.train.nnz + sum(len(t) for t in split.test_items) == matrix.nnz
+    short = np.diff(matrix.indptr) < 5
+    assert not np.isin(np.flatnonzero(short), split.test_users).any()
+
+
+def test_the_protocol_ranks_planted_structure_above_popularity(sample):
+    from svdfaiss.data import ReadOptions, build_interactions, read_log
+
+    inter = build_interactions(read_log(sample.events, ReadOptions()), 1, 1, "last")
+    report = evaluate_topn(inter.matrix, 32, "bm25", 0.0, include_ease=False)
+    topn = report["topn"]
+    assert topn["svdfaiss"]["ndcg@10"] > 1.5 * topn["most popular"]["ndcg@10"]
+    assert report["ann"]["recall@10_vs_exact"] > 0.95  # exact index below 25k items
+    assert set(topn) == {"svdfaiss", "most popular", "item-kNN", "svdfaiss (ANN index)"}
+
+
+@pytest.mark.shared_data
+def test_movielens_beats_most_popular():
+    from svdfaiss.data import ReadOptions, build_interactions, read_log
+
+    path = shared_file("ml-latest-small", "ratings.csv")
+    inter = build_interactions(read_log(path, ReadOptions()), 1, 1, "last")
+    report = evaluate_topn(inter.matrix, 64, "bm25", 0.0, include_ease=False)
+    assert report["topn"]["svdfaiss"]["ndcg@10"] > report["topn"]["most popular"]["ndcg@10"]
+
+
+def test_evaluate_and_tune_commands_print_and_write_json(sample, tmp_path):
+    import json
+
+    from .helpers import run_cli
+
+    out = tmp_path / "eval.json"
+    result = run_cli(["evaluate", str(sample.events), "--k", "16", "--no-ease", "--json",
+                      str(out)])
+    assert result.returncode == 0, result.stderr
+    assert "ndcg@10" in result.stdout and "most popular" in result.stdout
+    report = json.loads(out.read_text())
+    assert set(report) >= {"protocol", "topn", "ann"}
+    assert report["protocol"]["seed"] == 42 and report["protocol"]["cutoffs"] == [10, 20]
+    assert 0 < report["topn"]["svdfaiss"]["recall@20"] <= 1
+
+    tuned = tmp_path / "tune.json"
+    result = run_cli(["tune", str(sample.events), "--k", "8", "--k", "16", "--weighting", "log",
+                      "--weighting", "bm25", "--beta", "0", "--json", str(tuned)])
+    assert result.returncode == 0, result.stderr
+    report = json.loads(tuned.read_text())
+    best = report["best"]
+    assert len(report["validation"]) == 4 and best == report["validation"][0]
+    assert f"--k {best['k']} --weighting {best['weighting']}" in result.stdout.replace("\n", " ")
