@@ -124,3 +124,25 @@ def test_evaluate_and_tune_commands_print_and_write_json(sample, tmp_path):
     best = report["best"]
     assert len(report["validation"]) == 4 and best == report["validation"][0]
     assert f"--k {best['k']} --weighting {best['weighting']}" in result.stdout.replace("\n", " ")
+
+
+def test_build_with_evaluate_stores_it_and_the_service_shows_it(sample, tmp_path):
+    import httpx
+
+    from svdfaiss.builder import BuildConfig, build
+
+    from .helpers import server
+
+    report = build(BuildConfig(input=sample.events, model="m", index_dir=tmp_path, k=32,
+                               evaluate=True))
+    evaluation = report.manifest["evaluation"]
+    assert evaluation["protocol"]["seed"] == 42
+    topn = evaluation["topn"]
+    assert topn["svdfaiss"]["ndcg@10"] > topn["most popular"]["ndcg@10"]
+    with server(tmp_path, "m") as url:
+        body = httpx.get(f"{url}/model").json()
+        assert body["version"] == report.manifest["version"]
+        assert body["evaluation"]["topn"]["svdfaiss"] == topn["svdfaiss"]
+        assert body["parameters"]["k"] == 32 and body["indexes"]["items"]["type"] == "flat"
+    plain = build(BuildConfig(input=sample.events, model="plain", index_dir=tmp_path, k=8))
+    assert plain.manifest["evaluation"] is None

@@ -26,6 +26,7 @@ from svdfaiss.data import (
     read_log,
 )
 from svdfaiss.errors import InvalidInput
+from svdfaiss.evaluation import evaluate_for_manifest
 from svdfaiss.factorize import Factors, Solver, check_rank, truncated_svd
 from svdfaiss.index import (
     IndexParams,
@@ -76,6 +77,7 @@ class BuildConfig:
     seed: int = 0
     version: str | None = None
     similar_cache: int | None = None  # neighbours stored per item; None: auto, 0: off
+    evaluate: bool = False  # hold out 20% per user, score, store it in the manifest
 
     def resolved_similar_cache(self, n_items: int) -> int:
         """auto: 50 neighbours up to 200k items (seconds to compute), none above."""
@@ -214,6 +216,11 @@ def build(config: BuildConfig, stage_hook: StageHook | None = None) -> BuildRepo
     with timer.stage("factorize"):
         factors = truncated_svd(x, config.k, config.solver, config.seed)
         del x
+    evaluation = None
+    if config.evaluate:
+        with timer.stage("evaluate"):  # on a split of its own: the model below uses all rows
+            evaluation = evaluate_for_manifest(inter.matrix, config.k, scheme, config.beta,
+                                               config.rec_index)
     with timer.stage("embed"):
         s = factors.singular_values.astype(np.float32)
         item_vectors = normalize_rows(factors.item_factors * (s ** np.float32(config.gamma)))
@@ -263,6 +270,7 @@ def build(config: BuildConfig, stage_hook: StageHook | None = None) -> BuildRepo
                                                "cosine", "similar users")
             manifest = _manifest(config, version, input_path, inter, weighting, factors,
                                  indexes, catalog[1] if catalog else None, timer.seconds)
+            manifest["evaluation"] = evaluation
             manifest["similar_cache"] = ({"k": cache_k, "source": indexes["items"]["type"]}
                                          if similar is not None else None)
             with timer.stage("publish"):

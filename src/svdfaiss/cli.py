@@ -182,6 +182,10 @@ def build(
     similar_cache: Annotated[int | None, typer.Option(
         min=0, help="Neighbours precomputed per item (default: 50 up to 200k items; 0: off).")]
     = None,
+    evaluate_model: Annotated[bool, typer.Option(
+        "--evaluate", help="Also score this configuration on a 20% holdout (docs/"
+        "evaluation.md) and store the result in the manifest (GET /model shows it).")]
+    = False,
     seed: int = 0,
     version: Annotated[str | None, typer.Option(help="Version name (default: UTC time).")]
     = None,
@@ -234,6 +238,7 @@ def build(
         seed=seed,
         version=version,
         similar_cache=similar_cache,
+        evaluate=evaluate_model,
     )
     report = run_build(config, _stage_status)
     if json_out:
@@ -404,6 +409,15 @@ def print_summary(path: Path, manifest: dict[str, Any]) -> None:
     timings = manifest["timings_seconds"]
     table.add_row("seconds", ", ".join(f"{k} {v:.2f}" for k, v in timings.items())
                   + f"; total {sum(timings.values()):.2f}")
+    evaluation = manifest.get("evaluation") or {}
+    if "topn" in evaluation:
+        topn = evaluation["topn"]
+        table.add_row("evaluation", "NDCG@10 " + ", ".join(
+            f"{name} {m['ndcg@10']:.4f}" for name, m in topn.items()
+            if name != "svdfaiss (ANN index)") + f" (20% holdout of "
+            f"{evaluation['protocol']['test_users']:,} users)")
+    elif "skipped" in evaluation:
+        table.add_row("evaluation", f"skipped: {evaluation['skipped']}")
     table.add_row("bundle", str(path))
     out.print(table)
 

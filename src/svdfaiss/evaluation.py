@@ -225,7 +225,8 @@ def ann_lists(model: SvdModel, train: sp.csr_matrix, users: np.ndarray, n: int,
 def evaluate_topn(matrix: sp.csr_matrix, k_factors: int, scheme: str, beta: float,
                   cutoffs: Sequence[int] = DEFAULT_CUTOFFS, test_fraction: float = 0.2,
                   min_interactions: int = 5, seed: int = 42, rec_index: IndexParams | None = None,
-                  ease_lambda: float = 500.0, include_ease: bool = True) -> dict[str, Any]:
+                  ease_lambda: float = 500.0, include_ease: bool = True,
+                  include_knn: bool = True) -> dict[str, Any]:
     """Every method's top-N metrics on one holdout split, and the ANN loss of svdfaiss."""
     split = holdout_split(matrix, test_fraction, min_interactions, seed)
     n = max(cutoffs)
@@ -247,7 +248,8 @@ def evaluate_topn(matrix: sp.csr_matrix, k_factors: int, scheme: str, beta: floa
     model = fit_svd(split.train, k_factors, scheme, beta)
     run("svdfaiss", lambda: model.scorer(split.train))
     run("most popular", lambda: popularity_scorer(split.train))
-    run("item-kNN", lambda: item_knn_scorer(split.train))
+    if include_knn:
+        run("item-kNN", lambda: item_knn_scorer(split.train))
     if include_ease:
         run("EASE", lambda: ease_scorer(split.train, ease_lambda))
     ann: dict[str, Any] = {}
@@ -314,3 +316,20 @@ def tune_svd(matrix: sp.csr_matrix, grid: dict[str, tuple[Any, ...]] | None = No
     return {"metric": metric, "validation": sorted(trials, key=lambda t: -t[metric]),
             "best": best, "test": ranking_metrics(ranked, split.test_items),
             "flags": f"--k {best['k']} --weighting {best['weighting']} --beta {best['beta']}"}
+
+
+def evaluate_for_manifest(matrix: sp.csr_matrix, k_factors: int, scheme: str, beta: float,
+                          rec_index: IndexParams | None = None) -> dict[str, Any]:
+    """The evaluation a build stores in its manifest: the protocol's top-N metrics of this
+    configuration and the cheap baselines, or why it was skipped. Never fails a build."""
+    small = matrix.shape[1] <= MAX_EASE_ITEMS
+    try:
+        report = evaluate_topn(matrix, k_factors, scheme, beta, rec_index=rec_index,
+                               include_ease=False, include_knn=small)
+    except InvalidInput as exc:
+        return {"skipped": str(exc)}
+    keep = ("ndcg@10", "recall@10", "precision@10", "map@10", "mrr@10", "hit_rate@10",
+            "coverage@10", "ndcg@20", "recall@20")
+    return {"protocol": report["protocol"], "ann": report["ann"],
+            "topn": {name: {m: round(v[m], 5) for m in keep}
+                     for name, v in report["topn"].items()}}

@@ -557,6 +557,22 @@ def _add_operational_routes(app: FastAPI, holder: ModelHolder, settings: Setting
                            "interactions": counts["interactions"]},
                 "indexes": {k: v["type"] for k, v in rec.manifest["indexes"].items()}}
 
+    @app.get("/model", response_model=schemas.ModelInfo, tags=["operations"])
+    def model_info() -> Any:
+        """The serving bundle: its parameters, factorization, indexes and the evaluation
+        stored at build time (`svdfaiss build --evaluate`; null without it)."""
+        rec = holder.get()
+        manifest = rec.manifest
+        return {"model": rec.model, "version": rec.version,
+                "created_at": manifest.get("created_at"),
+                "builder_version": manifest.get("builder_version"),
+                "counts": manifest["counts"], "parameters": manifest["parameters"],
+                "explained_energy": manifest["factorization"]["explained_energy"],
+                "indexes": {k: {"type": v["type"], "rows": v["rows"]}
+                            for k, v in manifest["indexes"].items()},
+                "similar_cache": manifest.get("similar_cache"),
+                "evaluation": manifest.get("evaluation")}
+
     @app.get("/metrics", tags=["operations"], response_class=Response)
     def prometheus() -> Response:
         """Prometheus metrics: requests and latency by route and status, bundle, reloads."""

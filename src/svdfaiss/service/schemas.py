@@ -72,6 +72,21 @@ class Ready(BaseModel):
     indexes: dict[str, str]
 
 
+class ModelInfo(BaseModel):
+    model: str
+    version: str
+    created_at: str | None
+    builder_version: str | None
+    counts: dict[str, Any]
+    parameters: dict[str, Any]
+    explained_energy: float
+    indexes: dict[str, dict[str, Any]]
+    similar_cache: dict[str, Any] | None
+    evaluation: dict[str, Any] | None = Field(
+        description="top-N metrics of a 20% holdout (docs/evaluation.md), stored by "
+        "`svdfaiss build --evaluate`; null when the build did not evaluate")
+
+
 class Problem(BaseModel):
     detail: str
 
