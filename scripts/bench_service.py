@@ -26,14 +26,17 @@ import os
 import platform
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE.parent / "src"), str(HERE)]
+
+from serving import free_port, rss_mb, wait_ready  # noqa: E402
 
 BARE_APP = """
 from fastapi import FastAPI
@@ -43,33 +46,6 @@ app = FastAPI()
 async def bare() -> dict:
     return {"model": "bare", "version": "0", "items": [{"item_id": "0", "score": 1.0}]}
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_ready(url: str, proc: subprocess.Popen[bytes], limit: float = 120) -> float:
-    start = time.perf_counter()
-    while time.perf_counter() - start < limit:
-        if proc.poll() is not None:
-            sys.exit(f"server exited with {proc.returncode}")
-        try:
-            if urllib.request.urlopen(url, timeout=1).status == 200:
-                return time.perf_counter() - start
-        except OSError:
-            pass
-        time.sleep(0.02)
-    sys.exit(f"{url} not ready after {limit} s")
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def wrk(url: str, connections: int, seconds: int, script: Path | None) -> dict[str, float]:
@@ -160,8 +136,6 @@ def main() -> None:
                        check=True, stdout=subprocess.DEVNULL)
         print(f"built the bundle in {time.perf_counter() - t:.0f} s")
 
-    here = Path(__file__).resolve().parent
-    sys.path[:0] = [str(here.parent / "src"), str(here)]
     import numpy as np
 
     from paced_load import get_requests, paced_run

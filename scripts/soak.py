@@ -30,43 +30,15 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent / "src"), str(HERE)]
 
 from paced_load import paced_run  # noqa: E402
+from serving import free_port, rss_mb, wait_ready  # noqa: E402
 
 TOKEN = "soak-token-0123456789abcdef"
-
-
-def rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def cpu_times() -> list[int]:
     """The machine's cumulative CPU times (user, nice, system, idle, iowait, irq, softirq,
     steal), from /proc/stat."""
     return [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_ready(url: str, proc: subprocess.Popen[bytes], limit: float = 60) -> None:
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            sys.exit(f"the server exited with {proc.returncode}")
-        try:
-            if urllib.request.urlopen(url, timeout=1).status == 200:
-                return
-        except OSError:
-            pass
-        time.sleep(0.05)
-    sys.exit(f"{url} not ready after {limit} s")
 
 
 def prepare(work: Path) -> tuple[Path, str, list[str]]:

@@ -75,6 +75,12 @@ ModelOpt = Annotated[str, typer.Option("--model", help="Model name.", envvar="SV
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 KOpt = Annotated[int, typer.Option("--k", min=1, max=100_000, help="Number of results.")]
 ListOpt = Annotated[list[str] | None, typer.Option(help="Repeatable.")]
+InputArg = Annotated[Path, typer.Argument(metavar="INPUT",
+                                          help="Interactions: CSV, TSV or Parquet.")]
+FormatOpt = Annotated[str, typer.Option("--format", help="auto|csv|tsv|parquet")]
+FeedbackOpt = Annotated[str, typer.Option(help="auto|explicit|implicit")]
+NoValueOpt = Annotated[bool, typer.Option("--no-value",
+                                          help="Ignore any value column: one row, one event.")]
 
 
 def version_callback(value: bool) -> None:
@@ -137,11 +143,10 @@ def _stage_status(name: str) -> Iterator[None]:
 @app.command()
 @_clean_errors
 def build(
-    input_path: Annotated[Path, typer.Argument(metavar="INPUT",
-                                               help="Interactions: CSV, TSV or Parquet.")],
+    input_path: InputArg,
     model: ModelOpt = "default",
     index_dir: IndexDirOpt = DEFAULT_INDEX_DIR,
-    fmt: Annotated[str, typer.Option("--format", help="auto|csv|tsv|parquet")] = "auto",
+    fmt: FormatOpt = "auto",
     header: Annotated[bool | None, typer.Option("--header/--no-header",
                                                 help="Default: detected.")] = None,
     delimiter: Annotated[str | None, typer.Option(help="Default: detected (',' or tab).")]
@@ -150,10 +155,8 @@ def build(
     item_col: Annotated[str | None, typer.Option(help="Name or 0-based number.")] = None,
     value_col: Annotated[str | None, typer.Option(help="Rating or count column.")] = None,
     timestamp_col: Annotated[str | None, typer.Option()] = None,
-    no_value: Annotated[bool, typer.Option("--no-value",
-                                           help="Ignore any value column: one row, one event.")]
-    = False,
-    feedback: Annotated[str, typer.Option(help="auto|explicit|implicit")] = "auto",
+    no_value: NoValueOpt = False,
+    feedback: FeedbackOpt = "auto",
     duplicates: Annotated[str, typer.Option(
         help="Explicit ratings given twice: last (by timestamp, then file order) or mean. "
              "Implicit counts always sum.")] = "last",
@@ -250,14 +253,13 @@ def build(
 @app.command()
 @_clean_errors
 def evaluate(
-    input_path: Annotated[Path, typer.Argument(metavar="INPUT",
-                                               help="Interactions: CSV, TSV or Parquet.")],
-    fmt: Annotated[str, typer.Option("--format", help="auto|csv|tsv|parquet")] = "auto",
+    input_path: InputArg,
+    fmt: FormatOpt = "auto",
     user_col: Annotated[str | None, typer.Option(help="Name or 0-based number.")] = None,
     item_col: Annotated[str | None, typer.Option(help="Name or 0-based number.")] = None,
     value_col: Annotated[str | None, typer.Option(help="Rating or count column.")] = None,
-    no_value: Annotated[bool, typer.Option("--no-value")] = False,
-    feedback: Annotated[str, typer.Option(help="auto|explicit|implicit")] = "auto",
+    no_value: NoValueOpt = False,
+    feedback: FeedbackOpt = "auto",
     min_user_interactions: Annotated[int, typer.Option(min=1)] = 1,
     min_item_interactions: Annotated[int, typer.Option(min=1)] = 1,
     weighting: Annotated[str, typer.Option(help="auto|none|binary|log|bm25")] = "auto",
@@ -322,11 +324,10 @@ def evaluate(
 @app.command()
 @_clean_errors
 def tune(
-    input_path: Annotated[Path, typer.Argument(metavar="INPUT",
-                                               help="Interactions: CSV, TSV or Parquet.")],
-    fmt: Annotated[str, typer.Option("--format", help="auto|csv|tsv|parquet")] = "auto",
-    no_value: Annotated[bool, typer.Option("--no-value")] = False,
-    feedback: Annotated[str, typer.Option(help="auto|explicit|implicit")] = "auto",
+    input_path: InputArg,
+    fmt: FormatOpt = "auto",
+    no_value: NoValueOpt = False,
+    feedback: FeedbackOpt = "auto",
     seed: Annotated[int, typer.Option(help="Seed of the holdout split.")] = 42,
     ks: Annotated[list[int] | None, typer.Option(
         "--k", help="Grid of --k (repeatable; default 16 32 64 128).")] = None,

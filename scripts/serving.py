@@ -1,0 +1,40 @@
+"""Helpers for the scripts that start a server: a free port, waiting for it, its RSS."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+
+def free_port() -> int:
+    """A port nobody listens on at 127.0.0.1 right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_ready(url: str, proc: subprocess.Popen[bytes], limit: float = 120) -> float:
+    """Seconds until `url` answers 200; exits the script if the server dies or never does."""
+    start = time.perf_counter()
+    while time.perf_counter() - start < limit:
+        if proc.poll() is not None:
+            sys.exit(f"the server exited with {proc.returncode}")
+        try:
+            if urllib.request.urlopen(url, timeout=1).status == 200:
+                return time.perf_counter() - start
+        except OSError:
+            pass
+        time.sleep(0.02)
+    sys.exit(f"{url} not ready after {limit} s")
+
+
+def rss_mb(pid: int) -> float:
+    """Resident memory of a process, in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
