@@ -72,12 +72,17 @@ class PacedResult:
 
 class _Conn:
     def __init__(self, host: str, port: int) -> None:
-        self.sock = socket.create_connection((host, port))
+        self.address = (host, port)
+        self.due = 0.0  # the intended send time of the request in flight
+        self.sent_offset = 0.0
+        self.connect()
+
+    def connect(self) -> None:
+        """(Re)open the socket; a request in flight keeps its intended send time."""
+        self.sock = socket.create_connection(self.address)
         self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock.setblocking(False)
         self.buf = b""
-        self.due = 0.0  # the intended send time of the request in flight
-        self.sent_offset = 0.0
 
     def response_complete(self) -> int | None:
         """The status once a whole response is buffered (Content-Length bodies only)."""
@@ -116,7 +121,7 @@ def paced_run(host: str, port: int, requests: Callable[[int], bytes], rate: floa
     def reopen(conn: _Conn, request: bytes) -> None:
         sel.unregister(conn.sock)
         conn.sock.close()
-        conn.__init__(host, port)  # type: ignore[misc]
+        conn.connect()
         sel.register(conn.sock, selectors.EVENT_READ, conn)
         conn.sock.sendall(request)
         result.reconnects += 1

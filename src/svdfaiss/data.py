@@ -338,13 +338,6 @@ def _read_csv(path: Path, options: ReadOptions, fmt: str) -> _Parsed:
         names = [f"column_{i}" for i in range(len(fields))]
     columns = resolve_columns(names, header, options, path)
 
-    malformed_count = 0
-
-    def on_malformed(row: pacsv.InvalidRow) -> str:
-        nonlocal malformed_count
-        malformed_count += 1
-        return "skip"
-
     def read(use_threads: bool, handler: object) -> pa.Table:
         return pacsv.read_csv(
             path,
@@ -368,8 +361,7 @@ def _read_csv(path: Path, options: ReadOptions, fmt: str) -> _Parsed:
 
     with _undecodable_rows() as undecodable:
         try:
-            table, malformed, malformed_count = _read_counting(read, on_malformed,
-                                                               lambda: malformed_count)
+            table, malformed, malformed_count = _read_counting(read)
         except pa.ArrowInvalid as exc:
             message = str(exc).split("\n")[0]
             if undecodable:
@@ -405,12 +397,18 @@ def _undecodable_rows() -> Iterator[list[BaseException]]:
         sys.unraisablehook = previous
 
 
-def _read_counting(read: Callable[[bool, object], pa.Table],
-                   on_malformed: Callable[[pacsv.InvalidRow], str],
-                   count: Callable[[], int]) -> tuple[pa.Table, list[tuple[int, str]], int]:
+def _read_counting(read: Callable[[bool, object], pa.Table]
+                   ) -> tuple[pa.Table, list[tuple[int, str]], int]:
     """Read in parallel; when rows were malformed, again serially for their line numbers."""
+    count = 0
+
+    def on_malformed(row: pacsv.InvalidRow) -> str:
+        nonlocal count
+        count += 1
+        return "skip"
+
     table = read(True, on_malformed)
-    if not count():
+    if not count:
         return table, [], 0
     # Threaded parsing does not know line numbers; a serial pass does. Only bad files pay.
     rows: list[tuple[int, str]] = []

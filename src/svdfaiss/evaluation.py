@@ -23,7 +23,8 @@ from svdfaiss.index import IndexParams, build_index, kind_of, mips_augment, mips
 from svdfaiss.weighting import WeightingParams, item_column_scale, weight_rows
 
 DEFAULT_CUTOFFS = (10, 20)
-MAX_EASE_ITEMS = 20_000  # EASE inverts a dense items x items matrix (3.2 GB at 20k)
+# EASE and item-kNN hold dense items x items matrices (3.2 GB at 20k items): skipped above.
+MAX_DENSE_ITEMS = 20_000
 METRICS = ("precision", "recall", "f1", "ndcg", "map", "hit_rate", "mrr")
 
 
@@ -248,10 +249,15 @@ def evaluate_topn(matrix: sp.csr_matrix, k_factors: int, scheme: str, beta: floa
     model = fit_svd(split.train, k_factors, scheme, beta)
     run("svdfaiss", lambda: model.scorer(split.train))
     run("most popular", lambda: popularity_scorer(split.train))
-    if include_knn:
-        run("item-kNN", lambda: item_knn_scorer(split.train))
-    if include_ease:
-        run("EASE", lambda: ease_scorer(split.train, ease_lambda))
+    skipped = []
+    dense_ok = matrix.shape[1] <= MAX_DENSE_ITEMS
+    for name, wanted, make in (
+            ("item-kNN", include_knn, lambda: item_knn_scorer(split.train)),
+            ("EASE", include_ease, lambda: ease_scorer(split.train, ease_lambda))):
+        if wanted and dense_ok:
+            run(name, make)
+        elif wanted:
+            skipped.append(f"{name}: over {MAX_DENSE_ITEMS:,} items")
     ann: dict[str, Any] = {}
     params = rec_index or IndexParams(kind="auto", flat_max=25_000, hnsw_max=0)
     approx, info = ann_lists(model, split.train, users, n, params)
@@ -268,7 +274,8 @@ def evaluate_topn(matrix: sp.csr_matrix, k_factors: int, scheme: str, beta: floa
                      "cutoffs": list(cutoffs), "users": int(matrix.shape[0]),
                      "items": int(matrix.shape[1]), "interactions": int(matrix.nnz),
                      "test_users": int(users.size),
-                     "test_interactions": int(sum(len(t) for t in split.test_items))},
+                     "test_interactions": int(sum(len(t) for t in split.test_items)),
+                     "skipped": skipped},
         "svd": {"k": k_factors, "weighting": scheme, "beta": beta,
                 "explained_energy": model.explained_energy},
         "topn": results,
@@ -322,10 +329,9 @@ def evaluate_for_manifest(matrix: sp.csr_matrix, k_factors: int, scheme: str, be
                           rec_index: IndexParams | None = None) -> dict[str, Any]:
     """The evaluation a build stores in its manifest: the protocol's top-N metrics of this
     configuration and the cheap baselines, or why it was skipped. Never fails a build."""
-    small = matrix.shape[1] <= MAX_EASE_ITEMS
     try:
         report = evaluate_topn(matrix, k_factors, scheme, beta, rec_index=rec_index,
-                               include_ease=False, include_knn=small)
+                               include_ease=False)
     except InvalidInput as exc:
         return {"skipped": str(exc)}
     keep = ("ndcg@10", "recall@10", "precision@10", "map@10", "mrr@10", "hit_rate@10",
