@@ -3,13 +3,17 @@ tuned on the same validation split (carved from train), then scored once on the 
 split (the protocol of docs/evaluation.md).
 
 Grids, chosen on validation NDCG@10:
-- svdfaiss: k {16, 32, 64, 128} x weighting {none, binary, log, bm25} x beta {0, 0.25, 0.5};
+- svdfaiss: `svdfaiss tune`'s grid, k {32, 64, 128, 256} x weighting {none, binary, log,
+  bm25} x shrinkage {0, 10, 30, 100}; also its untuned defaults ("svdfaiss defaults");
 - implicit ALS: factors {32, 64, 128} x regularization {0.01, 0.1, 1, 10, 100} (implicit does
   not scale regularization by counts, so the grid reaches large values) x alpha {1, 10, 40},
   15 iterations, binary confidence 1 + alpha * x;
 - EASE: lambda {10, 50, 100, 250, 500, 1000};
 - item-kNN (100 neighbours) and most popular have no parameters.
-Needs `pip install -e ".[bench]"` (implicit). Prints a table and writes JSON.
+On explicit ratings, also rating prediction on the same 5 folds (seed 42): svdfaiss's rating
+model (k {4, 8, 16} x reg {0.1, 0.2, 0.5}) against scikit-surprise's SVD (n_factors {50, 100}
+x reg_all {0.02, 0.05, 0.1}), both chosen on the same validation part of fold 0's train.
+Needs `pip install -e ".[bench]"` (implicit, scikit-surprise). Prints a table and writes JSON.
 
     python scripts/eval_peers.py ../shared/data/ml-latest-small/ratings.csv \
         --json docs/results/peers-ml-latest-small.json
@@ -33,7 +37,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import numpy as np
 import scipy.sparse as sp
 
-from svdfaiss.data import ReadOptions, build_interactions, read_log
+from svdfaiss.builder import BuildConfig
+from svdfaiss.data import Interactions, ReadOptions, build_interactions, read_log
 from svdfaiss.evaluation import (
     TUNE_GRID,
     Scorer,
@@ -47,7 +52,9 @@ from svdfaiss.evaluation import (
     recommend_all,
     tune_svd,
 )
+from svdfaiss.rating import rating_folds, tune_rating_model
 
+SURPRISE_GRID = {"n_factors": (50, 100), "reg_all": (0.02, 0.05, 0.1)}
 ALS_GRID = {"factors": (32, 64, 128), "regularization": (0.01, 0.1, 1.0, 10.0, 100.0),
             "alpha": (1.0, 10.0, 40.0)}
 EASE_GRID = (10.0, 50.0, 100.0, 250.0, 500.0, 1000.0)
@@ -64,6 +71,63 @@ def als_scorer(train: sp.csr_matrix, factors: int, regularization: float,
     return lambda rows: users[rows] @ items.T
 
 
+def surprise_fit_predict(train: sp.coo_matrix, test_rows: np.ndarray, test_cols: np.ndarray,
+                         **params: Any) -> tuple[np.ndarray, float]:
+    """surprise's SVD (biased MF by SGD) fitted on `train`; its predictions and fit seconds."""
+    import pandas as pd
+    from surprise import SVD, Dataset, Reader
+
+    frame = pd.DataFrame({"u": train.row, "i": train.col, "r": train.data})
+    reader = Reader(rating_scale=(float(train.data.min()), float(train.data.max())))
+    trainset = Dataset.load_from_df(frame, reader).build_full_trainset()
+    algo = SVD(random_state=0, **params)
+    start = time.perf_counter()
+    algo.fit(trainset)
+    seconds = time.perf_counter() - start
+    predictions = np.array([algo.predict(u, i).est for u, i in zip(test_rows.tolist(),
+                                                                    test_cols.tolist(),
+                                                                    strict=True)])
+    return predictions, seconds
+
+
+def rating_peers(matrix: sp.csr_matrix) -> dict[str, Any]:
+    """svdfaiss's rating model against surprise SVD: both tuned on the same validation part
+    of fold 0's train, then 5-fold RMSE/MAE on the same folds, with mean fit seconds."""
+    coo = matrix.tocoo()
+    folds = rating_folds(coo.nnz, 5, 42)
+    ours = tune_rating_model(matrix)
+    print(f"svdfaiss rating model: {ours['best']}", file=sys.stderr)
+    train = folds != 0
+    inner = rating_folds(int(train.sum()), 5, 43)
+    rows, cols, data = coo.row[train], coo.col[train], coo.data[train]
+    fit_part = sp.coo_matrix((data[inner != 0], (rows[inner != 0], cols[inner != 0])),
+                             shape=matrix.shape)
+    held = inner == 0
+    trials = []
+    for values in itertools.product(*SURPRISE_GRID.values()):
+        params = dict(zip(SURPRISE_GRID, values, strict=True))
+        predicted, _ = surprise_fit_predict(fit_part, rows[held], cols[held], **params)
+        trials.append((float(np.sqrt(np.mean((predicted - data[held]) ** 2))), params))
+    best_rmse, best = min(trials, key=lambda t: t[0])
+    print(f"surprise SVD: {best} (validation rmse {best_rmse:.4f})", file=sys.stderr)
+    rmses, maes, seconds = [], [], []
+    for fold in range(5):
+        test = folds == fold
+        part = sp.coo_matrix((coo.data[~test], (coo.row[~test], coo.col[~test])),
+                             shape=matrix.shape)
+        predicted, fit = surprise_fit_predict(part, coo.row[test], coo.col[test], **best)
+        error = predicted - coo.data[test]
+        rmses.append(float(np.sqrt(np.mean(error ** 2))))
+        maes.append(float(np.mean(np.abs(error))))
+        seconds.append(fit)
+    cv = ours["cross_validation"]
+    return {"svdfaiss": {"params": ours["best"], "rmse": cv["rmse"], "mae": cv["mae"],
+                         "rmse_by_fold": cv["rmse_by_fold"], "fit_seconds": cv["fit_seconds"]},
+            "surprise SVD": {"params": best, "validation_rmse": best_rmse,
+                             "rmse": float(np.mean(rmses)), "mae": float(np.mean(maes)),
+                             "rmse_by_fold": rmses, "fit_seconds": float(np.mean(seconds))}}
+
+
 def score(scorer: Scorer, train: sp.csr_matrix, users: np.ndarray,
           relevant: list[np.ndarray], n_items: int) -> dict[str, float]:
     ranked = recommend_all(scorer, train, users, 20)
@@ -71,13 +135,8 @@ def score(scorer: Scorer, train: sp.csr_matrix, users: np.ndarray,
             "coverage@10": coverage(ranked, n_items, 10)}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("input", type=Path)
-    parser.add_argument("--json", type=Path)
-    args = parser.parse_args()
-
-    inter = build_interactions(read_log(args.input, ReadOptions()), 1, 1, "last")
+def topn_peers(path: Path, inter: Interactions) -> dict[str, Any]:
+    """Every top-N method tuned on one validation split, scored once on the test split."""
     matrix = inter.matrix
     split = holdout_split(matrix)
     validation = holdout_split(split.train, seed=43)
@@ -104,17 +163,32 @@ def main() -> None:
         print(f"{name}: {best} (validation ndcg@10 {best_score:.4f}, tuning {tuning:.0f} s)",
               file=sys.stderr)
 
+    start = time.perf_counter()
     svd = tune_svd(matrix, TUNE_GRID)
+    tuning = time.perf_counter() - start
     best = svd["best"]
     start = time.perf_counter()
-    model = fit_svd(split.train, best["k"], best["weighting"], best["beta"])
+    model = fit_svd(split.train, best["k"], best["weighting"], best["beta"], best["shrinkage"])
     fit = time.perf_counter() - start
-    results["svdfaiss"] = {"params": {k: best[k] for k in ("k", "weighting", "beta")},
+    results["svdfaiss"] = {"params": {k: best[k] for k in ("k", "weighting", "beta",
+                                                            "shrinkage")},
                            "validation_ndcg@10": best["ndcg@10"],
-                           "fit_seconds": round(fit, 2),
+                           "tuning_seconds": round(tuning, 1), "fit_seconds": round(fit, 2),
                            "test": score(model.scorer(split.train), split.train,
                                          split.test_users, split.test_items, n_items)}
     print(f"svdfaiss: {results['svdfaiss']['params']}", file=sys.stderr)
+    # What a user who never tunes gets: `svdfaiss build` with no flags.
+    defaults = BuildConfig(input=path, model="peers", index_dir=Path("."))
+    params = {"k": defaults.resolved_k(*split.train.shape),
+              "weighting": defaults.resolved_weighting(inter.feedback), "beta": defaults.beta,
+              "shrinkage": defaults.shrinkage}
+    start = time.perf_counter()
+    model = fit_svd(split.train, params["k"], params["weighting"], params["beta"],
+                    params["shrinkage"])
+    results["svdfaiss defaults"] = {
+        "params": params, "fit_seconds": round(time.perf_counter() - start, 2),
+        "test": score(model.scorer(split.train), split.train, split.test_users,
+                      split.test_items, n_items)}
     tuned("implicit ALS", [dict(zip(ALS_GRID, v, strict=True))
                            for v in itertools.product(*ALS_GRID.values())], als_scorer)
     if n_items <= 20_000:
@@ -122,20 +196,48 @@ def main() -> None:
     tuned("item-kNN", [{}], lambda train: item_knn_scorer(train))
     tuned("most popular", [{}], lambda train: popularity_scorer(train))
 
-    report = {"date": time.strftime("%Y-%m-%d"), "input": str(args.input),
-              "users": int(matrix.shape[0]), "items": n_items, "interactions": int(matrix.nnz),
-              "test_users": int(split.test_users.size), "methods": results}
-    print(f"\n{args.input.name}: {matrix.shape[0]:,} users, {n_items:,} items, "
+    report: dict[str, Any] = {"test_users": int(split.test_users.size), "methods": results}
+    print(f"\n{path.name}: {matrix.shape[0]:,} users, {n_items:,} items, "
           f"{split.test_users.size:,} test users")
-    print(f"{'method':16}{'ndcg@10':>9}{'recall@20':>11}{'map@10':>9}{'cov@10':>8}  params")
+    print(f"{'method':18}{'ndcg@10':>9}{'recall@20':>11}{'map@10':>9}{'cov@10':>8}  params")
     for name, r in results.items():
         t = r["test"]
-        print(f"{name:16}{t['ndcg@10']:>9.4f}{t['recall@20']:>11.4f}{t['map@10']:>9.4f}"
+        print(f"{name:18}{t['ndcg@10']:>9.4f}{t['recall@20']:>11.4f}{t['map@10']:>9.4f}"
               f"{t.get('coverage@10', float('nan')):>8.3f}  {r['params']}")
     if "EASE" in results:
         ratio = results["svdfaiss"]["test"]["ndcg@10"] / results["EASE"]["test"]["ndcg@10"]
         report["svdfaiss_over_ease_ndcg@10"] = round(ratio, 3)
         print(f"svdfaiss / EASE NDCG@10 = {ratio:.3f}")
+    return report
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("input", type=Path)
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--no-rating", action="store_true",
+                        help="Skip rating prediction (surprise) on explicit data.")
+    parser.add_argument("--no-topn", action="store_true", help="Skip the top-N comparison.")
+    args = parser.parse_args()
+
+    inter = build_interactions(read_log(args.input, ReadOptions()), 1, 1, "last")
+    matrix = inter.matrix
+    report: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%d"), "input": str(args.input),
+        "users": int(matrix.shape[0]), "items": int(matrix.shape[1]),
+        "interactions": int(matrix.nnz)}
+    if not args.no_topn:
+        report.update(topn_peers(args.input, inter))
+    if inter.feedback == "explicit" and not args.no_rating:
+        rating = rating_peers(matrix)
+        report["rating"] = rating
+        print(f"\n{'rating (5 folds)':18}{'rmse':>9}{'mae':>9}{'fit s':>8}  params")
+        for name, r in rating.items():
+            print(f"{name:18}{r['rmse']:>9.4f}{r['mae']:>9.4f}{r['fit_seconds']:>8.3f}  "
+                  f"{r['params']}")
+        speedup = rating["surprise SVD"]["fit_seconds"] / rating["svdfaiss"]["fit_seconds"]
+        report["rating_fit_speedup"] = round(speedup, 2)
+        print(f"fit speed-up over surprise: {speedup:.1f}x")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2) + "\n")

@@ -118,12 +118,15 @@ def test_evaluate_and_tune_commands_print_and_write_json(sample, tmp_path):
 
     tuned = tmp_path / "tune.json"
     result = run_cli(["tune", str(sample.events), "--k", "8", "--k", "16", "--weighting", "log",
-                      "--weighting", "bm25", "--beta", "0", "--json", str(tuned)])
+                      "--weighting", "bm25", "--beta", "0", "--shrinkage", "0", "--shrinkage",
+                      "30", "--json", str(tuned)])
     assert result.returncode == 0, result.stderr
     report = json.loads(tuned.read_text())
     best = report["best"]
-    assert len(report["validation"]) == 4 and best == report["validation"][0]
-    assert f"--k {best['k']} --weighting {best['weighting']}" in result.stdout.replace("\n", " ")
+    assert len(report["validation"]) == 8 and best == report["validation"][0]
+    assert {t["shrinkage"] for t in report["validation"]} == {0, 30}
+    assert (f"--k {best['k']} --weighting {best['weighting']} --beta 0.0 --shrinkage "
+            f"{best['shrinkage']:g}") in result.stdout.replace("\n", " ")
 
 
 def test_build_with_evaluate_stores_it_and_the_service_shows_it(sample, tmp_path):

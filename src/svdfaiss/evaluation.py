@@ -9,6 +9,7 @@ user's test items.
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -17,8 +18,16 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from svdfaiss.data import InteractionLog, Interactions
 from svdfaiss.errors import InvalidInput
-from svdfaiss.factorize import check_rank, fold_in, truncated_svd
+from svdfaiss.factorize import (
+    Embedding,
+    Factors,
+    check_rank,
+    fold_in,
+    shrinkage_embedding,
+    truncated_svd,
+)
 from svdfaiss.index import IndexParams, build_index, kind_of, mips_augment, mips_query, search
 from svdfaiss.weighting import WeightingParams, item_column_scale, weight_rows
 
@@ -55,6 +64,58 @@ def holdout_split(matrix: sp.csr_matrix, test_fraction: float = 0.2,
         keep[held] = False
         users.append(user)
         items.append(np.sort(matrix.indices[held]))
+    if not users:
+        raise InvalidInput(f"no user has {min_interactions} interactions or more: nothing to "
+                           "hold out")
+    coo = matrix.tocoo()
+    train = sp.csr_matrix((coo.data[keep], (coo.row[keep], coo.col[keep])),
+                          shape=matrix.shape, dtype=matrix.dtype)
+    return Split(train, np.asarray(users, dtype=np.int64), items)
+
+
+def last_times(log: InteractionLog, inter: Interactions) -> sp.csr_matrix | None:
+    """The latest timestamp of each stored (user, item) of `inter`, in its sparsity pattern;
+    None when the log has no timestamps."""
+    if log.timestamps is None:
+        return None
+    users = _positions(inter.user_ids, log.user_ids)[log.user_codes]
+    items = _positions(inter.item_ids, log.item_ids)[log.item_codes]
+    kept = (users >= 0) & (items >= 0)
+    users, items, times = users[kept], items[kept], log.timestamps[kept].astype(np.float64)
+    order = np.lexsort((times, items, users))  # by user, item, then time: last is latest
+    key = users[order] * inter.n_items + items[order]
+    last = np.append(key[1:] != key[:-1], True)
+    latest = sp.csr_matrix((times[order][last], (users[order][last], items[order][last])),
+                           shape=inter.matrix.shape)
+    latest.sort_indices()
+    return latest
+
+
+def _positions(kept: np.ndarray, all_ids: np.ndarray) -> np.ndarray:
+    """Index in the sorted `kept` ids of each of the sorted `all_ids`; -1 where filtered out."""
+    found = np.searchsorted(kept, all_ids)
+    clipped = np.minimum(found, max(kept.size - 1, 0))
+    return np.where((found < kept.size) & (kept[clipped] == all_ids), found, -1)
+
+
+def leave_last_out_split(matrix: sp.csr_matrix, times: sp.csr_matrix,
+                         min_interactions: int = 5) -> Split:
+    """Hold out each eligible user's latest interaction (ties: the higher item index)."""
+    matrix = matrix.tocsr()
+    matrix.sort_indices()
+    if times.shape != matrix.shape or times.nnz != matrix.nnz:
+        raise InvalidInput("timestamps do not match the interactions matrix")
+    keep = np.ones(matrix.nnz, dtype=bool)
+    users, items = [], []
+    for user in range(matrix.shape[0]):
+        start, end = matrix.indptr[user], matrix.indptr[user + 1]
+        if end - start < min_interactions:
+            continue
+        row_times = times.data[start:end]
+        held = start + int(np.flatnonzero(row_times == row_times.max())[-1])
+        keep[held] = False
+        users.append(user)
+        items.append(matrix.indices[held : held + 1].copy())
     if not users:
         raise InvalidInput(f"no user has {min_interactions} interactions or more: nothing to "
                            "hold out")
@@ -178,30 +239,41 @@ def ease_scorer(train: sp.csr_matrix, lam: float = 500.0) -> Scorer:
 class SvdModel:
     """The factorization `svdfaiss build` makes, fitted on a train matrix."""
 
-    item_factors: np.ndarray
+    embedding: Embedding
     weighting: WeightingParams
     scale: np.ndarray
-    singular_values: np.ndarray
-    explained_energy: float
+    factors: Factors
+
+    @property
+    def explained_energy(self) -> float:
+        return self.factors.explained_energy
+
+    @property
+    def item_factors(self) -> np.ndarray:
+        return self.embedding.items
+
+    def queries(self, rows: sp.csr_matrix) -> np.ndarray:
+        return fold_in(weight_rows(rows, self.weighting, self.scale), self.embedding.fold)
 
     def scorer(self, train: sp.csr_matrix) -> Scorer:
         def score(users: np.ndarray) -> np.ndarray:
-            queries = fold_in(weight_rows(train[users], self.weighting, self.scale),
-                              self.item_factors)
-            return np.asarray(queries @ self.item_factors.T)
+            return np.asarray(self.queries(train[users]) @ self.embedding.items.T)
 
         return score
 
 
-def fit_svd(train: sp.csr_matrix, k: int, scheme: str, beta: float,
-            seed: int = 0) -> SvdModel:
+def fit_svd(train: sp.csr_matrix, k: int, scheme: str, beta: float, shrinkage: float = 0.0,
+            seed: int = 0, factors: Factors | None = None) -> SvdModel:
+    """The builder's model on `train`; `factors` of the same k, weighting and beta skip the
+    SVD (a shrinkage grid needs only one)."""
     check_rank(k, train.shape)
     scale, mean_row = item_column_scale(train, scheme, beta)
     weighting = WeightingParams(scheme=scheme, beta=beta,  # type: ignore[arg-type]
                                 mean_row_length=mean_row)
-    factors = truncated_svd(weight_rows(train, weighting, scale), k, seed=seed)
-    return SvdModel(np.ascontiguousarray(factors.item_factors, dtype=np.float32), weighting,
-                    scale, factors.singular_values, factors.explained_energy)
+    if factors is None:
+        factors = truncated_svd(weight_rows(train, weighting, scale), k, seed=seed)
+    return SvdModel(shrinkage_embedding(factors, shrinkage, train.shape[1]), weighting,
+                    scale, factors)
 
 
 def ann_lists(model: SvdModel, train: sp.csr_matrix, users: np.ndarray, n: int,
@@ -209,8 +281,7 @@ def ann_lists(model: SvdModel, train: sp.csr_matrix, users: np.ndarray, n: int,
     """Top-n lists through the recommendation index the builder would make, and its recall
     against exact scoring."""
     index = build_index(mips_augment(model.item_factors), params, seed)
-    queries = fold_in(weight_rows(train[users], model.weighting, model.scale),
-                      model.item_factors)
+    queries = model.queries(train[users])
     start = time.perf_counter()
     extra = int(np.diff(train.indptr)[users].max(initial=0))
     _, ids = search(index, mips_query(queries), n + extra, kind=kind_of(index))
@@ -224,12 +295,22 @@ def ann_lists(model: SvdModel, train: sp.csr_matrix, users: np.ndarray, n: int,
 
 
 def evaluate_topn(matrix: sp.csr_matrix, k_factors: int, scheme: str, beta: float,
-                  cutoffs: Sequence[int] = DEFAULT_CUTOFFS, test_fraction: float = 0.2,
+                  shrinkage: float = 0.0, cutoffs: Sequence[int] = DEFAULT_CUTOFFS,
+                  test_fraction: float = 0.2,
                   min_interactions: int = 5, seed: int = 42, rec_index: IndexParams | None = None,
                   ease_lambda: float = 500.0, include_ease: bool = True,
-                  include_knn: bool = True) -> dict[str, Any]:
-    """Every method's top-N metrics on one holdout split, and the ANN loss of svdfaiss."""
-    split = holdout_split(matrix, test_fraction, min_interactions, seed)
+                  include_knn: bool = True, split: Split | None = None) -> dict[str, Any]:
+    """Every method's top-N metrics on one holdout split, and the ANN loss of svdfaiss.
+
+    The split defaults to the protocol's random holdout; pass another (leave-last-out) to
+    score the same methods on it.
+    """
+    protocol = {"split": "random holdout per user", "test_fraction": test_fraction,
+                "seed": seed}
+    if split is None:
+        split = holdout_split(matrix, test_fraction, min_interactions, seed)
+    else:
+        protocol = {"split": "leave last out (latest timestamp per user)"}
     n = max(cutoffs)
     users = split.test_users
     results: dict[str, dict[str, float]] = {}
@@ -246,7 +327,7 @@ def evaluate_topn(matrix: sp.csr_matrix, k_factors: int, scheme: str, beta: floa
                          **{f"coverage@{c}": coverage(ranked, matrix.shape[1], c)
                             for c in cutoffs}}
 
-    model = fit_svd(split.train, k_factors, scheme, beta)
+    model = fit_svd(split.train, k_factors, scheme, beta, shrinkage)
     run("svdfaiss", lambda: model.scorer(split.train))
     run("most popular", lambda: popularity_scorer(split.train))
     skipped = []
@@ -268,15 +349,14 @@ def evaluate_topn(matrix: sp.csr_matrix, k_factors: int, scheme: str, beta: floa
                for a, e in zip(approx, lists["svdfaiss"], strict=True)]
     ann = {**info, "recall@10_vs_exact": float(np.mean(overlap))}
     return {
-        "protocol": {"split": "random holdout per user", "test_fraction": test_fraction,
-                     "min_interactions": min_interactions, "seed": seed,
+        "protocol": {**protocol, "min_interactions": min_interactions,
                      "candidates": "whole catalog minus the user's train items",
                      "cutoffs": list(cutoffs), "users": int(matrix.shape[0]),
                      "items": int(matrix.shape[1]), "interactions": int(matrix.nnz),
                      "test_users": int(users.size),
                      "test_interactions": int(sum(len(t) for t in split.test_items)),
                      "skipped": skipped},
-        "svd": {"k": k_factors, "weighting": scheme, "beta": beta,
+        "svd": {"k": k_factors, "weighting": scheme, "beta": beta, "shrinkage": shrinkage,
                 "explained_energy": model.explained_energy},
         "topn": results,
         "fit_seconds": timings,
@@ -285,9 +365,10 @@ def evaluate_topn(matrix: sp.csr_matrix, k_factors: int, scheme: str, beta: floa
 
 
 TUNE_GRID: dict[str, tuple[Any, ...]] = {
-    "k": (16, 32, 64, 128),
+    "k": (32, 64, 128, 256),
     "weighting": ("none", "binary", "log", "bm25"),
-    "beta": (0.0, 0.25, 0.5),
+    "beta": (0.0,),  # popularity down-weighting never won on validation (docs/evaluation.md)
+    "shrinkage": (0.0, 10.0, 30.0, 100.0),
 }
 
 
@@ -299,38 +380,42 @@ def tune_svd(matrix: sp.csr_matrix, grid: dict[str, tuple[Any, ...]] | None = No
     The validation split applies the same protocol to the train part of the test split,
     with the next seed. The winner is then scored once on the test split.
     """
-    grid = grid or TUNE_GRID
+    grid = {**TUNE_GRID, **(grid or {})}
     split = holdout_split(matrix, test_fraction, min_interactions, seed)
     validation = holdout_split(split.train, test_fraction, min_interactions, seed + 1)
     n = max(DEFAULT_CUTOFFS)
     trials = []
-    for k in grid["k"]:
+    for k, scheme, beta in itertools.product(grid["k"], grid["weighting"], grid["beta"]):
         if k >= min(matrix.shape):
             continue
-        for scheme in grid["weighting"]:
-            for beta in grid["beta"]:
-                model = fit_svd(validation.train, k, scheme, beta)
-                ranked = recommend_all(model.scorer(validation.train), validation.train,
-                                       validation.test_users, n)
-                score = ranking_metrics(ranked, validation.test_items)[metric]
-                trials.append({"k": k, "weighting": scheme, "beta": beta, metric: score})
+        factors = None
+        for shrinkage in grid["shrinkage"]:  # one SVD serves every shrinkage
+            model = fit_svd(validation.train, k, scheme, beta, shrinkage, factors=factors)
+            factors = model.factors
+            ranked = recommend_all(model.scorer(validation.train), validation.train,
+                                   validation.test_users, n)
+            score = ranking_metrics(ranked, validation.test_items)[metric]
+            trials.append({"k": k, "weighting": scheme, "beta": beta, "shrinkage": shrinkage,
+                           metric: score})
     if not trials:
         raise InvalidInput(f"every k in the grid is at least min(users, items) = "
                            f"{min(matrix.shape)}")
     best = max(trials, key=lambda t: t[metric])
-    model = fit_svd(split.train, best["k"], best["weighting"], best["beta"])
+    model = fit_svd(split.train, best["k"], best["weighting"], best["beta"], best["shrinkage"])
     ranked = recommend_all(model.scorer(split.train), split.train, split.test_users, n)
     return {"metric": metric, "validation": sorted(trials, key=lambda t: -t[metric]),
             "best": best, "test": ranking_metrics(ranked, split.test_items),
-            "flags": f"--k {best['k']} --weighting {best['weighting']} --beta {best['beta']}"}
+            "flags": f"--k {best['k']} --weighting {best['weighting']} --beta {best['beta']} "
+                     f"--shrinkage {best['shrinkage']:g}"}
 
 
 def evaluate_for_manifest(matrix: sp.csr_matrix, k_factors: int, scheme: str, beta: float,
-                          rec_index: IndexParams | None = None) -> dict[str, Any]:
+                          shrinkage: float, rec_index: IndexParams | None = None
+                          ) -> dict[str, Any]:
     """The evaluation a build stores in its manifest: the protocol's top-N metrics of this
     configuration and the cheap baselines, or why it was skipped. Never fails a build."""
     try:
-        report = evaluate_topn(matrix, k_factors, scheme, beta, rec_index=rec_index,
+        report = evaluate_topn(matrix, k_factors, scheme, beta, shrinkage, rec_index=rec_index,
                                include_ease=False)
     except InvalidInput as exc:
         return {"skipped": str(exc)}

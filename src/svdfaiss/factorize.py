@@ -25,10 +25,59 @@ class Factors:
     singular_values: np.ndarray  # s
     item_factors: np.ndarray  # V
     explained_energy: float  # sum(s^2) / ||X||_F^2
+    total_energy: float = 0.0  # ||X||_F^2
 
     @property
     def k(self) -> int:
         return int(self.singular_values.size)
+
+
+@dataclass(frozen=True)
+class Embedding:
+    """How rows and items meet in the recommendation space.
+
+    A row x is folded in as q = x @ fold and scores item i with q . items[i]. Without
+    shrinkage both are V (PureSVD: the rank-k reconstruction of the row).
+    """
+
+    fold: np.ndarray  # items x k, float32
+    items: np.ndarray  # items x k, float32
+    component_weights: np.ndarray  # F, one per component (all 1 without shrinkage)
+    shrinkage_lambda: float  # the absolute lambda (0: none)
+
+    @property
+    def shared(self) -> bool:
+        return self.fold is self.items
+
+
+def shrinkage_embedding(factors: Factors, shrinkage: float, n_items: int) -> Embedding:
+    """EASE's closed form, restricted to the top-k components of the SVD.
+
+    EASE (Steck 2019) scores an unseen item i for a row x as -(x P)_i / P_ii with
+    P = (X'X + lambda I)^-1. Writing X'X = V S^2 V', that is (x V F V')_i / d_i with
+    F = S^2 / (S^2 + lambda) and d_i = 1 - sum_j V_ij^2 F_j (exact when V holds every
+    non-zero component): an inner product of q = x V F with V_i / d_i, so FAISS ranks it
+    exactly. With k below the rank it is a low-rank EASE; components with s^2 << lambda
+    barely count, so a moderate k loses little. `shrinkage` is lambda in units of the mean
+    squared column norm ||X||_F^2 / items, which keeps it comparable across weightings.
+    """
+    v = np.asarray(factors.item_factors, dtype=np.float64)
+    if shrinkage < 0:
+        raise InvalidInput(f"--shrinkage must be >= 0, got {shrinkage}")
+    if shrinkage == 0:
+        same = np.ascontiguousarray(v, dtype=np.float32)
+        return Embedding(same, same, np.ones(factors.k, dtype=np.float32), 0.0)
+    lam = shrinkage * factors.total_energy / max(n_items, 1)
+    s2 = np.asarray(factors.singular_values, dtype=np.float64) ** 2
+    weights = s2 / (s2 + lam) if lam > 0 else np.ones_like(s2)
+    d = 1.0 - (v * v) @ weights
+    d = np.maximum(d, 1e-6)  # >= 1 - max F > 0 for orthonormal V; guards rounding only
+    return Embedding(
+        fold=np.ascontiguousarray(v * weights, dtype=np.float32),
+        items=np.ascontiguousarray(v / d[:, None], dtype=np.float32),
+        component_weights=weights.astype(np.float32),
+        shrinkage_lambda=float(lam),
+    )
 
 
 def check_rank(k: int, shape: tuple[int, int]) -> None:
@@ -156,6 +205,7 @@ def truncated_svd(x: sp.csr_matrix, k: int, solver: Solver = "arpack", seed: int
         singular_values=s,
         item_factors=np.ascontiguousarray(vt.T),
         explained_energy=energy,
+        total_energy=total,
     )
 
 

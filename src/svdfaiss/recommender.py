@@ -104,6 +104,9 @@ class Recommender:
         self.user_ids = _load_array(version_dir, "user_ids.npy")
         self.item_vectors = _load_array(version_dir, "item_vectors.npy")
         self.item_factors = _load_array(version_dir, "item_factors.npy")
+        # With shrinkage, rows fold in through V F and items score as V / d (factorize.py).
+        self.fold_factors = (_load_array(version_dir, "fold_factors.npy")
+                             if "fold_factors.npy" in manifest["files"] else self.item_factors)
         self.item_scale = _load_array(version_dir, "item_scale.npy")
         self.n_users = int(self.user_ids.shape[0])
         self.n_items = int(self.item_ids.shape[0])
@@ -148,7 +151,7 @@ class Recommender:
             # make a cycle, and a replaced model would wait for the cyclic GC to free its
             # indexes (measured: RSS stepping up 4 MB a reload in the soak).
             rows, weighting = self.rows, self.weighting
-            scale, factors = self.item_scale, self.item_factors
+            scale, factors = self.item_scale, self.fold_factors
 
             def exact(candidates: np.ndarray | None) -> np.ndarray:
                 chosen = rows if candidates is None else rows[candidates]
@@ -232,15 +235,15 @@ class Recommender:
         return seen
 
     def _fold_rows(self, raw_rows: sp.csr_matrix) -> np.ndarray:
-        return fold_in(weight_rows(raw_rows, self.weighting, self.item_scale), self.item_factors)
+        return fold_in(weight_rows(raw_rows, self.weighting, self.item_scale), self.fold_factors)
 
     def user_vector(self, user: int) -> np.ndarray:
-        """q = x V for a known user: equal to that user's row of U S."""
+        """q = x V F for a known user: that user's row of U S F (F = 1 without shrinkage)."""
         vector: np.ndarray = self._fold_rows(self.rows[user : user + 1])[0]
         return vector
 
     def basket_vector(self, items: np.ndarray) -> np.ndarray:
-        """q = x V for an anonymous basket; repeated items count like repeated events."""
+        """q = x V F for an anonymous basket; repeated items count like repeated events."""
         counts = np.bincount(items, minlength=self.n_items).astype(np.float32)
         nz = np.flatnonzero(counts)
         row = sp.csr_matrix((counts[nz], nz, [0, nz.size]), shape=(1, self.n_items))
