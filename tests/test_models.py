@@ -206,3 +206,48 @@ def test_evaluate_with_report_timestamps_and_ratings(tmp_path):
         assert f"{image}.png" in page
         assert (report_dir / f"{image}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "Rating prediction" in page and "leave last out" in page
+
+
+def _ratings_log(tmp_path, seed: int = 11):
+    matrix = _ratings(seed=seed, users=150, items=80)
+    coo = matrix.tocoo()
+    log = tmp_path / "ratings.csv"
+    log.write_text("userId,movieId,rating\n" + "".join(
+        f"u{u},m{i},{r:g}\n" for u, i, r in zip(coo.row, coo.col, coo.data, strict=True)))
+    return log
+
+
+def test_a_rating_bundle_ranks_and_scores_by_the_predicted_rating(tmp_path):
+    log = _ratings_log(tmp_path)
+    report = build(BuildConfig(input=log, model="r", index_dir=tmp_path / "idx", k=16,
+                               objective="rating", rating_k=4, rating_reg=0.1, evaluate=True))
+    manifest = report.manifest
+    assert manifest["parameters"]["objective"] == "rating"
+    assert manifest["rating_model"]["k"] == 4 and "fold_factors.npy" not in manifest["files"]
+    assert manifest["evaluation"]["rating"]["rmse"] > 0
+    rec = Recommender.load(tmp_path / "idx", "r")
+    items = np.asarray(rec.item_factors)
+    users = np.asarray(rec.rating_users)
+    bias = np.asarray(rec.rating_user_bias)
+    mu, low, high = (manifest["rating_model"][key] for key in ("mu", "low", "high"))
+    for row in (0, 42, 149):
+        user = rec.user_ids[row].decode()
+        predicted = mu + bias[row] + items @ users[row]
+        unseen = np.setdiff1d(np.arange(rec.n_items), rec.seen_items(row))
+        got = rec.recommend(user, k=5)
+        np.testing.assert_allclose(got.scores, np.sort(predicted[unseen] - mu - bias[row])
+                                   [::-1][:5], rtol=1e-4, atol=1e-4)
+        item = rec.item_ids[unseen[0]].decode()
+        assert rec.score(user, item) == pytest.approx(
+            float(np.clip(predicted[unseen[0]], low, high)), abs=1e-4)
+    basket = rec.recommend_for_items(["m1", "m2", "m3"], k=5)
+    assert len(basket) == 5 and not {"m1", "m2", "m3"} & set(basket.ids)
+    assert len(rec.similar_users(rec.user_ids[0].decode(), k=3)) == 3
+
+
+def test_rating_objective_refuses_implicit_counts(sample, tmp_path):
+    result = run_cli(["build", str(sample.events), "--out", str(tmp_path), "--objective",
+                      "rating"])
+    assert result.returncode == 2
+    assert "--objective rating needs explicit ratings" in result.stderr
+    assert not (tmp_path / "default").exists() or not any((tmp_path / "default").iterdir())

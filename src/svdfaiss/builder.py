@@ -44,6 +44,8 @@ from svdfaiss.index import (
     search,
     write_index,
 )
+from svdfaiss.rating import DEFAULT_K as DEFAULT_RATING_K
+from svdfaiss.rating import DEFAULT_REG, cross_validate, fit_rating_model
 from svdfaiss.weighting import WeightingParams, check_scheme, item_column_scale, weight_rows
 
 # Item factor norms follow popularity (median 0.085 of the largest on the sample), so after the
@@ -98,6 +100,10 @@ class BuildConfig:
     version: str | None = None
     similar_cache: int | None = None  # neighbours stored per item; None: auto, 0: off
     evaluate: bool = False  # hold out 20% per user, score, store it in the manifest
+    # "rating": recommendations rank by the biased-MF predicted rating (explicit data only)
+    objective: Literal["topn", "rating"] = "topn"
+    rating_k: int = DEFAULT_RATING_K
+    rating_reg: float = DEFAULT_REG
 
     def resolved_similar_cache(self, n_items: int) -> int:
         """auto: 50 neighbours up to 200k items (seconds to compute), none above."""
@@ -132,6 +138,11 @@ class BuildConfig:
         for params in (self.item_index, self.rec_index, self.user_index):
             if params is not None:
                 params.resolved(1)
+        if self.objective not in ("topn", "rating"):
+            raise InvalidInput(f"--objective {self.objective!r}: choose topn or rating")
+        if self.rating_k < 0 or self.rating_reg <= 0:
+            raise InvalidInput(f"--rating-k must be >= 0 and --rating-reg > 0, got "
+                               f"{self.rating_k} and {self.rating_reg}")
         if self.similar_cache is not None and self.similar_cache < 0:
             raise InvalidInput(f"--similar-cache must be >= 0, got {self.similar_cache}")
         if self.catalog is not None and not Path(self.catalog).is_file():
@@ -233,6 +244,9 @@ def build(config: BuildConfig, stage_hook: StageHook | None = None) -> BuildRepo
         del log
         k = config.resolved_k(inter.n_users, inter.n_items)
         check_rank(k, (inter.n_users, inter.n_items))
+        if config.objective == "rating" and inter.feedback != "explicit":
+            raise InvalidInput(f"{input_path}: --objective rating needs explicit ratings; this "
+                               "log holds implicit counts (see --feedback)")
     with timer.stage("weight"):
         scheme = config.resolved_weighting(inter.feedback)
         scale, mean_row = item_column_scale(inter.matrix, scheme, config.beta)
@@ -242,17 +256,31 @@ def build(config: BuildConfig, stage_hook: StageHook | None = None) -> BuildRepo
     with timer.stage("factorize"):
         factors = truncated_svd(x, k, config.solver, config.seed)
         del x
+    rating = None
+    if config.objective == "rating":
+        with timer.stage("rating model"):
+            rating = fit_rating_model(inter.matrix, config.rating_k, config.rating_reg,
+                                      seed=config.seed)
     evaluation = None
     if config.evaluate:
         with timer.stage("evaluate"):  # on a split of its own: the model below uses all rows
             evaluation = evaluate_for_manifest(inter.matrix, k, scheme, config.beta,
                                                config.shrinkage, config.rec_index)
+            if rating is not None:
+                evaluation["rating"] = cross_validate(inter.matrix, k=config.rating_k,
+                                                      reg=config.rating_reg)
     with timer.stage("embed"):
         s = factors.singular_values.astype(np.float32)
         item_vectors = normalize_rows(factors.item_factors * (s ** np.float32(config.gamma)))
-        embedding = shrinkage_embedding(factors, config.shrinkage, inter.n_items)
+        if rating is None:
+            embedding = shrinkage_embedding(factors, config.shrinkage, inter.n_items)
+        else:  # rows are not folded: every user has [p_u, 1], every item [q_i, b_i]
+            augmented = rating.item_vectors()
+            embedding = Embedding(augmented, augmented, np.ones(0, dtype=np.float32), 0.0)
         user_vectors = None
-        if config.user_index is not None:  # in place: at 4.2M users every copy is 1 GB
+        if config.user_index is not None and rating is not None:
+            user_vectors = normalize_rows(rating.user_factors.astype(np.float32))
+        elif config.user_index is not None:  # in place: at 4.2M users every copy is 1 GB
             user_vectors = factors.user_factors  # U S F = X V F: each user's own query
             user_vectors *= s * embedding.component_weights
             normalize_rows(user_vectors, in_place=True)
@@ -282,6 +310,10 @@ def build(config: BuildConfig, stage_hook: StageHook | None = None) -> BuildRepo
             with timer.stage("write"):
                 _write_files(writer, inter, factors, item_vectors, embedding, scale,
                              items_index, mips_index, users_index, catalog)
+                if rating is not None:
+                    writer.save_array("rating_users.npy", rating.user_vectors())
+                    writer.save_array("rating_user_bias.npy",
+                                      rating.user_bias.astype(np.float32))
                 if similar is not None:
                     writer.save_array("similar_ids.npy", similar[0])
                     writer.save_array("similar_scores.npy", similar[1])
@@ -298,6 +330,10 @@ def build(config: BuildConfig, stage_hook: StageHook | None = None) -> BuildRepo
                                  embedding, indexes, catalog[1] if catalog else None,
                                  timer.seconds)
             manifest["evaluation"] = evaluation
+            manifest["rating_model"] = None if rating is None else {
+                "mu": rating.mu, "k": config.rating_k, "reg": config.rating_reg,
+                "low": rating.low, "high": rating.high,
+                "prediction": "mu + b_u + [p_u, 1] . [q_i, b_i], clipped to [low, high]"}
             manifest["similar_cache"] = ({"k": cache_k, "source": indexes["items"]["type"]}
                                          if similar is not None else None)
             with timer.stage("publish"):
@@ -400,6 +436,7 @@ def _manifest(
         "parameters": {
             "k": factors.k,
             "k_requested": config.k if config.k is not None else "auto",
+            "objective": config.objective,
             "shrinkage": config.shrinkage,
             "shrinkage_lambda": embedding.shrinkage_lambda,
             "gamma": config.gamma,

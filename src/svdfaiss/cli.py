@@ -191,6 +191,12 @@ def build(
     similar_cache: Annotated[int | None, typer.Option(
         min=0, help="Neighbours precomputed per item (default: 50 up to 200k items; 0: off).")]
     = None,
+    objective: Annotated[str, typer.Option(
+        help="topn: rank by the SVD's scores; rating: by the predicted rating of a biased "
+             "MF model (explicit ratings only).")] = "topn",
+    rating_k: Annotated[int, typer.Option(min=0, help="Factors of the rating model.")] = 8,
+    rating_reg: Annotated[float, typer.Option(help="Regularization of the rating model.")]
+    = 0.2,
     evaluate_model: Annotated[bool, typer.Option(
         "--evaluate", help="Also score this configuration on a 20% holdout (docs/"
         "evaluation.md) and store the result in the manifest (GET /model shows it).")]
@@ -211,6 +217,7 @@ def build(
                "--duplicates": (duplicates, ("last", "mean")),
                "--weighting": (weighting, ("auto", "none", "binary", "log", "bm25")),
                "--solver": (solver, ("arpack", "randomized")),
+               "--objective": (objective, ("topn", "rating")),
                "--index": (index, ("auto", "flat", "hnsw", "ivf")),
                "--rec-index": (rec_index, ("auto", "flat", "hnsw", "ivf")),
                "--user-index": (user_index, ("auto", "flat", "hnsw", "ivf", "none"))}
@@ -249,6 +256,9 @@ def build(
         version=version,
         similar_cache=similar_cache,
         evaluate=evaluate_model,
+        objective=objective,  # type: ignore[arg-type]
+        rating_k=rating_k,
+        rating_reg=rating_reg,
     )
     report = run_build(config, _stage_status)
     if json_out:
@@ -401,6 +411,9 @@ def tune(
         "--beta", help="Grid of beta (default 0).")] = None,
     shrinkages: Annotated[list[float] | None, typer.Option(
         "--shrinkage", help="Grid of shrinkage (default 0 10 30 100).")] = None,
+    rating: Annotated[bool, typer.Option(
+        help="On explicit ratings, also tune the rating model's k and regularization.")]
+    = True,
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the results here.")]
     = None,
 ) -> None:
@@ -437,6 +450,16 @@ def tune(
     out.print(f"winner on test: ndcg@10 {test['ndcg@10']:.4f}, recall@20 "
               f"{test['recall@20']:.4f}")
     out.print(f"build with: svdfaiss build {input_path} {result['flags']}")
+    if inter.feedback == "explicit" and rating:
+        from svdfaiss.rating import tune_rating_model
+
+        tuned = tune_rating_model(inter.matrix, seed=seed)
+        best, cv = tuned["best"], tuned["cross_validation"]
+        result["rating"] = tuned
+        out.print(f"rating model: best k {best['k']}, reg {best['reg']:g} (validation rmse "
+                  f"{best['rmse']:.4f}); 5-fold rmse {cv['rmse']:.4f}, mae {cv['mae']:.4f}")
+        out.print(f"build a rating model with: svdfaiss build {input_path} --objective rating "
+                  f"--rating-k {best['k']} --rating-reg {best['reg']:g}")
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(result, indent=2) + "\n")

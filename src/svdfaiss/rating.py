@@ -129,11 +129,20 @@ def fold_in_ratings(model: RatingModel, items: np.ndarray, ratings: np.ndarray,
                     reg: float = DEFAULT_REG, bias_reg: float = DEFAULT_BIAS_REG) -> np.ndarray:
     """[p, b] of a user the model never saw, from their ratings: the same ridge regression
     a training user gets (so a training user's own row reproduces their vector closely)."""
-    mask = sp.csr_matrix((np.ones(items.size), (np.zeros(items.size, dtype=np.int64), items)),
-                         shape=(1, model.item_factors.shape[0]))
-    targets = sp.csr_matrix((ratings - model.mu - model.item_bias[items],
-                             (np.zeros(items.size, dtype=np.int64), items)), shape=mask.shape)
-    solved: np.ndarray = _solve_side(mask, targets, model.item_factors, reg, bias_reg)[0]
+    return fold_in_augmented(model.item_vectors(), model.mu, items, ratings, reg, bias_reg)
+
+
+def fold_in_augmented(item_vectors: np.ndarray, mu: float, items: np.ndarray,
+                      ratings: np.ndarray, reg: float = DEFAULT_REG,
+                      bias_reg: float = DEFAULT_BIAS_REG) -> np.ndarray:
+    """fold_in_ratings from the stored [q_i, b_i] vectors of a bundle."""
+    factors = np.asarray(item_vectors[:, :-1], dtype=np.float64)
+    item_bias = np.asarray(item_vectors[:, -1], dtype=np.float64)
+    zeros = np.zeros(items.size, dtype=np.int64)
+    mask = sp.csr_matrix((np.ones(items.size), (zeros, items)), shape=(1, factors.shape[0]))
+    targets = sp.csr_matrix((np.asarray(ratings, dtype=np.float64) - mu - item_bias[items],
+                             (zeros, items)), shape=mask.shape)
+    solved: np.ndarray = _solve_side(mask, targets, factors, reg, bias_reg)[0]
     return solved
 
 

@@ -38,6 +38,7 @@ from svdfaiss.index import (
     search,
     selector_for,
 )
+from svdfaiss.rating import fold_in_augmented
 from svdfaiss.weighting import WeightingParams, weight_rows
 
 # SWIG bindings whose partial stubs lack most classes: treat them as untyped.
@@ -116,12 +117,23 @@ class Recommender:
             shape=(self.n_users, self.n_items),
         )
         self.weighting = WeightingParams(**manifest["parameters"]["weighting"])
+        # --objective rating: users carry [p_u, 1] and biases; items [q_i, b_i] (rating.py)
+        self.rating_model: dict[str, Any] | None = manifest.get("rating_model")
+        self.rating_users: np.ndarray | None = None
+        self.rating_user_bias: np.ndarray | None = None
+        if self.rating_model is not None:
+            self.rating_users = _load_array(version_dir, "rating_users.npy")
+            self.rating_user_bias = _load_array(version_dir, "rating_user_bias.npy")
         indexes = manifest["indexes"]
         self._items = self._space(indexes["items"], self.item_vectors, lambda q: q)
         self._mips = self._space(indexes["items_mips"], self.item_factors, mips_query)
         self._users: _Space | None = None
         if "users" in indexes:
-            self._users = self._space(indexes["users"], None, lambda q: q)
+            self._users = self._space(
+                indexes["users"],
+                None if self.rating_users is None
+                else normalize_rows(np.ascontiguousarray(self.rating_users[:, :-1])),
+                lambda q: q)
         self.similar_ids: np.ndarray | None = None
         self.similar_scores: np.ndarray | None = None
         if manifest.get("similar_cache"):
@@ -238,12 +250,30 @@ class Recommender:
         return fold_in(weight_rows(raw_rows, self.weighting, self.item_scale), self.fold_factors)
 
     def user_vector(self, user: int) -> np.ndarray:
-        """q = x V F for a known user: that user's row of U S F (F = 1 without shrinkage)."""
+        """q = x V F for a known user: that user's row of U S F (F = 1 without shrinkage);
+        [p_u, 1] under a rating model."""
+        if self.rating_users is not None:
+            return np.asarray(self.rating_users[user])
         vector: np.ndarray = self._fold_rows(self.rows[user : user + 1])[0]
         return vector
 
+    def _similarity_vector(self, user: int) -> np.ndarray:
+        """The vector the similar-users index holds for a user, before normalization."""
+        if self.rating_users is not None:
+            return np.asarray(self.rating_users[user, :-1])
+        return self.user_vector(user)
+
     def basket_vector(self, items: np.ndarray) -> np.ndarray:
-        """q = x V F for an anonymous basket; repeated items count like repeated events."""
+        """q = x V F for an anonymous basket; repeated items count like repeated events.
+
+        Under a rating model the basket is folded in as a user who rated each item at the top
+        of the scale (a basket says "liked"): [p, 1] from the same ridge regression.
+        """
+        if self.rating_model is not None:
+            unique = np.unique(items)
+            solved = fold_in_augmented(self.item_factors, self.rating_model["mu"], unique,
+                                       np.full(unique.size, self.rating_model["high"]))
+            return np.append(solved[:-1], 1.0).astype(np.float32)
         counts = np.bincount(items, minlength=self.n_items).astype(np.float32)
         nz = np.flatnonzero(counts)
         row = sp.csr_matrix((counts[nz], nz, [0, nz.size]), shape=(1, self.n_items))
@@ -449,12 +479,17 @@ class Recommender:
         user = self.user_index(user_id)
         denied = self._user_set(filter_users)
         excluded = np.append(_NONE if denied is None else denied, user)
-        query = normalize_rows(self.user_vector(user)[None, :])[0]
+        query = normalize_rows(self._similarity_vector(user)[None, :].astype(np.float32))[0]
         scores, idx = self._top_k(self._users, query, k, self._user_set(users), excluded)
         return Results(decode_ids(self.user_ids[idx]), [float(s) for s in scores], idx)
 
     def score(self, user_id: str, item_id: str) -> float:
-        """The model's score q . v of one item for one user (the rank-k reconstruction)."""
+        """The model's score q . v of one item for one user (the ranking score); under a
+        rating model, the predicted rating mu + b_u + q . v, clipped to the rating scale."""
         user = self.user_index(user_id)
         item = self.item_index(item_id)
-        return float(np.dot(self.user_vector(user), self.item_factors[item]))
+        score = float(np.dot(self.user_vector(user), self.item_factors[item]))
+        if self.rating_model is None or self.rating_user_bias is None:
+            return score
+        predicted = self.rating_model["mu"] + float(self.rating_user_bias[user]) + score
+        return float(min(max(predicted, self.rating_model["low"]), self.rating_model["high"]))
