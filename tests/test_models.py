@@ -142,9 +142,18 @@ def test_rating_folds_partition_every_rating_once_in_equal_parts():
         rating_folds(3, 5)
 
 
+def test_conjugate_gradient_sweeps_match_exact_solves():
+    matrix = _ratings(seed=4, users=200, items=90)
+    exact = fit_rating_model(matrix, k=4, reg=0.1, iterations=3, cg_steps=0)
+    approx = fit_rating_model(matrix, k=4, reg=0.1, iterations=3, cg_steps=5)
+    coo = matrix.tocoo()
+    np.testing.assert_allclose(approx.predict(coo.row, coo.col), exact.predict(coo.row, coo.col),
+                               atol=2e-3)
+
+
 def test_fold_in_of_a_training_users_ratings_reproduces_their_vector():
     matrix = _ratings(seed=5)
-    model = fit_rating_model(matrix, k=3, reg=0.1, iterations=12)
+    model = fit_rating_model(matrix, k=3, reg=0.1, iterations=12, cg_steps=0)
     row = matrix.getrow(7)
     folded = fold_in_ratings(model, row.indices, row.data, reg=0.1)
     # the fitted user was solved against the items of the last-but-one half step: close
