@@ -99,7 +99,7 @@ def test_every_response_names_the_model_version(live):
 
 @pytest.mark.parametrize(("path", "params", "status", "needle"), [
     ("/items/nope/similar", {}, 404, "unknown item id 'nope'"),
-    ("/users/nobody/recommendations", {}, 404, "unknown user id 'nobody'"),
+    ("/users/nobody/recommendations", {"fallback": "none"}, 404, "unknown user id 'nobody'"),
     ("/users/nobody/similar", {}, 404, "unknown user id 'nobody'"),
     ("/users/nobody/items/nope/score", {}, 404, "unknown user id 'nobody'"),
     ("/items/ITEM/similar", {"k": 0}, 422, "greater than or equal to 1"),

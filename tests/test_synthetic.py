@@ -24,7 +24,8 @@ def test_default_sample_has_the_promised_shape():
     assert per_user.size == spec.users
     assert abs((per_user == 1).mean() - spec.single_event_share) < 0.02
     assert catalog.num_rows == spec.items
-    assert set(catalog.column_names) == {"item_id", "title", "category", "price"}
+    assert set(catalog.column_names) == {"item_id", "title", "category", "price", "in_stock"}
+    assert 0.8 < np.mean(catalog["in_stock"].to_numpy()) < 0.95
     ids = catalog["item_id"].to_pylist()
     assert len(set(ids)) == spec.items
     assert any(i.startswith("0") for i in ids) and all(len(i) == 10 for i in ids)

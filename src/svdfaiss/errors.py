@@ -9,6 +9,10 @@ class InvalidInput(SvdfaissError, ValueError):
     """Input data or parameters cannot be used; the message names the file, line, field or id."""
 
 
+class UnsupportedFilter(InvalidInput):
+    """A business filter on a catalog column the bundle does not have (a 400, not a 422)."""
+
+
 class InvalidBundle(SvdfaissError):
     """A bundle on disk is missing a file, fails its checksum or cannot be parsed."""
 

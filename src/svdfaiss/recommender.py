@@ -26,6 +26,7 @@ from svdfaiss.errors import (
     UnknownItem,
     UnknownItems,
     UnknownUser,
+    UnsupportedFilter,
 )
 from svdfaiss.factorize import fold_in
 from svdfaiss.index import (
@@ -61,6 +62,8 @@ class Results:
     indexes: np.ndarray = field(compare=False)
     fields: dict[str, list[Any]] = field(default_factory=dict)
     unknown: list[str] = field(default_factory=list)
+    reason: str | None = None  # why these items: cf, popular, basket, rating
+    because: list[list[dict[str, Any]]] | None = None  # per item: history items that count
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -71,8 +74,31 @@ class Results:
             rec: dict[str, Any] = {id_key: ext, "score": score}
             for name, values in self.fields.items():
                 rec[name] = values[i]
+            if self.reason is not None:
+                rec["reason"] = self.reason
+            if self.because is not None:
+                rec["because"] = self.because[i]
             out.append(rec)
         return out
+
+
+@dataclass(frozen=True)
+class CatalogFilter:
+    """Business filters over catalog columns: category, price range, stock."""
+
+    category: str | None = None
+    min_price: float | None = None
+    max_price: float | None = None
+    in_stock: bool | None = None
+
+    @property
+    def active(self) -> bool:
+        return any(v is not None for v in (self.category, self.min_price, self.max_price,
+                                           self.in_stock))
+
+
+NO_FILTER = CatalogFilter()
+EXPLAIN_TOP = 3  # history items named per recommended item
 
 
 @dataclass(frozen=True)
@@ -143,6 +169,11 @@ class Recommender:
         if "catalog.parquet" in manifest["files"]:
             table = pq.read_table(version_dir / "catalog.parquet")
             self.catalog = {n: table[n].to_numpy(zero_copy_only=False) for n in table.column_names}
+        self._category_sets: dict[str, np.ndarray] | None = None  # built on first use
+        # Most popular first (train users per item): the cold-start fallback.
+        counts = np.bincount(self.rows.indices, minlength=self.n_items)
+        self.popularity = counts.astype(np.float32)
+        self.popular_order = np.argsort(-counts, kind="stable")
 
     def _space(
         self,
@@ -324,6 +355,100 @@ class Recommender:
             candidates = np.setdiff1d(np.arange(space.size), excluded, assume_unique=True)
         return exact_top_k(space.exact_vectors(candidates), query, k, candidates)
 
+    def _catalog_column(self, names: tuple[str, ...], what: str) -> np.ndarray:
+        for name in self.catalog:
+            if name.lower() in names:
+                return self.catalog[name]
+        raise UnsupportedFilter(f"model {self.model!r} has no catalog {what} column to filter "
+                                f"on; build it with --items CATALOG holding one "
+                                f"({' or '.join(names)})")
+
+    def _categories(self) -> dict[str, np.ndarray]:
+        """Items of each category; a value like "Comedy|Drama" puts the item in both."""
+        if self._category_sets is None:
+            column = self._catalog_column(("category", "categories", "genres", "genre"),
+                                          "category")
+            members: dict[str, list[int]] = {}
+            for index, value in enumerate(column.tolist()):
+                if value is None:
+                    continue
+                for name in str(value).split("|"):
+                    members.setdefault(name.strip(), []).append(index)
+            self._category_sets = {name: np.asarray(rows, dtype=np.int64)
+                                   for name, rows in members.items()}
+        return self._category_sets
+
+    def filter_set(self, catalog_filter: CatalogFilter) -> np.ndarray | None:
+        """Internal indexes of the items passing the business filters (None: no filter)."""
+        if not catalog_filter.active:
+            return None
+        keep = np.ones(self.n_items, dtype=bool)
+        if catalog_filter.category is not None:
+            in_category = np.zeros(self.n_items, dtype=bool)
+            in_category[self._categories().get(catalog_filter.category, _NONE)] = True
+            keep &= in_category
+        if catalog_filter.min_price is not None or catalog_filter.max_price is not None:
+            price = np.asarray(self._catalog_column(("price",), "price"), dtype=np.float64)
+            known = ~np.isnan(price)
+            keep &= known
+            if catalog_filter.min_price is not None:
+                keep &= np.where(known, price, 0) >= catalog_filter.min_price
+            if catalog_filter.max_price is not None:
+                keep &= np.where(known, price, 0) <= catalog_filter.max_price
+        if catalog_filter.in_stock is not None:
+            stock = self._catalog_column(("in_stock", "instock", "stock"), "in_stock")
+            truthy = np.array([v in (True, 1, "1", "true", "True", "yes") for v in stock.tolist()])
+            keep &= truthy if catalog_filter.in_stock else ~truthy
+        return np.flatnonzero(keep)
+
+    def _allowed(self, items: Iterable[str] | None,
+                 catalog_filter: CatalogFilter) -> np.ndarray | None:
+        """The allow-list and the business filters together (None: everything allowed)."""
+        listed, filtered = self._item_set(items), self.filter_set(catalog_filter)
+        if listed is None or filtered is None:
+            return filtered if listed is None else listed
+        return np.intersect1d(listed, filtered, assume_unique=True)
+
+    def popular(self, k: int = 10, items: Iterable[str] | None = None,
+                filter_items: Iterable[str] | None = None,
+                catalog_filter: CatalogFilter = NO_FILTER,
+                exclude: np.ndarray | None = None) -> Results:
+        """The most popular items passing the filters: the fallback for a cold user."""
+        if k < 1:
+            raise InvalidInput(f"k must be at least 1, got {k}")
+        allowed = self._allowed(items, catalog_filter)
+        keep = np.ones(self.n_items, dtype=bool)
+        if allowed is not None:
+            keep[:] = False
+            keep[allowed] = True
+        for excluded in (self._item_set(filter_items), exclude):
+            if excluded is not None:
+                keep[excluded] = False
+        idx = self.popular_order[keep[self.popular_order]][:k]
+        result = self._items_result(self.popularity[idx], idx)
+        return Results(result.ids, result.scores, idx, result.fields, reason="popular")
+
+    def _explain(self, row: sp.csr_matrix, idx: np.ndarray) -> list[list[dict[str, Any]]]:
+        """For each recommended item, the history items that add most to its score.
+
+        The score is q . v_i with q = sum_j w_j fold_j over the weighted history row w, so
+        item j adds exactly w_j (fold_j . v_i); the largest positive shares are named.
+        """
+        weighted = weight_rows(row, self.weighting, self.item_scale)
+        history = weighted.indices.astype(np.int64)
+        if history.size == 0 or idx.size == 0:
+            return [[] for _ in idx]
+        shares = (np.asarray(self.fold_factors[history]) * weighted.data[:, None]) @ np.asarray(
+            self.item_factors[idx]).T
+        out = []
+        for column in shares.T:
+            top = np.argsort(-column, kind="stable")[:EXPLAIN_TOP]
+            top = top[column[top] > 0]
+            out.append([{"item_id": ext, "contribution": float(column[j])}
+                        for ext, j in zip(decode_ids(self.item_ids[history[top]]), top,
+                                          strict=True)])
+        return out
+
     def _items_result(self, scores: np.ndarray, idx: np.ndarray,
                       unknown: list[str] | None = None) -> Results:
         fields = {name: col[idx].tolist() for name, col in self.catalog.items()}
@@ -339,21 +464,25 @@ class Recommender:
         items: Iterable[str] | None = None,
         filter_items: Iterable[str] | None = None,
         use_cache: bool = True,
+        catalog_filter: CatalogFilter = NO_FILTER,
     ) -> Results:
         """Items closest to an item by cosine of their embeddings (never the item itself).
 
         Answered from the neighbours stored at build time when they can; `use_cache=False`
-        goes straight to the index (for a caller that already tried the cache).
+        goes straight to the index (for a caller that already tried the cache). Business
+        filters run inside the index (an IDSelector), so a filter keeping few items still
+        gets k of them when k exist.
         """
         item = self.item_index(item_id)
         denied = self._item_set(filter_items)
-        if use_cache:
+        if use_cache and not catalog_filter.active:
             cached = self._cached_similar(item, k, items, denied)
             if cached is not None:
                 return cached
         excluded = np.append(_NONE if denied is None else denied, item)
         query = np.asarray(self.item_vectors[item], dtype=np.float32)
-        scores, idx = self._top_k(self._items, query, k, self._item_set(items), excluded)
+        scores, idx = self._top_k(self._items, query, k, self._allowed(items, catalog_filter),
+                                  excluded)
         return self._items_result(scores, idx)
 
     def similar_items_batch(self, item_ids: Sequence[str], ks: Sequence[int]) -> list[Results]:
@@ -425,12 +554,30 @@ class Recommender:
         exclude_seen: bool = True,
         items: Iterable[str] | None = None,
         filter_items: Iterable[str] | None = None,
+        catalog_filter: CatalogFilter = NO_FILTER,
+        fallback: str = "none",
+        explain: bool = False,
     ) -> Results:
-        """Items with the highest predicted score q . v for a known user."""
-        user = self.user_index(user_id)
-        return self._recommend_vector(self.user_vector(user),
-                                      self.seen_items(user) if exclude_seen else None,
-                                      k, items, filter_items)
+        """Items with the highest predicted score q . v for a known user.
+
+        An unknown user gets the most popular items with `fallback="popular"` (reason
+        "popular"), and an UnknownUser error with "none". `explain` names, for each item,
+        the user's history items that contribute most to its score.
+        """
+        try:
+            user = self.user_index(user_id)
+        except UnknownUser:
+            if fallback == "popular":
+                return self.popular(k, items, filter_items, catalog_filter)
+            raise
+        result = self._recommend_vector(self.user_vector(user),
+                                        self.seen_items(user) if exclude_seen else None,
+                                        k, items, filter_items, catalog_filter)
+        reason = "cf" if self.rating_model is None else "rating"
+        because = (self._explain(self.rows[user : user + 1], result.indexes)
+                   if explain and self.rating_model is None else None)
+        return Results(result.ids, result.scores, result.indexes, result.fields,
+                       reason=reason, because=because)
 
     def recommend_for_items(
         self,
@@ -439,6 +586,8 @@ class Recommender:
         exclude_given: bool = True,
         items: Iterable[str] | None = None,
         filter_items: Iterable[str] | None = None,
+        catalog_filter: CatalogFilter = NO_FILTER,
+        explain: bool = False,
     ) -> Results:
         """Recommendations for an anonymous basket by fold-in; unknown ids are reported."""
         found = lookup(self.item_ids, list(item_ids))
@@ -449,8 +598,16 @@ class Recommender:
                 raise InvalidInput("item_ids is empty; give at least one item id")
             raise UnknownItem(unknown[0]) if len(unknown) == 1 else UnknownItems(unknown)
         result = self._recommend_vector(self.basket_vector(known),
-                                        known if exclude_given else None, k, items, filter_items)
-        return Results(result.ids, result.scores, result.indexes, result.fields, unknown)
+                                        known if exclude_given else None, k, items, filter_items,
+                                        catalog_filter)
+        because = None
+        if explain and self.rating_model is None:
+            counts = np.bincount(known, minlength=self.n_items).astype(np.float32)
+            nz = np.flatnonzero(counts)
+            row = sp.csr_matrix((counts[nz], nz, [0, nz.size]), shape=(1, self.n_items))
+            because = self._explain(row, result.indexes)
+        return Results(result.ids, result.scores, result.indexes, result.fields, unknown,
+                       reason="basket", because=because)
 
     def _recommend_vector(
         self,
@@ -459,10 +616,12 @@ class Recommender:
         k: int,
         items: Iterable[str] | None,
         filter_items: Iterable[str] | None,
+        catalog_filter: CatalogFilter = NO_FILTER,
     ) -> Results:
         parts = [p for p in (seen, self._item_set(filter_items)) if p is not None]
         excluded = np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
-        scores, idx = self._top_k(self._mips, query, k, self._item_set(items), excluded)
+        scores, idx = self._top_k(self._mips, query, k, self._allowed(items, catalog_filter),
+                                  excluded)
         return self._items_result(scores, idx)
 
     def similar_users(

@@ -211,6 +211,7 @@ def generate(spec: SampleSpec) -> tuple[pa.Table, pa.Table]:
             "title": pa.array(titles),
             "category": pa.array(np.array([name for name, _ in names])[item_cat]),
             "price": pa.array(price),
+            "in_stock": pa.array(rng.random(spec.items) < 0.9),
         }
     )
     return events, catalog

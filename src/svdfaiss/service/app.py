@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import anyio
 import faiss as _faiss
@@ -45,8 +45,9 @@ from svdfaiss.errors import (
     UnknownItem,
     UnknownItems,
     UnknownUser,
+    UnsupportedFilter,
 )
-from svdfaiss.recommender import Recommender, Results
+from svdfaiss.recommender import CatalogFilter, Recommender, Results
 from svdfaiss.service import schemas
 
 log = logging.getLogger("svdfaiss.service")
@@ -354,6 +355,9 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def invalid(_: Request, exc: Exception) -> JSONResponse:
         return _problem(422, str(exc))
 
+    async def bad_request(_: Request, exc: Exception) -> JSONResponse:
+        return _problem(400, str(exc))
+
     async def unavailable(_: Request, exc: Exception) -> JSONResponse:
         return _problem(503, str(exc))
 
@@ -364,6 +368,7 @@ def _install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(UnknownItem, unknown)
     app.add_exception_handler(UnknownUser, unknown)
     app.add_exception_handler(InvalidInput, invalid)
+    app.add_exception_handler(UnsupportedFilter, bad_request)
     app.add_exception_handler(NoBundle, unavailable)
     app.add_exception_handler(Exception, crashed)
 
@@ -433,6 +438,13 @@ def _add_query_routes(app: FastAPI, holder: ModelHolder, settings: Settings) -> 
         max_length=max_ids, description="allow-list: only these items (repeatable)")]
     DenyQuery = Annotated[list[OneId] | None, Query(  # noqa: N806
         max_length=max_ids, description="deny-list: never these items (repeatable)")]
+    CategoryQuery = Annotated[str | None, Query(  # noqa: N806
+        min_length=1, max_length=max_len,
+        description="only items of this catalog category (a|b values match each part)")]
+    PriceQuery = Annotated[float | None, Query(  # noqa: N806
+        ge=0, allow_inf_nan=False, description="catalog price bound")]
+    StockQuery = Annotated[bool | None, Query(  # noqa: N806
+        description="only items in stock (true) or out of stock (false)")]
     not_found: dict[int | str, dict[str, Any]] = {
         404: {"model": schemas.Problem, "description": "unknown id"}}
     batcher = SearchBatcher() if settings.search_mode == "batch" else None
@@ -442,28 +454,48 @@ def _add_query_routes(app: FastAPI, holder: ModelHolder, settings: Settings) -> 
     @app.get("/items/{item_id:path}/similar", response_model=schemas.ItemsResponse,
              responses=not_found, tags=["items"])
     async def similar_items(item_id: ItemId, k: KQuery = 10,
-                            items: AllowQuery = None, filter_items: DenyQuery = None) -> Response:
-        """Items most similar to an item (cosine of embeddings; never the item itself)."""
+                            items: AllowQuery = None, filter_items: DenyQuery = None,
+                            category: CategoryQuery = None, min_price: PriceQuery = None,
+                            max_price: PriceQuery = None,
+                            in_stock: StockQuery = None) -> Response:
+        """Items most similar to an item (cosine of embeddings; never the item itself).
+
+        Business filters (category, price, stock) run inside the index: k results whenever
+        k items pass them."""
         rec = holder.get()
+        catalog_filter = CatalogFilter(category, min_price, max_price, in_stock)
         # Neighbours stored at build time answer on the event loop (an array slice); anything
         # needing FAISS goes to the thread pool so that a search never blocks the loop.
-        result = rec.cached_similar_items(item_id, k, items, filter_items)
-        if result is None and batcher is not None and items is None and filter_items is None:
+        result = (None if catalog_filter.active
+                  else rec.cached_similar_items(item_id, k, items, filter_items))
+        plain = items is None and filter_items is None and not catalog_filter.active
+        if result is None and batcher is not None and plain:
             rec.item_index(item_id)  # an unknown id is a 404 before it joins a batch
             result = await batcher.similar_items(rec, item_id, k)
         elif result is None:
             result = await run_in_threadpool(rec.similar_items, item_id, k, items, filter_items,
-                                             False)
+                                             False, catalog_filter)
         return _items(rec, result)
 
     @app.get("/users/{user_id:path}/recommendations", response_model=schemas.ItemsResponse,
              responses=not_found, tags=["users"])
     def recommendations(user_id: UserId, k: KQuery = 10,
                         exclude_seen: bool = True, items: AllowQuery = None,
-                        filter_items: DenyQuery = None) -> Response:
-        """Recommendations for a known user (items they interacted with excluded by default)."""
+                        filter_items: DenyQuery = None, category: CategoryQuery = None,
+                        min_price: PriceQuery = None, max_price: PriceQuery = None,
+                        in_stock: StockQuery = None,
+                        fallback: Annotated[Literal["popular", "none"], Query(
+                            description="an unknown user gets the most popular items "
+                                        "(popular) or a 404 (none)")] = "popular",
+                        explain: Annotated[bool, Query(
+                            description="name the history items behind each result")] = False,
+                        ) -> Response:
+        """Recommendations for a user (items they interacted with excluded by default); an
+        unknown user gets popular items with reason "popular" unless fallback=none."""
         rec = holder.get()
-        return _items(rec, rec.recommend(user_id, k, exclude_seen, items, filter_items))
+        return _items(rec, rec.recommend(user_id, k, exclude_seen, items, filter_items,
+                                         CatalogFilter(category, min_price, max_price,
+                                                       in_stock), fallback, explain))
 
     @app.get("/users/{user_id:path}/similar", response_model=schemas.UsersResponse,
              responses=not_found, tags=["users"])
@@ -496,8 +528,10 @@ def _add_query_routes(app: FastAPI, holder: ModelHolder, settings: Settings) -> 
         reported in `unknown_item_ids` and ignored while at least one id is known."""
         rec = holder.get()
         try:
-            result = rec.recommend_for_items(body.item_ids, body.k, body.exclude_given,
-                                             body.items, body.filter_items)
+            result = rec.recommend_for_items(
+                body.item_ids, body.k, body.exclude_given, body.items, body.filter_items,
+                CatalogFilter(body.category, body.min_price, body.max_price, body.in_stock),
+                body.explain)
         except (UnknownItem, UnknownItems):
             return _json({"detail": "none of the item ids is known",
                           "unknown_item_ids": body.item_ids}, rec.version, 404)

@@ -12,6 +12,13 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 
+class Contribution(BaseModel):
+    """A history item and how much it adds to a recommended item's score."""
+
+    item_id: str
+    contribution: float
+
+
 class ScoredItem(BaseModel):
     """One result; catalog fields (title, category, price, ...) appear when the bundle has them."""
 
@@ -20,6 +27,10 @@ class ScoredItem(BaseModel):
     score: float
     title: str | None = None
     category: str | None = None
+    reason: str | None = Field(None, description="recommendations: cf, rating, basket or "
+                               "popular (the cold-user fallback)")
+    because: list[Contribution] | None = Field(
+        None, description="with explain=true: the history items that add most to the score")
 
 
 class ScoredUser(BaseModel):
@@ -116,6 +127,11 @@ def basket_request(max_ids: int, max_k: int, max_id_length: int) -> type[BaseMod
             None, max_length=max_ids, description="allow-list")
         filter_items: list[one_id] | None = Field(  # type: ignore[valid-type]
             None, max_length=max_ids, description="deny-list")
+        category: str | None = Field(None, min_length=1, max_length=max_id_length)
+        min_price: float | None = Field(None, ge=0, allow_inf_nan=False)
+        max_price: float | None = Field(None, ge=0, allow_inf_nan=False)
+        in_stock: bool | None = None
+        explain: bool = False
 
     return BasketRequest
 
