@@ -217,7 +217,8 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     parser.add_argument("--no-rating", action="store_true",
                         help="Skip rating prediction (surprise) on explicit data.")
-    parser.add_argument("--no-topn", action="store_true", help="Skip the top-N comparison.")
+    parser.add_argument("--no-topn", action="store_true",
+                        help="Skip the top-N comparison (keeps top-N results already in --json).")
     args = parser.parse_args()
 
     inter = build_interactions(read_log(args.input, ReadOptions()), 1, 1, "last")
@@ -228,6 +229,8 @@ def main() -> None:
         "interactions": int(matrix.nnz)}
     if not args.no_topn:
         report.update(topn_peers(args.input, inter))
+    elif args.json and args.json.exists():  # keep the top-N results of an earlier run
+        report = {**json.loads(args.json.read_text()), **report}
     if inter.feedback == "explicit" and not args.no_rating:
         rating = rating_peers(matrix)
         report["rating"] = rating

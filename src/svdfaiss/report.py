@@ -19,6 +19,7 @@ matplotlib.use("Agg")  # files only: never a display, also on a desktop
 import matplotlib.pyplot as plt
 import numpy as np
 import scipy.sparse as sp
+from matplotlib.ticker import NullFormatter
 
 from svdfaiss.data import Interactions
 from svdfaiss.evaluation import (
@@ -165,6 +166,7 @@ def _ann_curve(directory: Path, matrix: sp.csr_matrix, scheme: str, beta: float,
         ax.plot([p["ms"] for p in mine], [p["recall@10"] for p in mine], marker=marker,
                 label=f"{kind} ({'nprobe' if kind == 'ivf' else 'efSearch'} varies)")
     ax.set_xscale("log")
+    ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels overlap on short ranges
     ax.set_xlabel("ms per query (batched, this machine)")
     ax.set_ylabel("recall@10 against exact")
     ax.set_ylim(0, 1.02)
