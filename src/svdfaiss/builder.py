@@ -279,7 +279,8 @@ def build(config: BuildConfig, stage_hook: StageHook | None = None) -> BuildRepo
             embedding = Embedding(augmented, augmented, np.ones(0, dtype=np.float32), 0.0)
         user_vectors = None
         if config.user_index is not None and rating is not None:
-            user_vectors = normalize_rows(rating.user_factors.astype(np.float32))
+            if config.rating_k > 0:  # biases alone say nothing about who is alike
+                user_vectors = normalize_rows(rating.user_factors.astype(np.float32))
         elif config.user_index is not None:  # in place: at 4.2M users every copy is 1 GB
             user_vectors = factors.user_factors  # U S F = X V F: each user's own query
             user_vectors *= s * embedding.component_weights

@@ -31,7 +31,7 @@ DEFAULT_BIAS_REG = 5.0
 # (docs/evaluation.md, "Rating prediction").
 DEFAULT_ITERATIONS = 2
 DEFAULT_CG_STEPS = 2  # 0: exact batched solves
-RATING_GRID: dict[str, tuple[float, ...]] = {"k": (4, 8), "reg": (0.1, 0.2, 0.5)}
+RATING_GRID: dict[str, tuple[float, ...]] = {"k": (0, 4, 8), "reg": (0.1, 0.2, 0.5)}
 
 
 @dataclass(frozen=True)

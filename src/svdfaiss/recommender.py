@@ -634,7 +634,7 @@ class Recommender:
         """Users closest by cosine of their embeddings (never the user itself)."""
         if self._users is None:
             raise InvalidInput(f"model {self.model!r} was built without a users index "
-                               "(--user-index none)")
+                               "(--user-index none, or --objective rating with --rating-k 0)")
         user = self.user_index(user_id)
         denied = self._user_set(filter_users)
         excluded = np.append(_NONE if denied is None else denied, user)
