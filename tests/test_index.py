@@ -1,5 +1,6 @@
 """FAISS indexes against brute-force numpy: exact equality for flat, recall for ANN."""
 
+import faiss
 import numpy as np
 import pytest
 
@@ -76,6 +77,22 @@ def test_selectors_allow_and_deny():
     _, ids = search(index, x[:1], 20, selector_for(allowed, excluded))
     assert len(ids[0]) == 20
     assert all(i % 2 == 0 and i >= 100 for i in ids[0])
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf"])
+def test_a_large_allow_list_becomes_a_bitmap_with_the_same_answers(kind):
+    x = normalize_rows(clustered(6000, 8, 5))
+    index = build_index(x, IndexParams(kind=kind, ivf_nlist=40, ivf_nprobe=40))
+    allowed = np.flatnonzero(np.arange(6000) % 3 != 0)  # 4000 ids: above BITMAP_MIN_ALLOWED
+    excluded = np.array([1, 2, 4, 5, 7])
+    bitmap = selector_for(allowed, excluded, n_total=6000)
+    assert isinstance(bitmap, faiss.IDSelectorBitmap)
+    hashed = selector_for(allowed, excluded)
+    assert not isinstance(hashed, faiss.IDSelectorBitmap)
+    _, ids_a = search(index, x[:5], 15, bitmap)
+    _, ids_b = search(index, x[:5], 15, hashed)
+    np.testing.assert_array_equal(ids_a, ids_b)
+    assert np.isin(ids_a, allowed).all() and not np.isin(ids_a, excluded).any()
 
 
 def test_exact_top_k_breaks_ties_by_id_and_handles_small_candidate_sets():

