@@ -152,3 +152,25 @@ def test_movielens_genre_filter_returns_only_that_genre_and_exactly_k(tmp_path):
                                 catalog_filter=CatalogFilter(category=genre))
             assert len(got) == 10
             assert all(genre in str(genres[i]).split("|") for i in got.indexes)
+
+
+def test_cli_filters_fallback_and_explain(sample_index_dir, rec):
+    from .helpers import run_cli
+
+    name = str(rec.catalog["category"][0])
+    user = rec.user_ids[9].decode()
+    base = ["--model", "sample", "--index-dir", str(sample_index_dir), "--json"]
+    result = run_cli(["query", "recommend", user, "--k", "4", "--category", name,
+                      "--in-stock", "--explain", *base])
+    assert result.returncode == 0, result.stderr
+    import json
+
+    items = json.loads(result.stdout)["items"]
+    assert len(items) == 4 and all(i["category"] == name and i["in_stock"] for i in items)
+    assert all(i["because"] for i in items)
+    cold = run_cli(["query", "recommend", "nobody", "--k", "2", *base])
+    assert [i["reason"] for i in json.loads(cold.stdout)["items"]] == ["popular"] * 2
+    strict = run_cli(["query", "recommend", "nobody", "--no-fallback", *base])
+    assert strict.returncode == 3 and "unknown user id 'nobody'" in strict.stderr
+    cheap = run_cli(["query", "similar", rec.item_ids[0].decode(), "--max-price", "60", *base])
+    assert all(i["price"] <= 60 for i in json.loads(cheap.stdout)["items"])

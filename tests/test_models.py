@@ -260,3 +260,17 @@ def test_rating_objective_refuses_implicit_counts(sample, tmp_path):
     assert result.returncode == 2
     assert "--objective rating needs explicit ratings" in result.stderr
     assert not (tmp_path / "default").exists() or not any((tmp_path / "default").iterdir())
+
+
+def test_tune_on_ratings_also_picks_the_rating_model(tmp_path):
+    log = _ratings_log(tmp_path, seed=13)
+    out = tmp_path / "tune.json"
+    result = run_cli(["tune", str(log), "--k", "8", "--weighting", "none", "--shrinkage", "30",
+                      "--json", str(out)])
+    assert result.returncode == 0, result.stderr
+    rating = json.loads(out.read_text())["rating"]
+    best = rating["best"]
+    assert best["k"] in (0, 4, 8) and len(rating["validation"]) == 9
+    assert rating["cross_validation"]["rmse"] > 0
+    assert (f"--objective rating --rating-k {best['k']} --rating-reg {best['reg']:g}"
+            in result.stdout.replace("\n", " "))

@@ -80,6 +80,11 @@ InputArg = Annotated[Path, typer.Argument(metavar="INPUT",
                                           help="Interactions: CSV, TSV or Parquet.")]
 FormatOpt = Annotated[str, typer.Option("--format", help="auto|csv|tsv|parquet")]
 FeedbackOpt = Annotated[str, typer.Option(help="auto|explicit|implicit")]
+CategoryOpt = Annotated[str | None, typer.Option(help="Only items of this catalog category.")]
+MinPriceOpt = Annotated[float | None, typer.Option(min=0.0, help="Catalog price at least.")]
+MaxPriceOpt = Annotated[float | None, typer.Option(min=0.0, help="Catalog price at most.")]
+InStockOpt = Annotated[bool | None, typer.Option(
+    "--in-stock/--out-of-stock", help="Only items in stock, or only items out of stock.")]
 ComponentsOpt = Annotated[int | None, typer.Option(
     "--k", min=1, help="SVD components (default: 128 up to 100k items, 64 above).")]
 ShrinkageOpt = Annotated[float, typer.Option(
@@ -615,9 +620,16 @@ def _print_results(rec: Any, results: Any, json_out: bool, id_key: str = "item_i
     columns = list(records[0].keys()) if records else [id_key, "score"]
     table = Table("#", *columns, title=f"model {rec.model}, version {rec.version}",
                   title_justify="left")
+
+    def cell(key: str, value: Any) -> str:
+        if key == "score":
+            return f"{value:.4f}"
+        if key == "because":
+            return ", ".join(f"{b['item_id']} ({b['contribution']:.3f})" for b in value)
+        return str(value)
+
     for rank, r in enumerate(records, 1):
-        table.add_row(str(rank), *[f"{v:.4f}" if k == "score" else str(v)
-                                   for k, v in r.items()])
+        table.add_row(str(rank), *[cell(k, v) for k, v in r.items()])
     out.print(table)
 
 
@@ -632,10 +644,16 @@ def _load(index_dir: Path, model: str) -> Any:
 def query_similar(item_id: str, model: ModelOpt = "default",
                   index_dir: IndexDirOpt = DEFAULT_INDEX_DIR, k: KOpt = 10,
                   items: ListOpt = None, filter_items: ListOpt = None,
+                  category: CategoryOpt = None, min_price: MinPriceOpt = None,
+                  max_price: MaxPriceOpt = None, in_stock: InStockOpt = None,
                   json_out: JsonOpt = False) -> None:
     """Items similar to ITEM_ID."""
+    from svdfaiss.recommender import CatalogFilter
+
     rec = _load(index_dir, model)
-    _print_results(rec, rec.similar_items(item_id, k, items, filter_items), json_out)
+    _print_results(rec, rec.similar_items(
+        item_id, k, items, filter_items,
+        catalog_filter=CatalogFilter(category, min_price, max_price, in_stock)), json_out)
 
 
 @query_app.command("recommend")
@@ -644,11 +662,24 @@ def query_recommend(
     user_id: str, model: ModelOpt = "default", index_dir: IndexDirOpt = DEFAULT_INDEX_DIR,
     k: KOpt = 10,
     exclude_seen: Annotated[bool, typer.Option("--exclude-seen/--include-seen")] = True,
-    items: ListOpt = None, filter_items: ListOpt = None, json_out: JsonOpt = False,
+    items: ListOpt = None, filter_items: ListOpt = None,
+    category: CategoryOpt = None, min_price: MinPriceOpt = None,
+    max_price: MaxPriceOpt = None, in_stock: InStockOpt = None,
+    popular_fallback: Annotated[bool, typer.Option(
+        "--popular-fallback/--no-fallback",
+        help="An unknown user gets the most popular items (or exit 3).")] = True,
+    explain: Annotated[bool, typer.Option(
+        help="Name the history items behind each result.")] = False,
+    json_out: JsonOpt = False,
 ) -> None:
     """Recommendations for USER_ID."""
+    from svdfaiss.recommender import CatalogFilter
+
     rec = _load(index_dir, model)
-    _print_results(rec, rec.recommend(user_id, k, exclude_seen, items, filter_items), json_out)
+    _print_results(rec, rec.recommend(
+        user_id, k, exclude_seen, items, filter_items,
+        CatalogFilter(category, min_price, max_price, in_stock),
+        "popular" if popular_fallback else "none", explain), json_out)
 
 
 @query_app.command("similar-users")
@@ -666,11 +697,20 @@ def query_similar_users(user_id: str, model: ModelOpt = "default",
 def query_basket(
     item_ids: Annotated[list[str], typer.Argument(help="Items of an anonymous basket.")],
     model: ModelOpt = "default", index_dir: IndexDirOpt = DEFAULT_INDEX_DIR, k: KOpt = 10,
-    items: ListOpt = None, filter_items: ListOpt = None, json_out: JsonOpt = False,
+    items: ListOpt = None, filter_items: ListOpt = None,
+    category: CategoryOpt = None, min_price: MinPriceOpt = None,
+    max_price: MaxPriceOpt = None, in_stock: InStockOpt = None,
+    explain: Annotated[bool, typer.Option(
+        help="Name the basket items behind each result.")] = False,
+    json_out: JsonOpt = False,
 ) -> None:
     """Recommendations for a list of items (fold-in of an unseen user)."""
+    from svdfaiss.recommender import CatalogFilter
+
     rec = _load(index_dir, model)
-    results = rec.recommend_for_items(item_ids, k, True, items, filter_items)
+    results = rec.recommend_for_items(item_ids, k, True, items, filter_items,
+                                      CatalogFilter(category, min_price, max_price, in_stock),
+                                      explain)
     if results.unknown and not json_out:
         err.print(f"ignored unknown item ids: {', '.join(results.unknown)}")
     _print_results(rec, results, json_out, extra={"unknown_item_ids": results.unknown})
