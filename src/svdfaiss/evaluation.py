@@ -46,6 +46,18 @@ class Split:
     test_items: list[np.ndarray]
 
 
+def _split(matrix: sp.csr_matrix, keep: np.ndarray, users: list[int],
+           items: list[np.ndarray], min_interactions: int) -> Split:
+    """The Split that keeps the `keep` entries of `matrix` as train."""
+    if not users:
+        raise InvalidInput(f"no user has {min_interactions} interactions or more: nothing to "
+                           "hold out")
+    coo = matrix.tocoo()
+    train = sp.csr_matrix((coo.data[keep], (coo.row[keep], coo.col[keep])),
+                          shape=matrix.shape, dtype=matrix.dtype)
+    return Split(train, np.asarray(users, dtype=np.int64), items)
+
+
 def holdout_split(matrix: sp.csr_matrix, test_fraction: float = 0.2,
                   min_interactions: int = 5, seed: int = 42) -> Split:
     """Hold out a random `test_fraction` of each eligible user's interactions."""
@@ -64,13 +76,7 @@ def holdout_split(matrix: sp.csr_matrix, test_fraction: float = 0.2,
         keep[held] = False
         users.append(user)
         items.append(np.sort(matrix.indices[held]))
-    if not users:
-        raise InvalidInput(f"no user has {min_interactions} interactions or more: nothing to "
-                           "hold out")
-    coo = matrix.tocoo()
-    train = sp.csr_matrix((coo.data[keep], (coo.row[keep], coo.col[keep])),
-                          shape=matrix.shape, dtype=matrix.dtype)
-    return Split(train, np.asarray(users, dtype=np.int64), items)
+    return _split(matrix, keep, users, items, min_interactions)
 
 
 def last_times(log: InteractionLog, inter: Interactions) -> sp.csr_matrix | None:
@@ -116,13 +122,7 @@ def leave_last_out_split(matrix: sp.csr_matrix, times: sp.csr_matrix,
         keep[held] = False
         users.append(user)
         items.append(matrix.indices[held : held + 1].copy())
-    if not users:
-        raise InvalidInput(f"no user has {min_interactions} interactions or more: nothing to "
-                           "hold out")
-    coo = matrix.tocoo()
-    train = sp.csr_matrix((coo.data[keep], (coo.row[keep], coo.col[keep])),
-                          shape=matrix.shape, dtype=matrix.dtype)
-    return Split(train, np.asarray(users, dtype=np.int64), items)
+    return _split(matrix, keep, users, items, min_interactions)
 
 
 def ranking_metrics(ranked: Sequence[np.ndarray], relevant: Sequence[np.ndarray],
