@@ -16,6 +16,9 @@ Also start-up to ready (median of 3), server RSS, and recall@10 of the index aga
 search. Needs `wrk` (Debian package). Prints a table and writes JSON.
 
     python scripts/bench_service.py --work /tmp/svdfaiss-bench --json docs/results/service-1m.json
+
+`--startup-only` measures start-up to ready only, for every bundle folder given with
+`--index-dirs` (side by side, alternating), e.g. an old and a new build of the same log.
 """
 
 from __future__ import annotations
@@ -103,6 +106,28 @@ def median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def startup_seconds(index_dir: Path, model: str) -> float:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SVDFAISS_")}
+    port = free_port()
+    proc = start([sys.executable, "-m", "svdfaiss", "serve", "--index-dir", str(index_dir),
+                  "--model", model, "--port", str(port)], env)
+    try:
+        return wait_ready(f"http://127.0.0.1:{port}/readyz", proc)
+    finally:
+        stop(proc)
+
+
+def startup_only(index_dirs: list[Path], model: str, rounds: int) -> None:
+    """Start-up to ready of each bundle, alternating, `rounds` times; medians printed."""
+    runs: dict[Path, list[float]] = {d: [] for d in index_dirs}
+    for _ in range(rounds):
+        for index_dir in index_dirs:
+            runs[index_dir].append(startup_seconds(index_dir, model))
+    for index_dir, seconds in runs.items():
+        print(f"{index_dir}: start-up to ready {[round(s, 2) for s in seconds]} s, median "
+              f"{statistics.median(seconds):.2f} s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=Path("/tmp/svdfaiss-bench"))
@@ -117,7 +142,14 @@ def main() -> None:
                         help="paced rate of the uncached (searching) workloads")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--startup-only", action="store_true")
+    parser.add_argument("--index-dirs", type=Path, nargs="+",
+                        help="With --startup-only: folders holding the model to start.")
     args = parser.parse_args()
+    if args.startup_only:
+        startup_only(args.index_dirs or [args.work / "indexes-service"],
+                     f"items{args.items}", args.rounds)
+        return
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed (apt-get install wrk)")
 
@@ -160,12 +192,7 @@ def main() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SVDFAISS_")}
     serve = [sys.executable, "-m", "svdfaiss", "serve", "--index-dir", str(index_dir),
              "--model", model]
-    startups = []
-    for _ in range(3):
-        port = free_port()
-        proc = start([*serve, "--port", str(port)], env)
-        startups.append(wait_ready(f"http://127.0.0.1:{port}/readyz", proc))
-        stop(proc)
+    startups = [startup_seconds(index_dir, model) for _ in range(3)]
     ready_s = statistics.median(startups)
 
     bare_file = args.work / "bare_app.py"
