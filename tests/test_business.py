@@ -134,6 +134,17 @@ def test_http_filters_fallback_and_explain(sample_index_dir, rec):
         assert all(i["price"] >= 20 and i["reason"] == "basket" for i in basket["items"])
         assert all(b["item_id"] == item for i in basket["items"] for b in i["because"])
 
+        users = [user, rec.user_ids[10].decode(), "nobody"]
+        batch = httpx.post(f"{url}/batch/recommendations", json={
+            "user_ids": users, "k": 3, "category": name, "explain": True}).json()["results"]
+        assert [len(r.get("items", [])) for r in batch] == [3, 3, 0]
+        assert "unknown user id 'nobody'" in batch[2]["error"]
+        assert all(i["category"] == name and i["because"] for r in batch[:2] for i in r["items"])
+        similar_batch = httpx.post(f"{url}/batch/similar", json={
+            "item_ids": [item], "k": 4, "max_price": 100, "in_stock": True}).json()["results"]
+        assert all(i["price"] <= 100 and i["in_stock"] for i in similar_batch[0]["items"])
+        assert len(similar_batch[0]["items"]) == 4
+
         for bad in ({"min_price": -1}, {"max_price": "nan"}, {"fallback": "maybe"}):
             response = httpx.get(f"{url}/users/{user}/recommendations", params=bad)
             assert response.status_code == 422, bad

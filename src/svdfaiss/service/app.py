@@ -547,16 +547,21 @@ def _add_query_routes(app: FastAPI, holder: ModelHolder, settings: Settings) -> 
     def batch_similar(body: Annotated[similar_batch, Body()]) -> Response:
         """Similar items for many items in one call; unknown ids get an `error` entry."""
         rec = holder.get()
+        catalog_filter = CatalogFilter(body.category, body.min_price, body.max_price,
+                                       body.in_stock)
         return _batch(rec, body.item_ids, lambda i: rec.similar_items(
-            i, body.k, body.items, body.filter_items))
+            i, body.k, body.items, body.filter_items, catalog_filter=catalog_filter))
 
     @app.post("/batch/recommendations", response_model=schemas.BatchResponse,
               responses=too_large, tags=["batch"])
     def batch_recommendations(body: Annotated[recs_batch, Body()]) -> Response:
         """Recommendations for many users in one call; unknown ids get an `error` entry."""
         rec = holder.get()
+        catalog_filter = CatalogFilter(body.category, body.min_price, body.max_price,
+                                       body.in_stock)
         return _batch(rec, body.user_ids, lambda u: rec.recommend(
-            u, body.k, body.exclude_seen, body.items, body.filter_items))
+            u, body.k, body.exclude_seen, body.items, body.filter_items, catalog_filter,
+            explain=body.explain))
 
 
 def _batch(rec: Recommender, ids: list[str], query: Callable[[str], Results]) -> Response:

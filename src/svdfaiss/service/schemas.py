@@ -138,7 +138,8 @@ def basket_request(max_ids: int, max_k: int, max_id_length: int) -> type[BaseMod
 
 def batch_request(field: str, max_batch: int, max_ids: int, max_k: int, max_id_length: int,
                   with_exclude_seen: bool) -> type[BaseModel]:
-    """A POST /batch/... body: up to max_batch ids, one k and one pair of filters for all."""
+    """A POST /batch/... body: up to max_batch ids, one k and one set of filters for all
+    (allow/deny lists and the business filters); recommendations also take `explain`."""
     ids: Any = list[id_type(max_id_length)]  # type: ignore[misc]
     fields = {
         field: (ids, Field(min_length=1, max_length=max_batch)),
@@ -146,8 +147,15 @@ def batch_request(field: str, max_batch: int, max_ids: int, max_k: int, max_id_l
         "items": (ids | None, Field(None, max_length=max_ids)),
         "filter_items": (ids | None, Field(None, max_length=max_ids)),
     }
+    fields.update({
+        "category": (str | None, Field(None, min_length=1, max_length=max_id_length)),
+        "min_price": (float | None, Field(None, ge=0, allow_inf_nan=False)),
+        "max_price": (float | None, Field(None, ge=0, allow_inf_nan=False)),
+        "in_stock": (bool | None, None),
+    })
     if with_exclude_seen:
         fields["exclude_seen"] = (bool, True)
+        fields["explain"] = (bool, False)
     from pydantic import create_model
 
     return create_model(  # type: ignore[call-overload, no-any-return]
