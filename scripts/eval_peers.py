@@ -52,7 +52,12 @@ from svdfaiss.evaluation import (
     recommend_all,
     tune_svd,
 )
-from svdfaiss.rating import rating_folds, tune_rating_model
+from svdfaiss.rating import (
+    RatingPart,
+    cross_validate_with,
+    tune_rating_model,
+    validation_part,
+)
 
 SURPRISE_GRID = {"n_factors": (50, 100), "reg_all": (0.02, 0.05, 0.1)}
 ALS_GRID = {"factors": (32, 64, 128), "regularization": (0.01, 0.1, 1.0, 10.0, 100.0),
@@ -71,12 +76,13 @@ def als_scorer(train: sp.csr_matrix, factors: int, regularization: float,
     return lambda rows: users[rows] @ items.T
 
 
-def surprise_fit_predict(train: sp.coo_matrix, test_rows: np.ndarray, test_cols: np.ndarray,
-                         **params: Any) -> tuple[np.ndarray, float]:
-    """surprise's SVD (biased MF by SGD) fitted on `train`; its predictions and fit seconds."""
+def surprise_fit_predict(part: RatingPart, **params: Any) -> tuple[np.ndarray, float]:
+    """surprise's SVD (biased MF by SGD) fitted on the part's train; its predictions for the
+    held-out pairs and its fit seconds."""
     import pandas as pd
     from surprise import SVD, Dataset, Reader
 
+    train = part.train.tocoo()
     frame = pd.DataFrame({"u": train.row, "i": train.col, "r": train.data})
     reader = Reader(rating_scale=(float(train.data.min()), float(train.data.max())))
     trainset = Dataset.load_from_df(frame, reader).build_full_trainset()
@@ -84,8 +90,8 @@ def surprise_fit_predict(train: sp.coo_matrix, test_rows: np.ndarray, test_cols:
     start = time.perf_counter()
     algo.fit(trainset)
     seconds = time.perf_counter() - start
-    predictions = np.array([algo.predict(u, i).est for u, i in zip(test_rows.tolist(),
-                                                                    test_cols.tolist(),
+    predictions = np.array([algo.predict(u, i).est for u, i in zip(part.rows.tolist(),
+                                                                    part.cols.tolist(),
                                                                     strict=True)])
     return predictions, seconds
 
@@ -93,39 +99,24 @@ def surprise_fit_predict(train: sp.coo_matrix, test_rows: np.ndarray, test_cols:
 def rating_peers(matrix: sp.csr_matrix) -> dict[str, Any]:
     """svdfaiss's rating model against surprise SVD: both tuned on the same validation part
     of fold 0's train, then 5-fold RMSE/MAE on the same folds, with mean fit seconds."""
-    coo = matrix.tocoo()
-    folds = rating_folds(coo.nnz, 5, 42)
     ours = tune_rating_model(matrix)
     print(f"svdfaiss rating model: {ours['best']}", file=sys.stderr)
-    train = folds != 0
-    inner = rating_folds(int(train.sum()), 5, 43)
-    rows, cols, data = coo.row[train], coo.col[train], coo.data[train]
-    fit_part = sp.coo_matrix((data[inner != 0], (rows[inner != 0], cols[inner != 0])),
-                             shape=matrix.shape)
-    held = inner == 0
+    part = validation_part(matrix)
     trials = []
     for values in itertools.product(*SURPRISE_GRID.values()):
         params = dict(zip(SURPRISE_GRID, values, strict=True))
-        predicted, _ = surprise_fit_predict(fit_part, rows[held], cols[held], **params)
-        trials.append((float(np.sqrt(np.mean((predicted - data[held]) ** 2))), params))
+        predicted, _ = surprise_fit_predict(part, **params)
+        trials.append((part.errors(predicted)[0], params))
     best_rmse, best = min(trials, key=lambda t: t[0])
     print(f"surprise SVD: {best} (validation rmse {best_rmse:.4f})", file=sys.stderr)
-    rmses, maes, seconds = [], [], []
-    for fold in range(5):
-        test = folds == fold
-        part = sp.coo_matrix((coo.data[~test], (coo.row[~test], coo.col[~test])),
-                             shape=matrix.shape)
-        predicted, fit = surprise_fit_predict(part, coo.row[test], coo.col[test], **best)
-        error = predicted - coo.data[test]
-        rmses.append(float(np.sqrt(np.mean(error ** 2))))
-        maes.append(float(np.mean(np.abs(error))))
-        seconds.append(fit)
+    theirs = cross_validate_with(matrix, lambda p: surprise_fit_predict(p, **best))
     cv = ours["cross_validation"]
     return {"svdfaiss": {"params": ours["best"], "rmse": cv["rmse"], "mae": cv["mae"],
                          "rmse_by_fold": cv["rmse_by_fold"], "fit_seconds": cv["fit_seconds"]},
             "surprise SVD": {"params": best, "validation_rmse": best_rmse,
-                             "rmse": float(np.mean(rmses)), "mae": float(np.mean(maes)),
-                             "rmse_by_fold": rmses, "fit_seconds": float(np.mean(seconds))}}
+                             "rmse": theirs["rmse"], "mae": theirs["mae"],
+                             "rmse_by_fold": theirs["rmse_by_fold"],
+                             "fit_seconds": theirs["fit_seconds"]}}
 
 
 def score(scorer: Scorer, train: sp.csr_matrix, users: np.ndarray,

@@ -32,6 +32,14 @@ class Factors:
     def k(self) -> int:
         return int(self.singular_values.size)
 
+    def leading(self, k: int) -> Factors:
+        """The first k components (the rank-k truncation of this factorization)."""
+        s = self.singular_values[:k]
+        energy = float(np.sum(s.astype(np.float64) ** 2) / self.total_energy
+                       ) if self.total_energy > 0 else 0.0
+        return Factors(self.user_factors[:, :k], s, self.item_factors[:, :k], energy,
+                       self.total_energy)
+
 
 @dataclass(frozen=True)
 class Embedding:

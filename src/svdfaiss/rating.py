@@ -15,6 +15,7 @@ same for every item of a user.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -245,46 +246,85 @@ def rating_folds(nnz: int, folds: int = 5, seed: int = 42) -> np.ndarray:
     return assignment
 
 
+@dataclass(frozen=True)
+class RatingPart:
+    """A train matrix and the held-out ratings to predict: (rows, cols) -> ratings."""
+
+    train: sp.csr_matrix
+    rows: np.ndarray
+    cols: np.ndarray
+    ratings: np.ndarray
+
+    def errors(self, predicted: np.ndarray) -> tuple[float, float]:
+        """RMSE and MAE of predictions for the held-out ratings."""
+        error = np.asarray(predicted, dtype=np.float64) - self.ratings
+        return float(np.sqrt(np.mean(error ** 2))), float(np.mean(np.abs(error)))
+
+
+def _part(shape: tuple[int, int], rows: np.ndarray, cols: np.ndarray, data: np.ndarray,
+          held: np.ndarray) -> RatingPart:
+    train = sp.csr_matrix((data[~held], (rows[~held], cols[~held])), shape=shape)
+    return RatingPart(train, rows[held], cols[held], data[held])
+
+
+def fold_parts(matrix: sp.csr_matrix, folds: int = 5, seed: int = 42) -> list[RatingPart]:
+    """The k folds of the protocol: each fold held out once, the others train."""
+    coo = matrix.tocoo()
+    assignment = rating_folds(coo.nnz, folds, seed)
+    return [_part(matrix.shape, coo.row, coo.col, coo.data, assignment == fold)
+            for fold in range(folds)]
+
+
+def validation_part(matrix: sp.csr_matrix, seed: int = 42) -> RatingPart:
+    """The tuning split: a fifth (seed + 1) of fold 0's train part held out; no test fold
+    rating is ever seen."""
+    coo = matrix.tocoo()
+    train = rating_folds(coo.nnz, 5, seed) != 0
+    inner = rating_folds(int(train.sum()), 5, seed + 1)
+    return _part(matrix.shape, coo.row[train], coo.col[train], coo.data[train], inner == 0)
+
+
+FitPredict = Callable[[RatingPart], tuple[np.ndarray, float]]  # predictions, fit seconds
+
+
+def cross_validate_with(matrix: sp.csr_matrix, fit_predict: FitPredict, folds: int = 5,
+                        seed: int = 42) -> dict[str, Any]:
+    """k-fold RMSE and MAE of any rating predictor (mean over folds) and its mean fit time."""
+    rmses, maes, seconds = [], [], []
+    for part in fold_parts(matrix, folds, seed):
+        predicted, fit = fit_predict(part)
+        rmse, mae = part.errors(predicted)
+        rmses.append(rmse)
+        maes.append(mae)
+        seconds.append(fit)
+    return {"rmse": float(np.mean(rmses)), "mae": float(np.mean(maes)),
+            "rmse_by_fold": rmses, "fit_seconds": float(np.mean(seconds)),
+            "folds": folds, "seed": seed}
+
+
 def cross_validate(matrix: sp.csr_matrix, folds: int = 5, seed: int = 42,
                    **params: Any) -> dict[str, Any]:
     """k-fold RMSE and MAE of the rating model (mean over folds) and its mean fit time."""
-    coo = matrix.tocoo()
-    assignment = rating_folds(coo.nnz, folds, seed)
-    rmses, maes, seconds = [], [], []
-    for fold in range(folds):
-        test = assignment == fold
-        train = sp.csr_matrix((coo.data[~test], (coo.row[~test], coo.col[~test])),
-                              shape=matrix.shape)
+    def fit_predict(part: RatingPart) -> tuple[np.ndarray, float]:
         start = time.perf_counter()
-        model = fit_rating_model(train, **params)
-        seconds.append(time.perf_counter() - start)
-        error = model.predict(coo.row[test], coo.col[test]) - coo.data[test]
-        rmses.append(float(np.sqrt(np.mean(error ** 2))))
-        maes.append(float(np.mean(np.abs(error))))
-    return {"rmse": float(np.mean(rmses)), "mae": float(np.mean(maes)),
-            "rmse_by_fold": rmses, "fit_seconds": float(np.mean(seconds)),
-            "folds": folds, "seed": seed, "params": params}
+        model = fit_rating_model(part.train, **params)
+        seconds = time.perf_counter() - start
+        return model.predict(part.rows, part.cols), seconds
+
+    return {**cross_validate_with(matrix, fit_predict, folds, seed), "params": params}
 
 
 def tune_rating_model(matrix: sp.csr_matrix, grid: dict[str, tuple[float, ...]] | None = None,
                       seed: int = 42) -> dict[str, Any]:
-    """Choose k and reg on a validation fold carved from the first fold's train part, then
-    report the winner's 5-fold figures (validation never touches a test fold)."""
+    """Choose k and reg on `validation_part`, then report the winner's 5-fold figures."""
     grid = {**RATING_GRID, **(grid or {})}
-    coo = matrix.tocoo()
-    train = rating_folds(coo.nnz, 5, seed) != 0
-    inner = rating_folds(int(train.sum()), 5, seed + 1)
-    rows, cols, data = coo.row[train], coo.col[train], coo.data[train]
-    fit_part = sp.csr_matrix((data[inner != 0], (rows[inner != 0], cols[inner != 0])),
-                             shape=matrix.shape)
+    part = validation_part(matrix, seed)
     trials = []
     for k in grid["k"]:
         for reg in grid["reg"]:
-            model = fit_rating_model(fit_part, k=int(k), reg=float(reg))
-            held = inner == 0
-            error = model.predict(rows[held], cols[held]) - data[held]
-            trials.append({"k": int(k), "reg": float(reg),
-                           "rmse": float(np.sqrt(np.mean(error ** 2)))})
+            model = fit_rating_model(part.train, k=int(k), reg=float(reg))
+            rmse, _ = part.errors(model.predict(part.rows, part.cols))
+            trials.append({"k": int(k), "reg": float(reg), "rmse": rmse})
     best = min(trials, key=lambda t: t["rmse"])
     return {"validation": sorted(trials, key=lambda t: t["rmse"]), "best": best,
             "cross_validation": cross_validate(matrix, seed=seed, k=best["k"], reg=best["reg"])}

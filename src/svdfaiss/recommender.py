@@ -306,11 +306,14 @@ class Recommender:
             solved = fold_in_augmented(self.item_factors, self.rating_model["mu"], unique,
                                        np.full(unique.size, self.rating_model["high"]))
             return np.append(solved[:-1], 1.0).astype(np.float32)
+        vector: np.ndarray = self._fold_rows(self._basket_row(items))[0]
+        return vector
+
+    def _basket_row(self, items: np.ndarray) -> sp.csr_matrix:
+        """A basket as a raw user row: each item counted as often as it is given."""
         counts = np.bincount(items, minlength=self.n_items).astype(np.float32)
         nz = np.flatnonzero(counts)
-        row = sp.csr_matrix((counts[nz], nz, [0, nz.size]), shape=(1, self.n_items))
-        vector: np.ndarray = self._fold_rows(row)[0]
-        return vector
+        return sp.csr_matrix((counts[nz], nz, [0, nz.size]), shape=(1, self.n_items))
 
     # ------------------------------------------------------------------ search core
 
@@ -631,10 +634,7 @@ class Recommender:
                                         catalog_filter)
         because = None
         if explain and self.rating_model is None:
-            counts = np.bincount(known, minlength=self.n_items).astype(np.float32)
-            nz = np.flatnonzero(counts)
-            row = sp.csr_matrix((counts[nz], nz, [0, nz.size]), shape=(1, self.n_items))
-            because = self._explain(row, result.indexes)
+            because = self._explain(self._basket_row(known), result.indexes)
         return Results(result.ids, result.scores, result.indexes, result.fields, unknown,
                        reason="basket", because=because)
 

@@ -28,7 +28,7 @@ from svdfaiss.evaluation import (
     ranking_metrics,
     recommend_all,
 )
-from svdfaiss.factorize import truncated_svd
+from svdfaiss.factorize import Factors, truncated_svd
 from svdfaiss.index import IndexParams, build_index, mips_augment, mips_query
 from svdfaiss.weighting import WeightingParams, item_column_scale, weight_rows
 
@@ -82,7 +82,7 @@ def _long_tail(directory: Path, matrix: sp.csr_matrix) -> tuple[str, float]:
 
 
 def _spectrum(directory: Path, matrix: sp.csr_matrix, scheme: str,
-              beta: float) -> tuple[str, dict[str, float]]:
+              beta: float) -> tuple[str, dict[str, float], Factors]:
     k = min(256, min(matrix.shape) - 1)
     scale, mean_row = item_column_scale(matrix, scheme, beta)
     weighting = WeightingParams(scheme=scheme, beta=beta,  # type: ignore[arg-type]
@@ -100,7 +100,7 @@ def _spectrum(directory: Path, matrix: sp.csr_matrix, scheme: str,
     twin.set_ylim(0, 1)
     ax.set_title(f"{k} components explain {energy[-1]:.1%} of the weighted matrix")
     marks = {f"k={c}": float(energy[c - 1]) for c in K_SWEEP if c <= k}
-    return _save(fig, directory, "spectrum.png"), marks
+    return _save(fig, directory, "spectrum.png"), marks, factors
 
 
 def _against_k(directory: Path, matrix: sp.csr_matrix, scheme: str, beta: float,
@@ -131,9 +131,13 @@ def _against_k(directory: Path, matrix: sp.csr_matrix, scheme: str, beta: float,
 
 
 def _ann_curve(directory: Path, matrix: sp.csr_matrix, scheme: str, beta: float,
-               shrinkage: float, k: int) -> tuple[str, list[dict[str, Any]]]:
-    """recall@10 against exact search, and time per query, as IVF and HNSW settings vary."""
-    model = fit_svd(matrix, k, scheme, beta, shrinkage)
+               shrinkage: float, k: int,
+               spectrum: Factors) -> tuple[str, list[dict[str, Any]]]:
+    """recall@10 against exact search, and time per query, as IVF and HNSW settings vary.
+
+    The model is the spectrum's SVD cut to k components when it has that many."""
+    model = fit_svd(matrix, k, scheme, beta, shrinkage,
+                    factors=spectrum.leading(k) if k <= spectrum.k else None)
     items = mips_augment(model.item_factors)
     rng = np.random.default_rng(0)
     users = np.sort(rng.choice(matrix.shape[0], min(ANN_QUERIES, matrix.shape[0]),
@@ -220,14 +224,14 @@ def write_report(directory: Path, inter: Interactions, report: dict[str, Any], k
     name, head = _long_tail(directory, matrix)
     figures.append(("The long tail", name,
                     f"The most popular 20% of items hold {head:.0%} of interactions."))
-    name, energy = _spectrum(directory, matrix, scheme, beta)
+    name, energy, spectrum = _spectrum(directory, matrix, scheme, beta)
     figures.append(("Singular value spectrum", name,
                     "Explained energy at k: " + ", ".join(f"{c} {e:.1%}"
                                                           for c, e in energy.items())))
     name, sweep, ranked = _against_k(directory, matrix, scheme, beta, shrinkage, k)
     figures.append(("Metrics against k", name, _table(["k", "ndcg@10", "recall@20"],
                                                       [list(r.values()) for r in sweep])))
-    name, points = _ann_curve(directory, matrix, scheme, beta, shrinkage, k)
+    name, points = _ann_curve(directory, matrix, scheme, beta, shrinkage, k, spectrum)
     figures.append(("ANN recall against latency", name, _table(
         ["index", "setting", "recall@10", "ms/query"],
         [[p["index"], p.get("nprobe", p.get("efSearch")), p["recall@10"], p["ms"]]
