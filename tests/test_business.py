@@ -43,8 +43,9 @@ def test_filters_return_only_matching_items_exactly_k_and_the_exact_top(rec):
                CatalogFilter(in_stock=True), CatalogFilter(in_stock=False),
                CatalogFilter(category=name, max_price=median_in_category, in_stock=True)]
     for f in filters:
-        allowed = rec.filter_set(f)
-        assert allowed is not None and allowed.size > 0
+        in_catalog = rec.filter_set(f)  # catalog-only items too (content and hybrid modes)
+        assert in_catalog is not None and in_catalog.size > 0
+        allowed = in_catalog[in_catalog < rec.n_items]
         for row in (0, 11, 300):
             user = rec.user_ids[row].decode()
             got = rec.recommend(user, k=10, catalog_filter=f)
@@ -53,9 +54,13 @@ def test_filters_return_only_matching_items_exactly_k_and_the_exact_top(rec):
             assert len(got) == min(10, expected.size)
             assert list(got.indexes) == list(expected)
         item = rec.item_ids[5].decode()
-        similar = rec.similar_items(item, k=10, catalog_filter=f)
+        similar = rec.similar_items(item, k=10, catalog_filter=f, mode="cf")
         assert _passes(rec, similar.indexes, f) and 5 not in similar.indexes
         assert len(similar) == min(10, allowed.size - (5 in allowed))
+        for mode in ("content", "hybrid"):
+            similar = rec.similar_items(item, k=10, catalog_filter=f, mode=mode)
+            assert _passes(rec, similar.indexes, f) and 5 not in similar.indexes
+            assert len(similar) == min(10, in_catalog.size - (5 in in_catalog))
 
 
 def test_a_filter_keeping_one_item_in_a_thousand_still_returns_every_match(rec):

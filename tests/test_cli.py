@@ -113,7 +113,7 @@ def test_query_json_output_and_unknown_id_exit_code(published):
     payload = json.loads(result.stdout)
     assert payload["model"] == "m" and payload["version"] == "good"
     assert len(payload["items"]) == 3
-    assert set(payload["items"][0]) == {"item_id", "score", "title", "category", "price",
+    assert set(payload["items"][0]) == {"item_id", "score", "reason", "title", "category", "price",
                                         "in_stock"}
     missing = run_cli(["query", "similar", "no-such-item", "--model", "m", "--index-dir",
                        str(index_dir)])

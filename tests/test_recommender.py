@@ -40,7 +40,7 @@ def test_similar_items_match_brute_force_cosine_and_never_the_item_itself(rec):
     vectors = np.asarray(rec.item_vectors)
     for i in range(0, rec.n_items, 97):
         item_id = decode_ids(rec.item_ids[i : i + 1])[0]
-        result = rec.similar_items(item_id, 10)
+        result = rec.similar_items(item_id, 10, mode="cf")
         assert item_id not in result.ids and len(result) == 10
         scores = vectors @ vectors[i]
         scores[i] = -np.inf
@@ -75,8 +75,8 @@ def test_filtered_queries_return_exactly_k(rec):
     """Regression for benfred/implicit#736: a filter must not shorten (or pad) the list."""
     item_id = decode_ids(rec.item_ids[5:6])[0]
     user_id = decode_ids(rec.user_ids[7:8])[0]
-    deny = [r for r in rec.similar_items(item_id, 40).ids]
-    result = rec.similar_items(item_id, 10, filter_items=deny)
+    deny = [r for r in rec.similar_items(item_id, 40, mode="cf").ids]
+    result = rec.similar_items(item_id, 10, filter_items=deny, mode="cf")
     assert len(result) == 10 and not set(result.ids) & set(deny)
     deny_recs = rec.recommend(user_id, 50).ids
     result = rec.recommend(user_id, 10, filter_items=deny_recs)
@@ -105,12 +105,12 @@ def test_exactly_k_through_an_approximate_index_with_a_harsh_filter(sample, tmp_
     all_ids = decode_ids(model.item_ids)
     query, remaining = all_ids[0], all_ids[-15:]
     monkeypatch.setattr("svdfaiss.recommender.EXACT_CANDIDATES", 0)  # force the ANN path
-    for result in (model.similar_items(query, 10, filter_items=all_ids[1:-15]),
-                   model.similar_items(query, 10, items=remaining),
+    for result in (model.similar_items(query, 10, filter_items=all_ids[1:-15], mode="cf"),
+                   model.similar_items(query, 10, items=remaining, mode="cf"),
                    model.recommend(decode_ids(model.user_ids[:1])[0], 10, items=remaining)):
         assert len(result) == 10 and set(result.ids) <= set(remaining)
     exact = model.item_vectors[-15:] @ model.item_vectors[0]
-    np.testing.assert_allclose(model.similar_items(query, 10, items=remaining).scores,
+    np.testing.assert_allclose(model.similar_items(query, 10, items=remaining, mode="cf").scores,
                                np.sort(exact)[::-1][:10], rtol=1e-5)
     user = decode_ids(model.user_ids[5:6])[0]
     assert len(model.similar_users(user, 10, filter_users=decode_ids(model.user_ids[:4000]))) == 10
@@ -134,11 +134,11 @@ def test_approximate_indexes_reach_recall_095_on_the_sample(sample, tmp_path, ki
     recall = {}
     items = decode_ids(approx.item_ids[::10])
     users = decode_ids(approx.user_ids[::25])
-    for name, method, ids in [("similar_items", "similar_items", items),
-                              ("recommend", "recommend", users),
-                              ("similar_users", "similar_users", users)]:
-        hits = sum(tie_aware_hits(getattr(rec, method)(i, 10), getattr(approx, method)(i, 10))
-                   for i in ids)
+    for name, method, ids, options in [("similar_items", "similar_items", items, {"mode": "cf"}),
+                                       ("recommend", "recommend", users, {}),
+                                       ("similar_users", "similar_users", users, {})]:
+        hits = sum(tie_aware_hits(getattr(rec, method)(i, 10, **options),
+                                  getattr(approx, method)(i, 10, **options)) for i in ids)
         recall[name] = hits / (10 * len(ids))
     assert recall["similar_items"] >= 0.95 and recall["similar_users"] >= 0.95, recall
     # Recommendations through IVF on MIPS-reduced vectors: a known weak spot (measured 0.93,
@@ -209,8 +209,8 @@ def test_short_deny_lists_take_the_overfetch_path_and_stay_exact(rec, monkeypatc
     monkeypatch.setattr(rec, "similar_ids", None)  # bypass the stored neighbours: search
     vectors = np.asarray(rec.item_vectors)
     item_id = decode_ids(rec.item_ids[42:43])[0]
-    deny = [*rec.similar_items(item_id, 6).ids[::2], "unknown-id"]
-    result = rec.similar_items(item_id, 10, filter_items=deny)
+    deny = [*rec.similar_items(item_id, 6, mode="cf").ids[::2], "unknown-id"]
+    result = rec.similar_items(item_id, 10, filter_items=deny, mode="cf")
     denied = set(rec._item_set(deny).tolist()) | {42}
     scores = vectors @ vectors[42]
     scores[list(denied)] = -np.inf
@@ -219,9 +219,10 @@ def test_short_deny_lists_take_the_overfetch_path_and_stay_exact(rec, monkeypatc
 
 
 def test_neighbours_stored_at_build_time_answer_like_a_search(rec, sample, tmp_path):
-    assert rec.manifest["similar_cache"] == {"k": 50, "source": "flat"}
-    build(BuildConfig(input=sample.events, model="nocache", index_dir=tmp_path, catalog=None,
-                      similar_cache=0))
+    # The sample has a catalog with titles: the stored neighbours are the default, hybrid.
+    assert rec.manifest["similar_cache"] == {"k": 50, "source": "flat", "mode": "hybrid"}
+    build(BuildConfig(input=sample.events, model="nocache", index_dir=tmp_path,
+                      catalog=sample.catalog, similar_cache=0))
     plain = Recommender.load(tmp_path, "nocache")
     assert plain.manifest["similar_cache"] is None and plain.similar_ids is None
     for i in range(0, rec.n_items, 101):
@@ -231,19 +232,21 @@ def test_neighbours_stored_at_build_time_answer_like_a_search(rec, sample, tmp_p
             cached = rec.cached_similar_items(item_id, k, filter_items=filters)
             assert cached is not None
             searched = plain.similar_items(item_id, k, filter_items=filters)
+            assert cached.reason == searched.reason == "hybrid"
             assert cached.ids == searched.ids
             np.testing.assert_allclose(cached.scores, searched.scores, rtol=1e-5, atol=1e-6)
     item_id = decode_ids(rec.item_ids[:1])[0]
     assert rec.cached_similar_items(item_id, 51) is None  # beyond the cache: search
+    assert rec.cached_similar_items(item_id, 5, mode="cf") is None  # not the stored mode
     assert rec.cached_similar_items(item_id, 5, items=[item_id]) is None  # allow-list: search
-    assert len(rec.similar_items(item_id, 80)) == 80
+    assert len(rec.similar_items(item_id, 80, mode="cf")) == 80
 
 
 def test_a_batch_of_similar_items_equals_single_searches(rec, sample, tmp_path):
     items = decode_ids(rec.item_ids[::50])
     ks = [1 + (n * 7) % 80 for n in range(len(items))]
     for result, item, k in zip(rec.similar_items_batch(items, ks), items, ks, strict=True):
-        single = rec.similar_items(item, k, use_cache=False)
+        single = rec.similar_items(item, k, use_cache=False, mode="cf")
         assert result.ids == single.ids and len(result) == k
         np.testing.assert_allclose(result.scores, single.scores, rtol=1e-5, atol=1e-6)
     assert rec.similar_items_batch([], []) == []
@@ -259,7 +262,7 @@ def test_a_batch_of_similar_items_equals_single_searches(rec, sample, tmp_path):
     items = decode_ids(model.item_ids[::25])
     batch = model.similar_items_batch(items, [120] * len(items))
     assert all(len(r) == 120 for r in batch)
-    assert [r.ids for r in batch] == [model.similar_items(i, 120, use_cache=False).ids
+    assert [r.ids for r in batch] == [model.similar_items(i, 120, use_cache=False, mode="cf").ids
                                       for i in items]
 
 

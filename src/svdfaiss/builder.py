@@ -17,6 +17,14 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from svdfaiss import __version__, bundle
+from svdfaiss.content import (
+    DEFAULT_HYBRID_INTERACTIONS,
+    ContentParams,
+    cf_share,
+    content_vectors,
+    hybrid_pool,
+    hybrid_scores,
+)
 from svdfaiss.data import (
     DuplicatePolicy,
     Interactions,
@@ -104,6 +112,11 @@ class BuildConfig:
     objective: Literal["topn", "rating"] = "topn"
     rating_k: int = DEFAULT_RATING_K
     rating_reg: float = DEFAULT_REG
+    # Content vectors from the catalog's text and categories: "auto" builds them when the
+    # catalog has such columns; catalog items the log never mentions then get neighbours too.
+    content: Literal["auto", "on", "off"] = "auto"
+    content_params: ContentParams = field(default_factory=ContentParams)
+    hybrid_interactions: float = DEFAULT_HYBRID_INTERACTIONS  # see content.cf_share
 
     def resolved_similar_cache(self, n_items: int) -> int:
         """auto: 50 neighbours up to 200k items (seconds to compute), none above."""
@@ -147,6 +160,14 @@ class BuildConfig:
             raise InvalidInput(f"--similar-cache must be >= 0, got {self.similar_cache}")
         if self.catalog is not None and not Path(self.catalog).is_file():
             raise InvalidInput(f"{self.catalog}: catalog file not found")
+        if self.content not in ("auto", "on", "off"):
+            raise InvalidInput(f"--content {self.content!r}: choose auto, on or off")
+        if self.content == "on" and self.catalog is None:
+            raise InvalidInput("--content on needs a catalog (--items CATALOG)")
+        self.content_params.check()
+        if not 0 < self.hybrid_interactions <= 1e6:
+            raise InvalidInput(f"--hybrid-interactions must be in (0, 1e6], got "
+                               f"{self.hybrid_interactions}")
 
 
 @dataclass
@@ -171,8 +192,13 @@ class _Timer:
         self.seconds[name] = round(time.perf_counter() - start, 3)
 
 
-def read_catalog(path: Path, item_ids: np.ndarray) -> tuple[pa.Table, dict[str, Any]]:
-    """Catalog rows aligned to the model's items (nulls where the catalog lacks an item)."""
+def read_catalog(path: Path, item_ids: np.ndarray,
+                 keep_new: bool = False) -> tuple[pa.Table, dict[str, Any], np.ndarray]:
+    """Catalog rows aligned to the model's items (nulls where the catalog lacks an item).
+
+    With `keep_new`, the rows of catalog items the log never mentions follow, in the order of
+    the returned sorted id array (they get content neighbours); otherwise they are dropped.
+    """
     try:
         if path.suffix.lower() in {".parquet", ".pq"}:
             table = pq.read_table(path)
@@ -198,14 +224,23 @@ def read_catalog(path: Path, item_ids: np.ndarray) -> tuple[pa.Table, dict[str, 
     seen = np.zeros(item_ids.size, dtype=bool)
     take = np.full(item_ids.size, -1, dtype=np.int64)
     duplicates = 0
+    new_rows: dict[str, int] = {}
     for row, pos in enumerate(positions):
         if pos < 0:
+            item = ids[row]
+            if keep_new and item and "\x00" not in item:
+                if item in new_rows:
+                    duplicates += 1
+                else:
+                    new_rows[item] = row
             continue
         if seen[pos]:
             duplicates += 1
             continue
         seen[pos] = True
         take[pos] = row
+    new_ids = sorted(new_rows, key=lambda i: i.encode("utf-8"))
+    take = np.concatenate([take, np.array([new_rows[i] for i in new_ids], dtype=np.int64)])
     indices = pa.array(take, mask=take < 0)
     aligned = pa.table({n: table[n].take(indices) for n in names if n != id_col})
     info = {
@@ -215,8 +250,10 @@ def read_catalog(path: Path, item_ids: np.ndarray) -> tuple[pa.Table, dict[str, 
         "matched_items": int(seen.sum()),
         "duplicate_ids": duplicates,
         "columns": [n for n in names if n != id_col],
+        "new_items": len(new_ids),
     }
-    return aligned, info
+    width = max([1, *(len(i.encode("utf-8")) for i in new_ids)])
+    return aligned, info, np.array([i.encode("utf-8") for i in new_ids], dtype=f"S{width}")
 
 
 def _input_info(path: Path, inter: Interactions, options: ReadOptions) -> dict[str, Any]:
@@ -288,20 +325,37 @@ def build(config: BuildConfig, stage_hook: StageHook | None = None) -> BuildRepo
     with timer.stage("index items"):
         items_index = build_index(item_vectors, config.item_index, config.seed)
         mips_index = build_index(mips_augment(embedding.items), config.rec_index, config.seed)
-    similar = None
-    cache_k = config.resolved_similar_cache(inter.n_items)
-    if cache_k > 0:
-        with timer.stage("precompute similar"):
-            similar = precompute_neighbours(items_index, item_vectors, cache_k)
     users_index = None
     if user_vectors is not None and config.user_index is not None:
         with timer.stage("index users"):
             users_index = build_index(user_vectors, config.user_index, config.seed)
             del user_vectors
-    catalog = None
+    catalog, content = None, None
     if config.catalog is not None:
         with timer.stage("catalog"):
-            catalog = read_catalog(Path(config.catalog), inter.item_ids)
+            table, info, new_ids = read_catalog(Path(config.catalog), inter.item_ids,
+                                                keep_new=config.content != "off")
+            content = _content(config, table, info)
+            if content is None:  # no content: items the log lacks cannot be served
+                table = table.slice(0, inter.n_items)
+                new_ids, info["new_items"] = new_ids[:0], 0
+            catalog = (table, info, new_ids)
+    content_index = None
+    if content is not None:
+        with timer.stage("index content"):
+            content_index = build_index(content[0], config.item_index, config.seed)
+    similar = None
+    cache_k = config.resolved_similar_cache(inter.n_items)
+    if cache_k > 0:
+        with timer.stage("precompute similar"):
+            if content is None or content_index is None:
+                similar = precompute_neighbours(items_index, item_vectors, cache_k)
+            else:
+                counts = np.bincount(inter.matrix.indices, minlength=inter.n_items)
+                similar = precompute_hybrid(items_index, item_vectors, content_index,
+                                            content[0], cf_share(counts,
+                                                                 config.hybrid_interactions),
+                                            cache_k)
 
     directory = bundle.model_dir(Path(config.index_dir), config.model)
     with bundle.model_lock(directory):
@@ -311,6 +365,10 @@ def build(config: BuildConfig, stage_hook: StageHook | None = None) -> BuildRepo
             with timer.stage("write"):
                 _write_files(writer, inter, factors, item_vectors, embedding, scale,
                              items_index, mips_index, users_index, catalog)
+                if content is not None and catalog is not None and content_index is not None:
+                    writer.save_array("content_vectors.npy", content[0])
+                    writer.save_array("new_item_ids.npy", catalog[2])
+                    write_index(content_index, writer.path("content.faiss"))
                 if rating is not None:
                     writer.save_array("rating_users.npy", rating.user_vectors())
                     writer.save_array("rating_user_bias.npy",
@@ -324,6 +382,10 @@ def build(config: BuildConfig, stage_hook: StageHook | None = None) -> BuildRepo
                 "items_mips": _index_meta("items_mips.faiss", mips_index, config.rec_index,
                                           "inner product (MIPS reduction)", "recommendations"),
             }
+            if content_index is not None:
+                indexes["content"] = _index_meta("content.faiss", content_index,
+                                                 config.item_index, "cosine",
+                                                 "content and hybrid similar items")
             if users_index is not None and config.user_index is not None:
                 indexes["users"] = _index_meta("users.faiss", users_index, config.user_index,
                                                "cosine", "similar users")
@@ -335,8 +397,14 @@ def build(config: BuildConfig, stage_hook: StageHook | None = None) -> BuildRepo
                 "mu": rating.mu, "k": config.rating_k, "reg": config.rating_reg,
                 "low": rating.low, "high": rating.high,
                 "prediction": "mu + b_u + [p_u, 1] . [q_i, b_i], clipped to [low, high]"}
-            manifest["similar_cache"] = ({"k": cache_k, "source": indexes["items"]["type"]}
-                                         if similar is not None else None)
+            manifest["content"] = None if content is None else {
+                **content[1], "new_items": int(catalog[2].size) if catalog else 0,
+                "hybrid_interactions": config.hybrid_interactions,
+                "hybrid": "a * cf + (1 - a) * content, a = n / (n + hybrid_interactions), n "
+                          "the item's training interactions"}
+            manifest["similar_cache"] = None if similar is None else {
+                "k": cache_k, "source": indexes["items"]["type"],
+                "mode": "cf" if content is None else "hybrid"}
             with timer.stage("publish"):
                 path = writer.publish(manifest, version)
         except BaseException:
@@ -344,6 +412,43 @@ def build(config: BuildConfig, stage_hook: StageHook | None = None) -> BuildRepo
             raise
     manifest["timings_seconds"] = timer.seconds
     return BuildReport(path=path, manifest=manifest, seconds=timer.seconds)
+
+
+def _content(config: BuildConfig, table: pa.Table,
+             info: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]] | None:
+    """Content vectors for the catalog rows, or None when off (or auto and nothing to use)."""
+    if config.content == "off":
+        return None
+    try:
+        return content_vectors(table, config.content_params, config.seed)
+    except InvalidInput as exc:
+        if config.content == "on" or config.content_params.text_columns is not None or \
+                config.content_params.category_column is not None:
+            raise InvalidInput(f"{info['path']}: {exc}") from None
+        return None
+
+
+def precompute_hybrid(cf_index: Any, cf_vectors: np.ndarray, content_index: Any,
+                      content: np.ndarray, share: np.ndarray, k: int,
+                      batch: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+    """Each model item's k hybrid neighbours (content.fuse) over the union of its
+    hybrid_pool(k) nearest by CF and by content, as a query would fuse them; the ids may name
+    catalog-only items (>= the model's items)."""
+    n = cf_vectors.shape[0]
+    pool = hybrid_pool(k) + 1  # the item itself comes back too
+    ids_out = np.full((n, k), -1, dtype=np.int32)
+    scores_out = np.full((n, k), -np.inf, dtype=np.float32)
+    for start in range(0, n, batch):
+        rows = np.arange(start, min(start + batch, n))
+        _, by_cf = search(cf_index, cf_vectors[rows], min(pool, n))
+        _, by_content = search(content_index, content[rows], min(pool, content.shape[0]))
+        candidates = np.hstack([by_cf, by_content]).astype(np.int64)
+        scores = hybrid_scores(rows, candidates, cf_vectors, content, share[rows])
+        top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        ids_out[rows] = np.take_along_axis(candidates, top, axis=1)
+        scores_out[rows] = np.take_along_axis(scores, top, axis=1)
+    ids_out[~np.isfinite(scores_out)] = -1
+    return ids_out, scores_out
 
 
 def precompute_neighbours(index: Any, vectors: np.ndarray, k: int,
@@ -377,7 +482,7 @@ def _write_files(
     items_index: Any,
     mips_index: Any,
     users_index: Any,
-    catalog: tuple[pa.Table, dict[str, Any]] | None,
+    catalog: tuple[pa.Table, dict[str, Any], np.ndarray] | None,
 ) -> None:
     writer.save_array("item_ids.npy", inter.item_ids)
     writer.save_array("user_ids.npy", inter.user_ids)

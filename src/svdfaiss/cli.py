@@ -193,6 +193,20 @@ def build(
     ivf_nprobe: int = 32,
     items_catalog: Annotated[Path | None, typer.Option(
         "--items", help="Catalog CSV/Parquet with item_id, title, category, price.")] = None,
+    content: Annotated[str, typer.Option(
+        help="auto|on|off: content vectors (TF-IDF of the catalog's text and categories) "
+             "for content and hybrid similar items; auto builds them when the catalog has "
+             "such columns.")] = "auto",
+    text_columns: Annotated[str | None, typer.Option(
+        help="Comma-separated catalog columns of text (default: title, name, description "
+             "found).")] = None,
+    category_column: Annotated[str | None, typer.Option(
+        help="The catalog column of categories, 'a|b' for several (default: category or "
+             "genres found).")] = None,
+    content_dim: Annotated[int, typer.Option(help="Size of the content vectors.")] = 64,
+    hybrid_interactions: Annotated[float, typer.Option(
+        help="Hybrid similar items: an item with n interactions weighs CF by n / (n + this) "
+             "and content by the rest.")] = 5.0,
     similar_cache: Annotated[int | None, typer.Option(
         min=0, help="Neighbours precomputed per item (default: 50 up to 200k items; 0: off).")]
     = None,
@@ -214,6 +228,7 @@ def build(
     """Build a bundle from an interaction log and publish it as the model's CURRENT version."""
     from svdfaiss.builder import RECOMMENDATION_INDEX, BuildConfig
     from svdfaiss.builder import build as run_build
+    from svdfaiss.content import ContentParams
     from svdfaiss.data import ReadOptions
     from svdfaiss.index import IndexParams
 
@@ -223,6 +238,7 @@ def build(
                "--weighting": (weighting, ("auto", "none", "binary", "log", "bm25")),
                "--solver": (solver, ("arpack", "randomized")),
                "--objective": (objective, ("topn", "rating")),
+               "--content": (content, ("auto", "on", "off")),
                "--index": (index, ("auto", "flat", "hnsw", "ivf")),
                "--rec-index": (rec_index, ("auto", "flat", "hnsw", "ivf")),
                "--user-index": (user_index, ("auto", "flat", "hnsw", "ivf", "none"))}
@@ -264,6 +280,12 @@ def build(
         objective=objective,  # type: ignore[arg-type]
         rating_k=rating_k,
         rating_reg=rating_reg,
+        content=content,  # type: ignore[arg-type]
+        content_params=ContentParams(
+            text_columns=None if text_columns is None else tuple(
+                c.strip() for c in text_columns.split(",") if c.strip()),
+            category_column=category_column, dim=content_dim),
+        hybrid_interactions=hybrid_interactions,
     )
     report = run_build(config, _stage_status)
     if json_out:
@@ -646,6 +668,9 @@ def query_similar(item_id: str, model: ModelOpt = "default",
                   items: ListOpt = None, filter_items: ListOpt = None,
                   category: CategoryOpt = None, min_price: MinPriceOpt = None,
                   max_price: MaxPriceOpt = None, in_stock: InStockOpt = None,
+                  mode: Annotated[str, typer.Option(
+                      help="cf, content or hybrid (content needs a build with --items).")]
+                  = "hybrid",
                   json_out: JsonOpt = False) -> None:
     """Items similar to ITEM_ID."""
     from svdfaiss.recommender import CatalogFilter
@@ -653,7 +678,8 @@ def query_similar(item_id: str, model: ModelOpt = "default",
     rec = _load(index_dir, model)
     _print_results(rec, rec.similar_items(
         item_id, k, items, filter_items,
-        catalog_filter=CatalogFilter(category, min_price, max_price, in_stock)), json_out)
+        catalog_filter=CatalogFilter(category, min_price, max_price, in_stock), mode=mode),
+        json_out)
 
 
 @query_app.command("recommend")

@@ -32,6 +32,22 @@ class UnknownItem(SvdfaissError, KeyError):
         return f"unknown item id {self.item_id!r}"
 
 
+class NotInMode(UnknownItem):
+    """An item the requested mode cannot place (a 404): a catalog-only item has no CF
+    vector, an item without catalog text or category no content vector."""
+
+    def __init__(self, item_id: str, mode: str) -> None:
+        super().__init__(item_id)
+        self.mode = mode
+
+    def __str__(self) -> str:
+        if self.mode == "cf":
+            return (f"item {self.item_id!r} is in the catalog but has no interactions: use "
+                    "mode=content or mode=hybrid")
+        return (f"item {self.item_id!r} has no content (no catalog text or category, or a "
+                "model built without content vectors): use mode=cf")
+
+
 class UnknownItems(InvalidInput):
     """None of several item ids is known (a basket with nothing to fold in)."""
 

@@ -20,10 +20,12 @@ import pyarrow.parquet as pq
 import scipy.sparse as sp
 
 from svdfaiss import bundle
+from svdfaiss.content import cf_share, hybrid_pool, hybrid_scores
 from svdfaiss.data import decode_ids, lookup, lookup_one
 from svdfaiss.errors import (
     InvalidBundle,
     InvalidInput,
+    NotInMode,
     UnknownItem,
     UnknownItems,
     UnknownUser,
@@ -99,6 +101,7 @@ class CatalogFilter:
 
 
 NO_FILTER = CatalogFilter()
+MODES = ("cf", "content", "hybrid")  # similar items: collaborative, catalog content, a blend
 EXPLAIN_TOP = 3  # history items named per recommended item
 FILTER_CACHE = 256  # business filters whose item sets are kept
 
@@ -164,6 +167,7 @@ class Recommender:
                 lambda q: q)
         self.similar_ids: np.ndarray | None = None
         self.similar_scores: np.ndarray | None = None
+        self.similar_mode: str = (manifest.get("similar_cache") or {}).get("mode", "cf")
         if manifest.get("similar_cache"):
             self.similar_ids = _load_array(version_dir, "similar_ids.npy")
             self.similar_scores = _load_array(version_dir, "similar_scores.npy")
@@ -171,6 +175,16 @@ class Recommender:
         if "catalog.parquet" in manifest["files"]:
             table = pq.read_table(version_dir / "catalog.parquet")
             self.catalog = {n: table[n].to_numpy(zero_copy_only=False) for n in table.column_names}
+        # Content vectors cover the model's items, then catalog items the log never named.
+        self.content: dict[str, Any] | None = manifest.get("content")
+        self.new_item_ids: np.ndarray = np.empty(0, dtype="S1")
+        self.content_vectors: np.ndarray | None = None
+        self._content: _Space | None = None
+        if self.content is not None:
+            self.new_item_ids = _load_array(version_dir, "new_item_ids.npy")
+            self.content_vectors = _load_array(version_dir, "content_vectors.npy")
+            self._content = self._space(indexes["content"], self.content_vectors, lambda q: q)
+        self.n_catalog = self.n_items + int(self.new_item_ids.shape[0])
         self._category_sets: dict[str, np.ndarray] | None = None  # built on first use
         self._filter_cache: dict[CatalogFilter, np.ndarray] = {}  # insertion order: oldest first
         self._filter_lock = threading.Lock()
@@ -257,11 +271,27 @@ class Recommender:
             raise UnknownUser(user_id)
         return found
 
-    def _item_set(self, item_ids: Iterable[str] | None) -> np.ndarray | None:
-        """Internal indexes of the known ids of a filter list (unknown ids cannot match)."""
+    def catalog_index(self, item_id: str) -> int:
+        """Position of an item among the model's items, then the catalog-only items."""
+        found = lookup_one(self.item_ids, item_id)
+        if found >= 0:
+            return found
+        found = lookup_one(self.new_item_ids, item_id) if self.new_item_ids.size else -1
+        if found < 0:
+            raise UnknownItem(item_id)
+        return self.n_items + found
+
+    def _item_set(self, item_ids: Iterable[str] | None,
+                  with_new: bool = False) -> np.ndarray | None:
+        """Internal indexes of the known ids of a filter list (unknown ids cannot match);
+        `with_new` also finds catalog-only items (positions from n_items on)."""
         if item_ids is None:
             return None
-        found = lookup(self.item_ids, list(item_ids))
+        ids = list(item_ids)
+        found = lookup(self.item_ids, ids)
+        if with_new and self.new_item_ids.size:
+            new = lookup(self.new_item_ids, ids)
+            found = np.concatenate([found, new[new >= 0] + self.n_items])
         return np.unique(found[found >= 0])
 
     def _user_set(self, user_ids: Iterable[str] | None) -> np.ndarray | None:
@@ -399,9 +429,9 @@ class Recommender:
         return cached
 
     def _compute_filter_set(self, catalog_filter: CatalogFilter) -> np.ndarray:
-        keep = np.ones(self.n_items, dtype=bool)
+        keep = np.ones(self.n_catalog, dtype=bool)
         if catalog_filter.category is not None:
-            in_category = np.zeros(self.n_items, dtype=bool)
+            in_category = np.zeros(self.n_catalog, dtype=bool)
             in_category[self._categories().get(catalog_filter.category, _NONE)] = True
             keep &= in_category
         if catalog_filter.min_price is not None or catalog_filter.max_price is not None:
@@ -420,10 +450,13 @@ class Recommender:
         result.flags.writeable = False  # shared by every query with this filter
         return result
 
-    def _allowed(self, items: Iterable[str] | None,
-                 catalog_filter: CatalogFilter) -> np.ndarray | None:
-        """The allow-list and the business filters together (None: everything allowed)."""
-        listed, filtered = self._item_set(items), self.filter_set(catalog_filter)
+    def _allowed(self, items: Iterable[str] | None, catalog_filter: CatalogFilter,
+                 with_new: bool = False) -> np.ndarray | None:
+        """The allow-list and the business filters together (None: everything allowed);
+        model items only unless `with_new` (the content space)."""
+        listed, filtered = self._item_set(items, with_new), self.filter_set(catalog_filter)
+        if filtered is not None and not with_new and self.n_catalog > self.n_items:
+            filtered = filtered[: int(np.searchsorted(filtered, self.n_items))]
         if listed is None or filtered is None:
             return filtered if listed is None else listed
         return np.intersect1d(listed, filtered, assume_unique=True)
@@ -482,12 +515,26 @@ class Recommender:
         return out
 
     def _items_result(self, scores: np.ndarray, idx: np.ndarray,
-                      unknown: list[str] | None = None) -> Results:
+                      unknown: list[str] | None = None, reason: str | None = None) -> Results:
         fields = {name: col[idx].tolist() for name, col in self.catalog.items()}
-        return Results(decode_ids(self.item_ids[idx]), [float(s) for s in scores], idx, fields,
-                       unknown or [])
+        return Results(self._external_items(idx), [float(s) for s in scores], idx, fields,
+                       unknown or [], reason)
+
+    def _external_items(self, idx: np.ndarray) -> list[str]:
+        if self.new_item_ids.size == 0 or idx.size == 0 or int(idx.max()) < self.n_items:
+            return decode_ids(self.item_ids[idx])
+        return [(self.item_ids[i] if i < self.n_items else
+                 self.new_item_ids[i - self.n_items]).decode("utf-8") for i in idx.tolist()]
 
     # ------------------------------------------------------------------ queries
+
+    def resolve_mode(self, mode: str) -> str:
+        """The similar-items mode a request gets: hybrid is cf for a model without content."""
+        if mode not in MODES:
+            raise InvalidInput(f"mode {mode!r}: choose one of {', '.join(MODES)}")
+        if mode == "hybrid" and self._content is None:
+            return "cf"
+        return mode
 
     def similar_items(
         self,
@@ -497,25 +544,65 @@ class Recommender:
         filter_items: Iterable[str] | None = None,
         use_cache: bool = True,
         catalog_filter: CatalogFilter = NO_FILTER,
+        mode: str = "hybrid",
     ) -> Results:
-        """Items closest to an item by cosine of their embeddings (never the item itself).
+        """Items closest to an item (never the item itself), by one of three modes.
+
+        - cf: cosine of the SVD item vectors (the items' audiences);
+        - content: cosine of the catalog's content vectors (text and categories);
+        - hybrid (the default): a * cf + (1 - a) * content over the union of both modes'
+          content.hybrid_pool(k) nearest, with a = n / (n + hybrid_interactions) for an
+          item with n interactions (content.cf_share). A catalog item with no interactions
+          is pure content; a model built without content answers hybrid as cf.
 
         Answered from the neighbours stored at build time when they can; `use_cache=False`
-        goes straight to the index (for a caller that already tried the cache). Business
-        filters run inside the index (an IDSelector), so a filter keeping few items still
-        gets k of them when k exist.
+        goes straight to the indexes. Business filters run inside the indexes (an
+        IDSelector), so a filter keeping few items still gets k of them when k exist.
         """
-        item = self.item_index(item_id)
-        denied = self._item_set(filter_items)
-        if use_cache and not catalog_filter.active:
-            cached = self._cached_similar(item, k, items, denied)
+        mode = self.resolve_mode(mode)
+        position = self.catalog_index(item_id)
+        if position >= self.n_items:  # in the catalog, never in the log: content only
+            if mode == "cf":
+                raise NotInMode(item_id, "cf")
+            mode = "content"
+        elif mode == "hybrid" and not self._has_content(position):
+            mode = "cf"
+        with_new = mode != "cf"
+        denied = self._item_set(filter_items, with_new)
+        if use_cache and not catalog_filter.active and position < self.n_items:
+            cached = self._cached_similar(position, k, items, denied, mode)
             if cached is not None:
                 return cached
-        excluded = np.append(_NONE if denied is None else denied, item)
-        query = np.asarray(self.item_vectors[item], dtype=np.float32)
-        scores, idx = self._top_k(self._items, query, k, self._allowed(items, catalog_filter),
-                                  excluded)
-        return self._items_result(scores, idx)
+        excluded = np.append(_NONE if denied is None else denied, position)
+        allowed = self._allowed(items, catalog_filter, with_new)
+        if mode == "cf":
+            query = np.asarray(self.item_vectors[position], dtype=np.float32)
+            scores, idx = self._top_k(self._items, query, k, allowed, excluded)
+            return self._items_result(scores, idx, reason="cf")
+        if not self._has_content(position) or self._content is None:
+            raise NotInMode(item_id, mode)
+        content_query = np.asarray(self.content_vectors[position],  # type: ignore[index]
+                                   dtype=np.float32)
+        pool = k if mode == "content" else hybrid_pool(k)
+        scores, idx = self._top_k(self._content, content_query, pool, allowed, excluded)
+        if mode == "content":
+            return self._items_result(scores, idx, reason="content")
+        in_model = None if allowed is None else allowed[allowed < self.n_items]
+        _, by_cf = self._top_k(self._items, np.asarray(self.item_vectors[position],
+                                                      dtype=np.float32),
+                               pool, in_model, excluded[excluded < self.n_items])
+        candidates = np.union1d(idx, by_cf)
+        share = cf_share(self._popularity()[0][position : position + 1],
+                         float(self.content["hybrid_interactions"]))  # type: ignore[index]
+        fused = hybrid_scores(np.array([position]), candidates[None, :], self.item_vectors,
+                              self.content_vectors, share)[0]  # type: ignore[arg-type]
+        top = np.argsort(-fused, kind="stable")[:k]
+        top = top[np.isfinite(fused[top])]
+        return self._items_result(fused[top], candidates[top], reason="hybrid")
+
+    def _has_content(self, position: int) -> bool:
+        return self.content_vectors is not None and bool(
+            np.any(self.content_vectors[position]))
 
     def similar_items_batch(self, item_ids: Sequence[str], ks: Sequence[int]) -> list[Results]:
         """Unfiltered similar items for many ids (with a k each) in one FAISS call.
@@ -540,9 +627,9 @@ class Recommender:
             k = min(k, self.n_items - 1)
             if int(keep.sum()) >= k:
                 out.append(self._items_result(scores[n][keep][:k],
-                                              ids[n][keep][:k].astype(np.int64)))
+                                              ids[n][keep][:k].astype(np.int64), reason="cf"))
             else:
-                out.append(self.similar_items(item_id, k, use_cache=False))
+                out.append(self.similar_items(item_id, k, use_cache=False, mode="cf"))
         return out
 
     def cached_similar_items(
@@ -551,21 +638,31 @@ class Recommender:
         k: int = 10,
         items: Iterable[str] | None = None,
         filter_items: Iterable[str] | None = None,
+        mode: str = "hybrid",
     ) -> Results | None:
         """The answer from neighbours stored at build time, or None when they cannot give it
-        (no cache, an allow-list, k beyond the cache, or a deny-list that leaves too few).
+        (no cache, another mode, an allow-list, k beyond the cache, or a deny-list that
+        leaves too few).
 
-        Cheap enough to run on an event loop: no FAISS call.
+        Cheap enough to run on an event loop: no FAISS call. Raises UnknownItem only for
+        an id neither the model nor the catalog knows.
         """
         if self.similar_ids is None or items is not None:
             return None
-        return self._cached_similar(self.item_index(item_id), k, items,
-                                    self._item_set(filter_items))
+        position = self.catalog_index(item_id)
+        if position >= self.n_items:
+            return None
+        mode = self.resolve_mode(mode)
+        return self._cached_similar(position, k, items,
+                                    self._item_set(filter_items, mode != "cf"), mode)
 
     def _cached_similar(
-        self, item: int, k: int, items: Iterable[str] | None, denied: np.ndarray | None
+        self, item: int, k: int, items: Iterable[str] | None, denied: np.ndarray | None,
+        mode: str,
     ) -> Results | None:
         if self.similar_ids is None or self.similar_scores is None or items is not None:
+            return None
+        if mode != self.similar_mode:
             return None
         if k < 1:
             raise InvalidInput(f"k must be at least 1, got {k}")
@@ -577,7 +674,8 @@ class Recommender:
         if chosen.size < min(k, self.n_items - 1):
             return None
         idx = row[chosen].astype(np.int64)
-        return self._items_result(np.asarray(self.similar_scores[item])[chosen], idx)
+        return self._items_result(np.asarray(self.similar_scores[item])[chosen], idx,
+                                  reason=mode)
 
     def recommend(
         self,

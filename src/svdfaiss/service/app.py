@@ -445,6 +445,8 @@ def _add_query_routes(app: FastAPI, holder: ModelHolder, settings: Settings) -> 
         ge=0, allow_inf_nan=False, description="catalog price bound")]
     StockQuery = Annotated[bool | None, Query(  # noqa: N806
         description="only items in stock (true) or out of stock (false)")]
+    ModeQuery = Annotated[Literal["cf", "content", "hybrid"], Query(  # noqa: N806
+        description="similar items by cf, content or hybrid (the default)")]
     not_found: dict[int | str, dict[str, Any]] = {
         404: {"model": schemas.Problem, "description": "unknown id"}}
     batcher = SearchBatcher() if settings.search_mode == "batch" else None
@@ -457,8 +459,15 @@ def _add_query_routes(app: FastAPI, holder: ModelHolder, settings: Settings) -> 
                             items: AllowQuery = None, filter_items: DenyQuery = None,
                             category: CategoryQuery = None, min_price: PriceQuery = None,
                             max_price: PriceQuery = None,
-                            in_stock: StockQuery = None) -> Response:
-        """Items most similar to an item (cosine of embeddings; never the item itself).
+                            in_stock: StockQuery = None,
+                            mode: ModeQuery = "hybrid") -> Response:
+        """Items most similar to an item (never the item itself).
+
+        `mode`: cf (cosine of the SVD item vectors), content (cosine of the catalog's text
+        and category vectors) or hybrid, the default: a * cf + (1 - a) * content with
+        a = n / (n + hybrid_interactions) for an item with n interactions, so a catalog item
+        nobody has bought yet gets content neighbours. A model built without content vectors
+        answers hybrid as cf. Each item's `reason` names the mode that ranked it.
 
         Business filters (category, price, stock) run inside the index: k results whenever
         k items pass them."""
@@ -467,14 +476,14 @@ def _add_query_routes(app: FastAPI, holder: ModelHolder, settings: Settings) -> 
         # Neighbours stored at build time answer on the event loop (an array slice); anything
         # needing FAISS goes to the thread pool so that a search never blocks the loop.
         result = (None if catalog_filter.active
-                  else rec.cached_similar_items(item_id, k, items, filter_items))
+                  else rec.cached_similar_items(item_id, k, items, filter_items, mode))
         plain = items is None and filter_items is None and not catalog_filter.active
-        if result is None and batcher is not None and plain:
-            rec.item_index(item_id)  # an unknown id is a 404 before it joins a batch
+        if (result is None and batcher is not None and plain and rec.resolve_mode(mode) == "cf"
+                and rec.catalog_index(item_id) < rec.n_items):  # unknown: 404 before batching
             result = await batcher.similar_items(rec, item_id, k)
         elif result is None:
             result = await run_in_threadpool(rec.similar_items, item_id, k, items, filter_items,
-                                             False, catalog_filter)
+                                             False, catalog_filter, mode)
         return _items(rec, result)
 
     @app.get("/users/{user_id:path}/recommendations", response_model=schemas.ItemsResponse,
@@ -550,7 +559,8 @@ def _add_query_routes(app: FastAPI, holder: ModelHolder, settings: Settings) -> 
         catalog_filter = CatalogFilter(body.category, body.min_price, body.max_price,
                                        body.in_stock)
         return _batch(rec, body.item_ids, lambda i: rec.similar_items(
-            i, body.k, body.items, body.filter_items, catalog_filter=catalog_filter))
+            i, body.k, body.items, body.filter_items, catalog_filter=catalog_filter,
+            mode=body.mode))
 
     @app.post("/batch/recommendations", response_model=schemas.BatchResponse,
               responses=too_large, tags=["batch"])

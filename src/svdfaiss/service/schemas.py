@@ -7,7 +7,7 @@ responses without validating each one (no per-item pydantic object on the way ou
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
@@ -139,7 +139,8 @@ def basket_request(max_ids: int, max_k: int, max_id_length: int) -> type[BaseMod
 def batch_request(field: str, max_batch: int, max_ids: int, max_k: int, max_id_length: int,
                   with_exclude_seen: bool) -> type[BaseModel]:
     """A POST /batch/... body: up to max_batch ids, one k and one set of filters for all
-    (allow/deny lists and the business filters); recommendations also take `explain`."""
+    (allow/deny lists and the business filters); recommendations also take `explain`,
+    similar items `mode`."""
     ids: Any = list[id_type(max_id_length)]  # type: ignore[misc]
     fields = {
         field: (ids, Field(min_length=1, max_length=max_batch)),
@@ -156,6 +157,8 @@ def batch_request(field: str, max_batch: int, max_ids: int, max_k: int, max_id_l
     if with_exclude_seen:
         fields["exclude_seen"] = (bool, True)
         fields["explain"] = (bool, False)
+    else:
+        fields["mode"] = (Literal["cf", "content", "hybrid"], "hybrid")
     from pydantic import create_model
 
     return create_model(  # type: ignore[call-overload, no-any-return]

@@ -1,0 +1,187 @@
+"""Content vectors from catalog attributes: TF-IDF of text and categories, reduced by SVD.
+
+They give an item with no interactions (a new product) neighbours, and blend with the
+collaborative vectors in the hybrid mode of similar items (recommender.py documents the blend).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import scipy.sparse as sp
+
+from svdfaiss.errors import InvalidInput
+from svdfaiss.index import normalize_rows
+
+TEXT_COLUMNS = ("title", "name", "description", "text")
+CATEGORY_COLUMNS = ("category", "categories", "genres", "genre")
+DEFAULT_DIM = 64
+# Categories are few strong tokens, a title many weak ones: TF-IDF rows are unit length per
+# block, so neither drowns the other; these weights multiply each block.
+DEFAULT_TEXT_WEIGHT, DEFAULT_CATEGORY_WEIGHT = 1.0, 1.0
+
+
+@dataclass(frozen=True)
+class ContentParams:
+    """Which catalog columns make an item's content, and the vector size."""
+
+    text_columns: tuple[str, ...] | None = None  # None: the title/name/description found
+    category_column: str | None = None  # None: a category/genres column if there is one
+    dim: int = DEFAULT_DIM
+    text_weight: float = DEFAULT_TEXT_WEIGHT
+    category_weight: float = DEFAULT_CATEGORY_WEIGHT
+
+    def check(self) -> None:
+        if not 2 <= self.dim <= 1024:
+            raise InvalidInput(f"--content-dim must be in [2, 1024], got {self.dim}")
+        if self.text_weight < 0 or self.category_weight < 0:
+            raise InvalidInput("content weights must be >= 0")
+
+    def resolve(self, columns: list[str]) -> tuple[list[str], str | None]:
+        """The text columns and the category column of a catalog; unknown names are errors."""
+        by_lower = {c.lower(): c for c in columns}
+        if self.text_columns is None:
+            text = [by_lower[c] for c in TEXT_COLUMNS if c in by_lower]
+        else:
+            missing = [c for c in self.text_columns if c not in columns]
+            if missing:
+                raise InvalidInput(f"--text-columns: the catalog has no column "
+                                   f"{', '.join(missing)} (columns: {', '.join(columns)})")
+            text = list(self.text_columns)
+        if self.category_column is None:
+            category = next((by_lower[c] for c in CATEGORY_COLUMNS if c in by_lower), None)
+        elif self.category_column not in columns:
+            raise InvalidInput(f"--category-column: the catalog has no column "
+                               f"{self.category_column} (columns: {', '.join(columns)})")
+        else:
+            category = self.category_column
+        return text, category
+
+
+def _text_of(table: pa.Table, columns: list[str]) -> list[str]:
+    parts = [[("" if v is None else str(v)) for v in table[c].to_pylist()] for c in columns]
+    return [" ".join(values) for values in zip(*parts, strict=True)] if parts else []
+
+
+def _categories_of(table: pa.Table, column: str) -> list[str]:
+    """Each item's categories as one document of tokens; "a|b" holds two."""
+    return ["\x1f".join(p.strip() for p in str(v).split("|") if p.strip())
+            if v is not None else "" for v in table[column].to_pylist()]
+
+
+def content_vectors(table: pa.Table, params: ContentParams,
+                    seed: int = 0) -> tuple[np.ndarray, dict[str, Any]]:
+    """Unit content vectors, one per catalog row (zero rows for items with no content).
+
+    TF-IDF (sublinear term frequency, English words of two letters or more) over the text
+    columns, and one token per category, each block scaled to unit rows and weighted; then a
+    truncated SVD to `dim` components, rows normalized for cosine search.
+    """
+    from sklearn.decomposition import TruncatedSVD
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    params.check()
+    text_columns, category_column = params.resolve(table.column_names)
+    if not text_columns and category_column is None:
+        raise InvalidInput("the catalog has no text or category column for content vectors "
+                           f"(looked for {', '.join(TEXT_COLUMNS + CATEGORY_COLUMNS)}; name "
+                           "them with --text-columns and --category-column)")
+    blocks: list[sp.csr_matrix] = []
+    vocabulary = {}
+    if text_columns and params.text_weight > 0:
+        vectorizer = TfidfVectorizer(sublinear_tf=True, min_df=1, dtype=np.float32)
+        docs = _text_of(table, text_columns)
+        if any(d.strip() for d in docs):
+            try:
+                blocks.append(vectorizer.fit_transform(docs) * params.text_weight)
+                vocabulary["text_terms"] = len(vectorizer.vocabulary_)
+            except ValueError:  # only stop words or one-letter tokens
+                pass
+    if category_column is not None and params.category_weight > 0:
+        vectorizer = TfidfVectorizer(tokenizer=lambda d: d.split("\x1f") if d else [],
+                                     token_pattern=None, lowercase=False, dtype=np.float32)
+        docs = _categories_of(table, category_column)
+        if any(docs):
+            blocks.append(vectorizer.fit_transform(docs) * params.category_weight)
+            vocabulary["categories"] = len(vectorizer.vocabulary_)
+    if not blocks:
+        raise InvalidInput(f"the catalog's content columns ({', '.join(text_columns)}"
+                           f"{', ' if text_columns and category_column else ''}"
+                           f"{category_column or ''}) hold no usable words")
+    features = sp.hstack(blocks).tocsr()
+    dim = max(1, min(params.dim, features.shape[1] - 1, features.shape[0] - 1))
+    if dim >= 2:
+        svd = TruncatedSVD(dim, algorithm="randomized", n_iter=5, random_state=seed)
+        reduced = svd.fit_transform(features).astype(np.float32)
+        explained = float(svd.explained_variance_ratio_.sum())
+    else:  # a toy catalog: the features themselves
+        reduced, explained = features.toarray().astype(np.float32), 1.0
+    vectors = normalize_rows(np.ascontiguousarray(reduced))
+    has_content = np.asarray(features.getnnz(axis=1) > 0)
+    vectors[~has_content] = 0.0
+    info = {"text_columns": text_columns, "category_column": category_column,
+            "dim": int(vectors.shape[1]), "features": int(features.shape[1]),
+            "explained_variance": round(explained, 4), "items_with_content":
+            int(has_content.sum()), "text_weight": params.text_weight,
+            "category_weight": params.category_weight, **vocabulary}
+    return vectors, info
+
+
+
+# The hybrid blend of similar items: an item with n training interactions scores a candidate
+# by a * cf + (1 - a) * content, with a = n / (n + DEFAULT_HYBRID_INTERACTIONS). An item with
+# no interactions is pure content, one with hundreds almost pure CF. 5 measured best of
+# {5, 20, 50} on ml-latest-small warm items (docs/evaluation.md, "Content and hybrid").
+DEFAULT_HYBRID_INTERACTIONS = 5.0
+
+
+# Hybrid neighbours are fused over each mode's HYBRID_POOL nearest (2k when k is larger), at
+# build time and at query time alike, so stored and searched answers agree.
+HYBRID_POOL = 100
+
+
+def hybrid_pool(k: int) -> int:
+    """How many nearest items each mode contributes to a hybrid query for k results."""
+    return max(2 * k, HYBRID_POOL)
+
+
+def cf_share(interactions: np.ndarray, hybrid_interactions: float) -> np.ndarray:
+    """The weight of the collaborative score in an item's hybrid neighbours, per item."""
+    counts = np.asarray(interactions, dtype=np.float32)
+    share: np.ndarray = counts / (counts + np.float32(hybrid_interactions))
+    return share
+
+
+def fuse(cf: np.ndarray, content: np.ndarray, share: np.ndarray | float) -> np.ndarray:
+    """Hybrid scores: the documented weighted sum of the two cosines."""
+    fused: np.ndarray = share * cf + (1 - share) * content
+    return fused
+
+
+def hybrid_scores(rows: np.ndarray, candidates: np.ndarray, cf_vectors: np.ndarray,
+                  content: np.ndarray, share: np.ndarray) -> np.ndarray:
+    """Fused scores of candidate items (per row) for query items `rows`; -inf for the item
+    itself, repeats and padding. Catalog-only candidates have no CF score (0); a query with
+    no content is pure CF."""
+    n_model = cf_vectors.shape[0]
+    safe = np.where(candidates >= 0, candidates, 0)
+    in_model = (candidates >= 0) & (candidates < n_model)
+    cf = np.einsum("rd,rcd->rc", np.asarray(cf_vectors[rows], dtype=np.float32),
+                   np.asarray(cf_vectors[np.where(in_model, safe, 0)], dtype=np.float32))
+    cf[~in_model] = 0.0
+    ct = np.einsum("rd,rcd->rc", np.asarray(content[rows]), np.asarray(content[safe]))
+    has_content = np.abs(np.asarray(content[rows])).sum(axis=1) > 0
+    weight = np.where(has_content, share, 1.0)[:, None]
+    scores = fuse(cf, ct, weight).astype(np.float32)
+    order = np.argsort(candidates, axis=1, kind="stable")
+    ordered = np.take_along_axis(candidates, order, axis=1)
+    repeat = np.zeros_like(ordered, dtype=bool)
+    repeat[:, 1:] = ordered[:, 1:] == ordered[:, :-1]
+    invalid = np.zeros_like(repeat)
+    np.put_along_axis(invalid, order, repeat, axis=1)
+    invalid |= (candidates < 0) | (candidates == rows[:, None])
+    scores[invalid] = -np.inf
+    return scores
