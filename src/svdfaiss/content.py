@@ -76,8 +76,8 @@ def content_vectors(table: pa.Table, params: ContentParams,
                     seed: int = 0) -> tuple[np.ndarray, dict[str, Any]]:
     """Unit content vectors, one per catalog row (zero rows for items with no content).
 
-    TF-IDF (sublinear term frequency, English words of two letters or more) over the text
-    columns, and one token per category, each block scaled to unit rows and weighted; then a
+    TF-IDF (sublinear term frequency, words of two letters or more found in two items or
+    more) over the text columns, and one token per category, each block scaled to unit rows and weighted; then a
     truncated SVD to `dim` components, rows normalized for cosine search.
     """
     from sklearn.decomposition import TruncatedSVD
@@ -92,14 +92,17 @@ def content_vectors(table: pa.Table, params: ContentParams,
     blocks: list[sp.csr_matrix] = []
     vocabulary = {}
     if text_columns and params.text_weight > 0:
-        vectorizer = TfidfVectorizer(sublinear_tf=True, min_df=1, dtype=np.float32)
         docs = _text_of(table, text_columns)
-        if any(d.strip() for d in docs):
+        # A word in one item only relates it to nothing (it would only dilute its row):
+        # dropping such words also keeps the vocabulary small (unique model numbers).
+        for min_df in (2, 1):
+            vectorizer = TfidfVectorizer(sublinear_tf=True, min_df=min_df, dtype=np.float32)
             try:
                 blocks.append(vectorizer.fit_transform(docs) * params.text_weight)
                 vocabulary["text_terms"] = len(vectorizer.vocabulary_)
-            except ValueError:  # only stop words or one-letter tokens
-                pass
+                break
+            except ValueError:  # no word left (or only one-letter words): try all of them
+                continue
     if category_column is not None and params.category_weight > 0:
         vectorizer = TfidfVectorizer(tokenizer=lambda d: d.split("\x1f") if d else [],
                                      token_pattern=None, lowercase=False, dtype=np.float32)
