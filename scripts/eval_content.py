@@ -1,6 +1,7 @@
 """Content and hybrid similar items against CF and popularity, for warm and cold items.
 
-    python scripts/eval_content.py ../shared/data/ml-latest-small --json docs/results/content-ml.json
+    python scripts/eval_content.py ../shared/data/ml-latest-small \
+        --json docs/results/content-ml.json
 
 Reads the ratings and the catalog (movies.csv: titles as text, genres as categories), builds
 content vectors exactly as `svdfaiss build --items` does, then:

@@ -5,7 +5,9 @@ Builds two versions of the built-in sample (or serves --index-dir/--model), star
 `svdfaiss serve` with an admin token, and alternates CURRENT between the versions before
 each reload, so every reload really swaps the model. Traffic mixes similar items (stored
 neighbours), similar items with a deny-list (the FastAPI route and a FAISS search), user
-recommendations and unknown ids (404s are expected answers, not errors).
+recommendations, live events (POST /events: fsynced to a log, folded into the next
+recommendations, with a live store of 100 users so that its LRU bound is exercised) and
+unknown ids (404s are expected answers, not errors).
 Exits 1 when a request failed (a 5xx or no answer), a reload did not load, or RSS grew.
 
     python scripts/soak.py --seconds 600 --rate 500 --json docs/results/soak-600s.json
@@ -72,11 +74,21 @@ def request_mix(index_dir: Path, model: str) -> list[bytes]:
         elif kind < 7:
             paths.append(f"/items/{rng.choice(items)}/similar?k=10&filter_items="
                          f"{rng.choice(items)}")
-        elif kind < 9:
+        elif kind < 8:
             paths.append(f"/users/{rng.choice(users)}/recommendations?k=10")
+        elif kind < 9:  # a live event: a known or new user, a known or (1 in 8) unknown item
+            user = rng.choice(users) if n % 3 else f"soak-new-{n}"
+            item = rng.choice(items) if n % 8 else f"soak-unknown-{n}"
+            paths.append(json.dumps({"user_id": user, "item_id": item}))
         else:
             paths.append("/items/no-such-item/similar")
-    return [f"GET {p} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode() for p in paths]
+    return [_post_event(p) if p.startswith("{") else
+            f"GET {p} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode() for p in paths]
+
+
+def _post_event(body: str) -> bytes:
+    return (f"POST /events HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n{body}").encode()
 
 
 def main() -> int:
@@ -98,6 +110,9 @@ def main() -> int:
         port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("SVDFAISS_")}
         env["SVDFAISS_ADMIN_TOKEN"] = TOKEN
+        # Live events go to a log of their own; a small live store exercises its LRU bound.
+        env["SVDFAISS_EVENTS_LOG"] = str(work / "events.jsonl")
+        env["SVDFAISS_LIVE_USERS"] = "100"
         proc = subprocess.Popen([sys.executable, "-m", "svdfaiss", "serve", "--index-dir",
                                  str(index_dir), "--model", model, "--port", str(port)],
                                 env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -106,6 +121,9 @@ def main() -> int:
             wait_ready(f"{url}/readyz", proc)
             report = soak(proc, url, port, index_dir, model, versions, requests, args,
                           window)
+            events_log = work / "events.jsonl"
+            report["events_logged"] = (len(events_log.read_bytes().splitlines())
+                                       if events_log.exists() else 0)
         finally:
             proc.terminate()
             proc.wait(15)
@@ -195,6 +213,8 @@ def print_report(report: dict[str, Any]) -> None:
     req = report["requests"]
     print(f"soak {report['seconds']:.0f} s at {report['rate']:.0f} req/s, a reload every "
           f"{report['reload_every_s']:.0f} s ({report['date']})")
+    if "events_logged" in report:
+        print(f"live events logged (fsynced): {report['events_logged']}")
     print(f"sent {req['sent']}, answered {req['completed']}, no answer {req['errors']}, "
           f"5xx {report['server_errors']}, statuses {report['statuses']}, "
           f"reconnects {req['reconnects']}")

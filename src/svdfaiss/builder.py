@@ -35,6 +35,7 @@ from svdfaiss.data import (
 )
 from svdfaiss.errors import InvalidInput
 from svdfaiss.evaluation import evaluate_for_manifest
+from svdfaiss.events import merge_events, read_events
 from svdfaiss.factorize import (
     Embedding,
     Factors,
@@ -117,6 +118,7 @@ class BuildConfig:
     content: Literal["auto", "on", "off"] = "auto"
     content_params: ContentParams = field(default_factory=ContentParams)
     hybrid_interactions: float = DEFAULT_HYBRID_INTERACTIONS  # see content.cf_share
+    events: tuple[Path, ...] = ()  # events logs the service wrote (POST /events), folded in
 
     def resolved_similar_cache(self, n_items: int) -> int:
         """auto: 50 neighbours up to 200k items (seconds to compute), none above."""
@@ -274,6 +276,15 @@ def build(config: BuildConfig, stage_hook: StageHook | None = None) -> BuildRepo
     input_path = Path(config.input)
     with timer.stage("read"):
         log = read_log(input_path, config.read)
+        events_info = []
+        for events_path in config.events:
+            events, rejected, lines = read_events(Path(events_path), log.feedback,
+                                                  config.read.strict)
+            log = merge_events(log, events)
+            events_info.append({"path": str(events_path), "sha256": bundle.sha256_file(
+                Path(events_path)), "lines": lines, "events": len(events),
+                "rejected": rejected.total, "rejected_by_reason": rejected.counts,
+                "rejected_examples": rejected.examples})
     with timer.stage("filter"):
         duplicates: DuplicatePolicy = config.read.duplicates
         inter = build_interactions(log, config.min_user_interactions,
@@ -393,6 +404,7 @@ def build(config: BuildConfig, stage_hook: StageHook | None = None) -> BuildRepo
                                  embedding, indexes, catalog[1] if catalog else None,
                                  timer.seconds)
             manifest["evaluation"] = evaluation
+            manifest["input"]["events"] = events_info
             manifest["rating_model"] = None if rating is None else {
                 "mu": rating.mu, "k": config.rating_k, "reg": config.rating_reg,
                 "low": rating.low, "high": rating.high,

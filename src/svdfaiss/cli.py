@@ -204,6 +204,9 @@ def build(
         help="The catalog column of categories, 'a|b' for several (default: category or "
              "genres found).")] = None,
     content_dim: Annotated[int, typer.Option(help="Size of the content vectors.")] = 64,
+    events: Annotated[list[Path] | None, typer.Option(
+        "--events", help="An events log written by the service (POST /events) to fold into "
+        "the training data; repeatable.")] = None,
     hybrid_interactions: Annotated[float, typer.Option(
         help="Hybrid similar items: an item with n interactions weighs CF by n / (n + this) "
              "and content by the rest.")] = 5.0,
@@ -286,6 +289,7 @@ def build(
                 c.strip() for c in text_columns.split(",") if c.strip()),
             category_column=category_column, dim=content_dim),
         hybrid_interactions=hybrid_interactions,
+        events=tuple(events or ()),
     )
     report = run_build(config, _stage_status)
     if json_out:
@@ -803,13 +807,23 @@ def serve(
         envvar="SVDFAISS_POLL_SECONDS", min=0.0,
         help="Reload when CURRENT changes, checked this often (0: off).")] = 0.0,
     max_k: Annotated[int, typer.Option(envvar="SVDFAISS_MAX_K", min=1)] = 1000,
+    events_log: Annotated[Path | None, typer.Option(
+        envvar="SVDFAISS_EVENTS_LOG",
+        help="Where POST /events appends (default: INDEX_DIR/events/MODEL.jsonl).")] = None,
+    live_users: Annotated[int, typer.Option(
+        envvar="SVDFAISS_LIVE_USERS", min=0,
+        help="Users whose live events stay in memory (LRU); 0 turns POST /events off.")]
+    = 100_000,
 ) -> None:
     """Serve the model's CURRENT bundle over HTTP (admin token: SVDFAISS_ADMIN_TOKEN)."""
     from pydantic import ValidationError
 
     env = {"SVDFAISS_INDEX_DIR": str(index_dir), "SVDFAISS_MODEL": model,
            "SVDFAISS_HOST": host, "SVDFAISS_PORT": str(port), "SVDFAISS_WORKERS": str(workers),
-           "SVDFAISS_POLL_SECONDS": str(poll_seconds), "SVDFAISS_MAX_K": str(max_k)}
+           "SVDFAISS_POLL_SECONDS": str(poll_seconds), "SVDFAISS_MAX_K": str(max_k),
+           "SVDFAISS_LIVE_USERS": str(live_users)}
+    if events_log is not None:
+        env["SVDFAISS_EVENTS_LOG"] = str(events_log)
     try:
         _serve(env, host, port, workers)
     except ValidationError as exc:

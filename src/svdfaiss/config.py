@@ -37,6 +37,12 @@ class Settings(BaseSettings):
         "concurrent requests batched into one FAISS call (1.1x to 1.8x the throughput of a "
         "thread-pool call per request at saturation, docs/benchmarks.md), or one thread-pool "
         "call per request")
+    events_log: Path | None = Field(
+        None, description="POST /events appends here (JSON lines, fsynced per batch); "
+        "default: INDEX_DIR/events/MODEL.jsonl")
+    live_users: int = Field(100_000, ge=0, le=100_000_000, description="users whose live "
+                            "events are held in memory (least recently used dropped); 0 turns "
+                            "POST /events off")
     fast_path: bool = Field(True, description="answer unfiltered similar-items queries from "
                             "stored neighbours without FastAPI's parameter machinery")
 
@@ -50,3 +56,6 @@ class Settings(BaseSettings):
                              "characters (generate one: python -c 'import secrets; "
                              "print(secrets.token_urlsafe(32))')")
         return token
+
+    def resolved_events_log(self) -> Path:
+        return self.events_log or self.index_dir / "events" / f"{self.model}.jsonl"

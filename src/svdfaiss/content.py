@@ -77,8 +77,8 @@ def content_vectors(table: pa.Table, params: ContentParams,
     """Unit content vectors, one per catalog row (zero rows for items with no content).
 
     TF-IDF (sublinear term frequency, words of two letters or more found in two items or
-    more) over the text columns, and one token per category, each block scaled to unit rows and weighted; then a
-    truncated SVD to `dim` components, rows normalized for cosine search.
+    more) over the text columns, and one token per category, each block with unit rows and
+    weighted; then a truncated SVD to `dim` components, rows normalized for cosine search.
     """
     from sklearn.decomposition import TruncatedSVD
     from sklearn.feature_extraction.text import TfidfVectorizer

@@ -9,7 +9,7 @@ search when an approximate index returns fewer.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -259,6 +259,16 @@ class Recommender:
 
     # ------------------------------------------------------------------ id mapping
 
+    @property
+    def feedback(self) -> str:
+        """"explicit" (ratings) or "implicit" (counts): what an event's weight means."""
+        feedback: str = self.manifest["input"]["feedback"]
+        return feedback
+
+    def knows_item(self, item_id: str) -> bool:
+        """Whether the model has a vector for this item (a catalog-only item has none)."""
+        return lookup_one(self.item_ids, item_id) >= 0
+
     def item_index(self, item_id: str) -> int:
         found = lookup_one(self.item_ids, item_id)
         if found < 0:
@@ -333,11 +343,10 @@ class Recommender:
         """
         if self.rating_model is not None:
             unique = np.unique(items)
-            solved = fold_in_augmented(self.item_factors, self.rating_model["mu"], unique,
-                                       np.full(unique.size, self.rating_model["high"]))
-            return np.append(solved[:-1], 1.0).astype(np.float32)
-        vector: np.ndarray = self._fold_rows(self._basket_row(items))[0]
-        return vector
+            top = np.full(unique.size, self.rating_model["high"], dtype=np.float32)
+            return self._row_vector(sp.csr_matrix((top, unique, [0, unique.size]),
+                                                  shape=(1, self.n_items)))
+        return self._row_vector(self._basket_row(items))
 
     def _basket_row(self, items: np.ndarray) -> sp.csr_matrix:
         """A basket as a raw user row: each item counted as often as it is given."""
@@ -687,27 +696,69 @@ class Recommender:
         catalog_filter: CatalogFilter = NO_FILTER,
         fallback: str = "none",
         explain: bool = False,
+        live: Mapping[str, float] | None = None,
     ) -> Results:
         """Items with the highest predicted score q . v for a known user.
 
         An unknown user gets the most popular items with `fallback="popular"` (reason
         "popular"), and an UnknownUser error with "none". `explain` names, for each item,
-        the user's history items that contribute most to its score.
+        the user's history items that contribute most to its score. `live` holds the user's
+        events since the bundle (item id -> weight, POST /events): they join the user's row
+        (counts add, a rating replaces the stored one) and the row is folded in again, so a
+        user the bundle never saw is known from their first event on known items.
         """
         try:
             user = self.user_index(user_id)
         except UnknownUser:
+            user = -1
+        row = self._live_row(user, live) if live else None
+        if user < 0 and (row is None or row.nnz == 0):
             if fallback == "popular":
                 return self.popular(k, items, filter_items, catalog_filter)
-            raise
-        result = self._recommend_vector(self.user_vector(user),
-                                        self.seen_items(user) if exclude_seen else None,
-                                        k, items, filter_items, catalog_filter)
+            raise UnknownUser(user_id)
+        if row is None:
+            row = self.rows[user : user + 1]
+            query = self.user_vector(user)
+        else:
+            query = self._row_vector(row)
+        seen = np.asarray(row.indices, dtype=np.int64) if exclude_seen else None
+        result = self._recommend_vector(query, seen, k, items, filter_items, catalog_filter)
         reason = "cf" if self.rating_model is None else "rating"
-        because = (self._explain(self.rows[user : user + 1], result.indexes)
+        because = (self._explain(row, result.indexes)
                    if explain and self.rating_model is None else None)
         return Results(result.ids, result.scores, result.indexes, result.fields,
                        reason=reason, because=because)
+
+    def _live_row(self, user: int, live: Mapping[str, float]) -> sp.csr_matrix:
+        """A user's raw row with their live events merged in (unknown items are skipped)."""
+        found = lookup(self.item_ids, list(live))
+        known = found >= 0
+        extra_items = found[known]
+        extra_values = np.asarray(list(live.values()), dtype=np.float32)[known]
+        if user >= 0:
+            start, end = self.rows.indptr[user], self.rows.indptr[user + 1]
+            base_items = np.asarray(self.rows.indices[start:end], dtype=np.int64)
+            base_values = np.asarray(self.rows.data[start:end], dtype=np.float32)
+        else:
+            base_items, base_values = _NONE, np.empty(0, dtype=np.float32)
+        if self.feedback == "explicit":  # a new rating replaces the old
+            stale = np.isin(base_items, extra_items)
+            base_items, base_values = base_items[~stale], base_values[~stale]
+        row = sp.csr_matrix((np.concatenate([base_values, extra_values]),
+                             (np.zeros(base_items.size + extra_items.size, dtype=np.int64),
+                              np.concatenate([base_items, extra_items]))),
+                            shape=(1, self.n_items))
+        row.sum_duplicates()
+        return row
+
+    def _row_vector(self, row: sp.csr_matrix) -> np.ndarray:
+        """The query vector of a raw user row: its fold-in (rating model: its ridge fit)."""
+        if self.rating_model is not None:
+            solved = fold_in_augmented(self.item_factors, self.rating_model["mu"],
+                                       row.indices.astype(np.int64), row.data)
+            return np.append(solved[:-1], 1.0).astype(np.float32)
+        vector: np.ndarray = self._fold_rows(row)[0]
+        return vector
 
     def recommend_for_items(
         self,

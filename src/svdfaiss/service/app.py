@@ -13,6 +13,8 @@ import contextlib
 import datetime as dt
 import functools
 import logging
+import math
+import pathlib
 import secrets
 import threading
 import time
@@ -25,6 +27,8 @@ import faiss as _faiss
 import orjson
 from fastapi import Body, FastAPI, Header, HTTPException, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import (
@@ -47,6 +51,7 @@ from svdfaiss.errors import (
     UnknownUser,
     UnsupportedFilter,
 )
+from svdfaiss.events import Event, EventLog, LiveUsers, read_events
 from svdfaiss.recommender import CatalogFilter, Recommender, Results
 from svdfaiss.service import schemas
 
@@ -81,6 +86,11 @@ class Metrics:
                                "Unix time of the last successful load", registry=self.registry)
         self.reloads = Counter("svdfaiss_reloads", "Bundle loads by result (loaded, unchanged, "
                                "refused)", ["result"], registry=self.registry)
+        self.events = Counter("svdfaiss_events", "POST /events by result (applied, "
+                              "unknown_item: logged only, refused: not logged)", ["result"],
+                              registry=self.registry)
+        self.live_users = Gauge("svdfaiss_live_users", "Users with live events in memory",
+                                registry=self.registry)
 
 
 @dataclass(frozen=True)
@@ -199,6 +209,41 @@ class SearchBatcher:
         for (_, _, future), result in zip(group, results, strict=True):
             if not future.done():
                 future.set_result(result)
+
+
+class EventSink:
+    """Group commit of the events log: the events that arrive while one write and fsync runs
+    go into the next, and each request returns once its own line is on disk."""
+
+    def __init__(self, event_log: EventLog) -> None:
+        self.log = event_log
+        self._pending: list[tuple[bytes, asyncio.Future[None]]] = []
+        self._running = False
+
+    async def write(self, line: bytes) -> None:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((line, future))
+        if not self._running:
+            self._running = True
+            asyncio.get_running_loop().create_task(self._drain())
+        await future
+
+    async def _drain(self) -> None:
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                try:
+                    await run_in_threadpool(self.log.append, [line for line, _ in batch])
+                except Exception as exc:
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
+                    continue
+                for _, future in batch:
+                    if not future.done():
+                        future.set_result(None)
+        finally:
+            self._running = False
 
 
 def _settle(future: asyncio.Future[Results], compute: Callable[[], Results]) -> None:
@@ -361,6 +406,12 @@ def _install_error_handlers(app: FastAPI) -> None:
     async def unavailable(_: Request, exc: Exception) -> JSONResponse:
         return _problem(503, str(exc))
 
+    async def unprocessable(_: Request, exc: Exception) -> JSONResponse:
+        # FastAPI's own handler echoes the input, and a body holding NaN or Infinity (which
+        # Python's JSON parser accepts) cannot be written back as JSON: that was a 500.
+        errors = exc.errors() if isinstance(exc, RequestValidationError) else []
+        return JSONResponse({"detail": _json_safe(jsonable_encoder(errors))}, status_code=422)
+
     async def crashed(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return _problem(500, "internal error")
@@ -370,7 +421,19 @@ def _install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(InvalidInput, invalid)
     app.add_exception_handler(UnsupportedFilter, bad_request)
     app.add_exception_handler(NoBundle, unavailable)
+    app.add_exception_handler(RequestValidationError, unprocessable)
     app.add_exception_handler(Exception, crashed)
+
+
+def _json_safe(value: Any) -> Any:
+    """The value with non-finite floats written as strings ("nan", "inf")."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -379,9 +442,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     metrics = Metrics()
     holder = ModelHolder(settings, metrics)
 
+    live = LiveUsers(settings.live_users, settings.max_ids)
+
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await holder.reload()
+        if holder.current is not None and settings.live_users > 0:
+            await anyio.to_thread.run_sync(_replay_events, holder.current.recommender,
+                                           settings.resolved_events_log(), live)
+            metrics.live_users.set(len(live))
         poller = asyncio.create_task(_poll(holder)) if settings.poll_seconds > 0 else None
         yield
         if poller is not None:
@@ -405,7 +474,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.holder = holder
     app.state.settings = settings
     _install_error_handlers(app)
-    _add_query_routes(app, holder, settings)
+    _add_query_routes(app, holder, settings, live)
+    if settings.live_users > 0:
+        _add_event_route(app, holder, settings, metrics, live)
     if settings.fast_path:
         similar_route = next(r for r in app.routes if getattr(r, "name", "") == "similar_items")
         app.add_middleware(SimilarItemsFastPath, holder=holder, settings=settings,
@@ -428,7 +499,67 @@ async def _poll(holder: ModelHolder) -> None:
             log.exception("poll reload failed")
 
 
-def _add_query_routes(app: FastAPI, holder: ModelHolder, settings: Settings) -> None:
+def _replay_events(rec: Recommender, path: pathlib.Path, live: LiveUsers) -> None:
+    """Live rows survive a restart: events logged after the bundle was built are replayed
+    (older ones are in the bundle, or will be in the next build with --events)."""
+    if not path.is_file():
+        return
+    built = dt.datetime.fromisoformat(rec.manifest["created_at"]).timestamp()
+    events, rejected, _ = read_events(path, rec.feedback)
+    replayed = 0
+    for event in events:
+        if event.time >= built and rec.knows_item(event.item_id):
+            live.add(event, rec.feedback == "explicit")
+            replayed += 1
+    log.info("replayed %d live events from %s (%d unusable lines)", replayed, path,
+             rejected.total)
+
+
+def _add_event_route(app: FastAPI, holder: ModelHolder, settings: Settings, metrics: Metrics,
+                     live: LiveUsers) -> None:
+    sink = EventSink(EventLog(settings.resolved_events_log()))
+    event_model: Any = schemas.event_request(settings.max_id_length)
+
+    @app.post("/events", response_model=schemas.EventResult, tags=["events"],
+              responses={503: {"model": schemas.Problem,
+                               "description": "no bundle, or the events log cannot be written"}})
+    async def post_event(body: Annotated[event_model, Body()]) -> Response:
+        """Record that a user bought, viewed or rated an item. The event is appended to the
+        events log (fsynced before this returns) and, when the model knows the item, joins
+        the user's live row: their next recommendations fold it in at once, and a user the
+        bundle never saw becomes known. Events for unknown items are logged for the next
+        build (`svdfaiss build --events LOG`) and reported with applied=false."""
+        rec = holder.get()
+        explicit = rec.feedback == "explicit"
+        if body.weight is None and explicit:
+            metrics.events.labels("refused").inc()
+            raise InvalidInput("this model holds explicit ratings: give the rating as weight")
+        weight = 1.0 if body.weight is None else float(body.weight)
+        if not explicit and weight <= 0:
+            metrics.events.labels("refused").inc()
+            raise InvalidInput(f"weight must be above 0 for implicit counts, got {weight}")
+        event = Event(body.user_id, body.item_id, weight, time.time())
+        known = rec.knows_item(body.item_id)
+        try:
+            await sink.write(event.line(known))
+        except OSError as exc:
+            metrics.events.labels("refused").inc()
+            log.error("events log %s: %s", sink.log.path, exc)
+            return _problem(503, f"cannot append to the events log: {exc.strerror or exc}")
+        detail = None
+        if known:
+            live.add(event, explicit)
+            metrics.live_users.set(len(live))
+        else:
+            detail = "unknown item: logged for the next build, not applied"
+        metrics.events.labels("applied" if known else "unknown_item").inc()
+        return _json({"model": rec.model, "version": rec.version, "user_id": body.user_id,
+                      "item_id": body.item_id, "weight": weight, "logged": True,
+                      "applied": known, "detail": detail}, rec.version)
+
+
+def _add_query_routes(app: FastAPI, holder: ModelHolder, settings: Settings,
+                      live: LiveUsers) -> None:
     max_k, max_ids, max_len = settings.max_k, settings.max_ids, settings.max_id_length
     OneId: Any = schemas.id_type(max_len)  # noqa: N806
     ItemId = Annotated[str, Path(min_length=1, max_length=max_len)]  # noqa: N806
@@ -504,7 +635,8 @@ def _add_query_routes(app: FastAPI, holder: ModelHolder, settings: Settings) -> 
         rec = holder.get()
         return _items(rec, rec.recommend(user_id, k, exclude_seen, items, filter_items,
                                          CatalogFilter(category, min_price, max_price,
-                                                       in_stock), fallback, explain))
+                                                       in_stock), fallback, explain,
+                                         live.get(user_id)))
 
     @app.get("/users/{user_id:path}/similar", response_model=schemas.UsersResponse,
              responses=not_found, tags=["users"])

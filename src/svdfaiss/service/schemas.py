@@ -136,6 +136,35 @@ def basket_request(max_ids: int, max_k: int, max_id_length: int) -> type[BaseMod
     return BasketRequest
 
 
+def event_request(max_id_length: int) -> type[BaseModel]:
+    """The POST /events body."""
+    one_id = id_type(max_id_length)
+
+    class EventRequest(BaseModel):
+        model_config = ConfigDict(extra="forbid")
+        user_id: one_id  # type: ignore[valid-type]
+        item_id: one_id  # type: ignore[valid-type]
+        weight: float | None = Field(
+            None, allow_inf_nan=False, description="implicit data: a count, above 0 (default "
+            "1); explicit ratings: the rating (required)")
+
+    return EventRequest
+
+
+class EventResult(BaseModel):
+    """What happened to one event: always logged; applied to the user's live row when the
+    model knows the item."""
+
+    model: str
+    version: str
+    user_id: str
+    item_id: str
+    weight: float
+    logged: bool
+    applied: bool
+    detail: str | None = None
+
+
 def batch_request(field: str, max_batch: int, max_ids: int, max_k: int, max_id_length: int,
                   with_exclude_seen: bool) -> type[BaseModel]:
     """A POST /batch/... body: up to max_batch ids, one k and one set of filters for all

@@ -1,0 +1,191 @@
+"""Live events: the JSON-lines log the service appends to, and how a build folds it in.
+
+One line per accepted event: {"user_id", "item_id", "weight", "time", "known_item"}. The
+service appends each batch with one write and one fsync before it acknowledges the events
+(group commit); `svdfaiss build --events LOG` reads the log back into the training data.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+from svdfaiss.data import MAX_ID_BYTES, InteractionLog, RejectedRows
+from svdfaiss.errors import InvalidInput
+
+EXAMPLES_PER_REASON = 5
+
+
+@dataclass(frozen=True)
+class Event:
+    """One interaction sent to the service: a purchase, a click, or a rating (weight)."""
+
+    user_id: str
+    item_id: str
+    weight: float
+    time: float
+
+    def line(self, known_item: bool) -> bytes:
+        return orjson.dumps({"user_id": self.user_id, "item_id": self.item_id,
+                             "weight": self.weight, "time": self.time,
+                             "known_item": known_item}) + b"\n"
+
+
+def check_event_id(value: Any, name: str) -> str:
+    """A usable id, or InvalidInput naming the field."""
+    if not isinstance(value, str) or not value:
+        raise InvalidInput(f"{name} must be a non-empty string")
+    if "\x00" in value or len(value.encode("utf-8")) > MAX_ID_BYTES:
+        raise InvalidInput(f"{name} has a NUL byte or is longer than {MAX_ID_BYTES} bytes")
+    return value
+
+
+def parse_event(record: Any, feedback: str) -> Event:
+    """An event from one decoded JSON line; raises InvalidInput naming the bad field."""
+    if not isinstance(record, dict):
+        raise InvalidInput("not a JSON object")
+    user = check_event_id(record.get("user_id"), "user_id")
+    item = check_event_id(record.get("item_id"), "item_id")
+    weight, time = record.get("weight", 1.0), record.get("time", 0.0)
+    if isinstance(weight, bool) or not isinstance(weight, int | float) or not math.isfinite(
+            weight):
+        raise InvalidInput("weight must be a finite number")
+    if feedback == "implicit" and weight <= 0:
+        raise InvalidInput("weight must be above 0 for implicit counts")
+    if isinstance(time, bool) or not isinstance(time, int | float) or not math.isfinite(time):
+        raise InvalidInput("time must be a finite number (epoch seconds)")
+    return Event(user, item, float(weight), float(time))
+
+
+def read_events(path: Path, feedback: str, strict: bool = False) -> tuple[list[Event],
+                                                                          RejectedRows, int]:
+    """The events of a log, the unusable lines by reason (with line numbers), lines read.
+
+    A torn last line (the service killed mid-write, before its fsync acknowledged it) counts
+    as unusable like any other; `strict` makes any unusable line an error.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InvalidInput(f"{path}: events log not found")
+    events: list[Event] = []
+    rejected = RejectedRows()
+    shown: dict[str, int] = {}
+    lines = 0
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            lines += 1
+            if not raw.strip():
+                continue
+            try:
+                events.append(parse_event(orjson.loads(raw), feedback))
+            except orjson.JSONDecodeError:
+                reason = "not valid JSON"
+            except InvalidInput as exc:
+                reason = str(exc)
+            else:
+                continue
+            if strict:
+                raise InvalidInput(f"{path}, line {number}: {reason}")
+            shown[reason] = shown.get(reason, 0) + 1
+            examples = [(number, raw.decode("utf-8", "replace").rstrip())] if shown[
+                reason] <= EXAMPLES_PER_REASON else []
+            rejected.add(reason, 1, examples)
+    return events, rejected, lines
+
+
+def merge_events(log: InteractionLog, events: list[Event]) -> InteractionLog:
+    """The log with the events appended as later rows (they win a "last" merge of ratings).
+
+    Timestamps are kept when the log has them (an event's `time`), and dropped otherwise.
+    """
+    if not events:
+        return log
+    users = np.array([e.user_id.encode("utf-8") for e in events])
+    items = np.array([e.item_id.encode("utf-8") for e in events])
+    user_ids, item_ids = np.union1d(log.user_ids, users), np.union1d(log.item_ids, items)
+    user_codes = np.concatenate([np.searchsorted(user_ids, log.user_ids)[log.user_codes],
+                                 np.searchsorted(user_ids, users)])
+    item_codes = np.concatenate([np.searchsorted(item_ids, log.item_ids)[log.item_codes],
+                                 np.searchsorted(item_ids, items)])
+    values = np.concatenate([log.values, np.array([e.weight for e in events],
+                                                  dtype=log.values.dtype)])
+    timestamps = None
+    if log.timestamps is not None:
+        timestamps = np.concatenate([log.timestamps, np.array(
+            [e.time for e in events], dtype=log.timestamps.dtype)])
+    return InteractionLog(user_codes=user_codes.astype(log.user_codes.dtype),
+                          item_codes=item_codes.astype(log.item_codes.dtype), values=values,
+                          timestamps=timestamps, user_ids=user_ids, item_ids=item_ids,
+                          feedback=log.feedback, columns=log.columns,
+                          rows_read=log.rows_read + len(events), rejected=log.rejected)
+
+
+class EventLog:
+    """Appends batches of lines to the events log: one write, then fsync, per batch."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+
+    def append(self, lines: Iterable[bytes]) -> None:
+        data = b"".join(lines)
+        with self._lock:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+            try:
+                view = memoryview(data)
+                while view:
+                    written = os.write(fd, view)
+                    view = view[written:]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+
+class LiveUsers:
+    """Each recent user's events since the bundle (item id -> weight), least recently used
+    users dropped beyond `capacity`. Thread-safe; ids are external, so the state outlives a
+    reload to a new bundle."""
+
+    def __init__(self, capacity: int, max_items: int) -> None:
+        self.capacity = capacity
+        self.max_items = max_items
+        self._users: OrderedDict[str, dict[str, float]] = OrderedDict()
+        self._lock = threading.Lock()
+        self.evicted = 0
+
+    def add(self, event: Event, explicit: bool) -> None:
+        """Counts add up (implicit); a rating replaces the previous one (explicit)."""
+        with self._lock:
+            items = self._users.pop(event.user_id, None) or {}
+            if explicit:
+                items.pop(event.item_id, None)
+                items[event.item_id] = event.weight
+            else:
+                items[event.item_id] = items.pop(event.item_id, 0.0) + event.weight
+            while len(items) > self.max_items:  # the oldest items of a very long session
+                items.pop(next(iter(items)))
+            self._users[event.user_id] = items
+            while len(self._users) > self.capacity:
+                self._users.popitem(last=False)
+                self.evicted += 1
+
+    def get(self, user_id: str) -> Mapping[str, float] | None:
+        with self._lock:
+            items = self._users.get(user_id)
+            if items is None:
+                return None
+            self._users.move_to_end(user_id)
+            return dict(items)
+
+    def __len__(self) -> int:
+        return len(self._users)
