@@ -44,7 +44,8 @@ def free_port() -> int:
 @contextlib.contextmanager
 def server(index_dir: Path, model: str = "sample", token: str | None = TOKEN,
            poll: float = 0.0, log: Path | None = None,
-           settings: dict[str, str] | None = None) -> Iterator[str]:
+           settings: dict[str, str] | None = None,
+           extra_args: Sequence[str] = ()) -> Iterator[str]:
     """Start `svdfaiss serve` and wait (at most 30 s) until /healthz answers."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SVDFAISS_")}
@@ -54,7 +55,8 @@ def server(index_dir: Path, model: str = "sample", token: str | None = TOKEN,
     out = log.open("w") if log else subprocess.DEVNULL
     proc = subprocess.Popen(
         [sys.executable, "-m", "svdfaiss", "serve", "--index-dir", str(index_dir), "--model",
-         model, "--host", "127.0.0.1", "--port", str(port), "--poll-seconds", str(poll)],
+         model, "--host", "127.0.0.1", "--port", str(port), "--poll-seconds", str(poll),
+         *extra_args],
         env=env, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:

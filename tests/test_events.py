@@ -176,7 +176,8 @@ def test_explicit_ratings_need_a_weight_and_a_new_rating_replaces_the_old(tmp_pa
                 settings={"SVDFAISS_EVENTS_LOG": str(tmp_path / "e.jsonl")}) as url, \
             httpx.Client(base_url=url, timeout=10) as client:
         missing = client.post("/events", json={"user_id": user_id, "item_id": item_id})
-        assert missing.status_code == 422 and "rating" in missing.json()["detail"]
+        assert missing.status_code == 422
+        assert "give the rating as weight" in missing.json()["detail"][0]["msg"]
         rated_now = client.post("/events", json={"user_id": user_id, "item_id": item_id,
                                                  "weight": 1})
         assert rated_now.json()["applied"] is True

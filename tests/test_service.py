@@ -17,7 +17,7 @@ from svdfaiss.builder import BuildConfig, build
 from svdfaiss.config import Settings
 from svdfaiss.data import decode_ids
 from svdfaiss.recommender import Recommender
-from svdfaiss.service.app import Metrics, ModelHolder, SimilarItemsFastPath
+from svdfaiss.service.app import Metrics, Models, SimilarItemsFastPath
 
 from .helpers import TOKEN, server
 
@@ -162,16 +162,16 @@ def test_the_fast_path_answers_byte_for_byte_like_the_fastapi_route(live, versio
 
 def test_the_fast_path_answers_stored_neighbours_without_fastapi(versions):
     settings = Settings(index_dir=versions, model="sample")
-    holder = ModelHolder(settings, Metrics())
-    asyncio.run(holder.reload())
-    rec = holder.get()
+    models = Models(settings, Metrics())
+    asyncio.run(models.reload())
+    rec = models.primary.get()
     item = decode_ids(rec.item_ids[5:6])[0]
     passed_on: list[str] = []
 
     async def inner(scope, receive, send):
         passed_on.append(scope["query_string"].decode())
 
-    fast = SimilarItemsFastPath(inner, holder, settings, route="the route")
+    fast = SimilarItemsFastPath(inner, models, settings, route="the route")
 
     async def get(query: str) -> list[dict]:
         sent: list[dict] = []
@@ -186,7 +186,8 @@ def test_the_fast_path_answers_stored_neighbours_without_fastapi(versions):
 
     sent = asyncio.run(get("k=7"))
     assert passed_on == [] and sent[0]["status"] == 200
-    assert orjson.loads(sent[1]["body"])["items"] == records(rec.similar_items(item, 7))
+    body = orjson.loads(sent[1]["body"])
+    assert body["items"] == records(rec.similar_items(item, 7)) and body["variant"] == "sample"
     for query in ("k=60", "k=7&filter_items=x", "k=0", "q=1"):  # beyond the cache, or not plain
         assert asyncio.run(get(query)) == []
     assert passed_on == ["k=60", "k=7&filter_items=x", "k=0", "q=1"]
@@ -195,11 +196,13 @@ def test_the_fast_path_answers_stored_neighbours_without_fastapi(versions):
 def test_batched_searches_equal_single_ones(versions):
     rec = Recommender.load(versions, "sample")
     items = decode_ids(rec.item_ids[::40])
-    expected = {i: rec.similar_items(i, 60, use_cache=False) for i in items}  # beyond cache
+    # Beyond the cache, in cf mode: the searches the batcher gathers (hybrid fuses two).
+    expected = {i: rec.similar_items(i, 60, use_cache=False, mode="cf") for i in items}
 
     async def many(url: str) -> list[httpx.Response]:
         async with httpx.AsyncClient(base_url=url, timeout=30) as client:
-            return await asyncio.gather(*(client.get(f"/items/{i}/similar", params={"k": 60})
+            return await asyncio.gather(*(client.get(f"/items/{i}/similar",
+                                                     params={"k": 60, "mode": "cf"})
                                           for i in items * 4))
 
     with server(versions, settings={"SVDFAISS_SEARCH_MODE": "batch"}) as url:

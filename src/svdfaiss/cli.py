@@ -788,7 +788,7 @@ def _serve(settings_env: dict[str, str], host: str, port: int, workers: int) -> 
     # search and starve the server (measured: p50 7.7 ms instead of sub-ms under wrk). libgomp
     # reads this when faiss first loads, which happens below, inside uvicorn.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    Settings()  # refuse bad settings here, with a clear message, before forking workers
+    Settings().resolved_experiment()  # refuse bad settings before forking workers
     uvicorn.run("svdfaiss.service.app:create_app", factory=True, host=host, port=port,
                 workers=workers, log_level="info", access_log=False)
 
@@ -797,7 +797,18 @@ def _serve(settings_env: dict[str, str], host: str, port: int, workers: int) -> 
 @_clean_errors
 def serve(
     index_dir: IndexDirOpt = DEFAULT_INDEX_DIR,
-    model: ModelOpt = "default",
+    model: Annotated[list[str] | None, typer.Option(
+        "--model", help="Model name; repeat it to serve an A/B test of several models "
+        "(env SVDFAISS_MODEL for one).")] = None,
+    weight: Annotated[list[float] | None, typer.Option(
+        "--weight", help="Each --model's share of users, in the same order (default: "
+        "equal).")] = None,
+    experiment: Annotated[str, typer.Option(
+        envvar="SVDFAISS_EXPERIMENT", help="The A/B experiment's name (hashed with each "
+        "user id).")] = "default",
+    experiment_file: Annotated[Path | None, typer.Option(
+        envvar="SVDFAISS_EXPERIMENT_FILE", help="JSON {name, variants: [{name, model, "
+        "weight}]}, instead of --model/--weight.")] = None,
     host: Annotated[str, typer.Option(envvar="SVDFAISS_HOST",
                                       help="Bind address; 0.0.0.0 exposes the service.")]
     = "127.0.0.1",
@@ -816,12 +827,18 @@ def serve(
     = 100_000,
 ) -> None:
     """Serve the model's CURRENT bundle over HTTP (admin token: SVDFAISS_ADMIN_TOKEN)."""
+    import os
+
     from pydantic import ValidationError
 
-    env = {"SVDFAISS_INDEX_DIR": str(index_dir), "SVDFAISS_MODEL": model,
+    models = model or [os.environ.get("SVDFAISS_MODEL", "default")]
+    env = {"SVDFAISS_INDEX_DIR": str(index_dir), "SVDFAISS_MODEL": models[0],
            "SVDFAISS_HOST": host, "SVDFAISS_PORT": str(port), "SVDFAISS_WORKERS": str(workers),
            "SVDFAISS_POLL_SECONDS": str(poll_seconds), "SVDFAISS_MAX_K": str(max_k),
-           "SVDFAISS_LIVE_USERS": str(live_users)}
+           "SVDFAISS_LIVE_USERS": str(live_users), "SVDFAISS_EXPERIMENT": experiment,
+           "SVDFAISS_MODELS": json.dumps(models), "SVDFAISS_WEIGHTS": json.dumps(weight or [])}
+    if experiment_file is not None:
+        env["SVDFAISS_EXPERIMENT_FILE"] = str(experiment_file)
     if events_log is not None:
         env["SVDFAISS_EVENTS_LOG"] = str(events_log)
     try:

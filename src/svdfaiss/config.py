@@ -5,8 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from svdfaiss.errors import InvalidInput
+from svdfaiss.experiment import ExperimentConfig, Variant, describe, read_experiment
 
 MIN_TOKEN_LENGTH = 16
 
@@ -37,6 +40,16 @@ class Settings(BaseSettings):
         "concurrent requests batched into one FAISS call (1.1x to 1.8x the throughput of a "
         "thread-pool call per request at saturation, docs/benchmarks.md), or one thread-pool "
         "call per request")
+    # A/B: several models at once. `models` (CLI: --model repeated) with `weights`, or an
+    # experiment file; one model alone is an experiment of one variant.
+    models: list[str] = Field(default_factory=list, description="models to serve as "
+                              "variants (a JSON list in the environment); default: model")
+    weights: list[float] = Field(default_factory=list, description="each variant's share "
+                                 "of users (default: equal)")
+    experiment: str = Field("default", min_length=1, max_length=64,
+                            description="the experiment's name, hashed with each user id")
+    experiment_file: Path | None = Field(None, description="JSON: {name, variants: [{name, "
+                                         "model, weight}]}; overrides models and weights")
     events_log: Path | None = Field(
         None, description="POST /events appends here (JSON lines, fsynced per batch); "
         "default: INDEX_DIR/events/MODEL.jsonl")
@@ -59,3 +72,17 @@ class Settings(BaseSettings):
 
     def resolved_events_log(self) -> Path:
         return self.events_log or self.index_dir / "events" / f"{self.model}.jsonl"
+
+    def resolved_experiment(self) -> ExperimentConfig:
+        """The variants served: from the experiment file, else models and weights."""
+        if self.experiment_file is not None:
+            return read_experiment(self.experiment_file)
+        models = self.models or [self.model]
+        weights = self.weights or [1.0] * len(models)
+        if len(weights) != len(models):
+            raise InvalidInput(f"{len(weights)} weights for {len(models)} models")
+        try:
+            return ExperimentConfig(name=self.experiment, variants=[
+                Variant(name=m, model=m, weight=w) for m, w in zip(models, weights, strict=True)])
+        except ValidationError as exc:
+            raise InvalidInput(f"bad experiment: {describe(exc)}") from None

@@ -52,6 +52,7 @@ from svdfaiss.errors import (
     UnsupportedFilter,
 )
 from svdfaiss.events import Event, EventLog, LiveUsers, read_events
+from svdfaiss.experiment import Experiment, Variant
 from svdfaiss.recommender import CatalogFilter, Recommender, Results
 from svdfaiss.service import schemas
 
@@ -89,6 +90,9 @@ class Metrics:
         self.events = Counter("svdfaiss_events", "POST /events by result (applied, "
                               "unknown_item: logged only, refused: not logged)", ["result"],
                               registry=self.registry)
+        self.variants = Counter("svdfaiss_variant_requests", "Requests routed to each "
+                                "experiment variant", ["experiment", "variant", "model"],
+                                registry=self.registry)
         self.live_users = Gauge("svdfaiss_live_users", "Users with live events in memory",
                                 registry=self.registry)
 
@@ -105,9 +109,10 @@ class Loaded:
 class ModelHolder:
     """Holds the serving model; `reload` swaps it only for a completely loaded, verified one."""
 
-    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics, model: str) -> None:
         self.settings = settings
         self.metrics = metrics
+        self.model = model
         self.current: Loaded | None = None
         self._lock = asyncio.Lock()
 
@@ -117,26 +122,26 @@ class ModelHolder:
 
     def _load(self) -> Loaded:
         start = time.perf_counter()
-        rec = Recommender.load(self.settings.index_dir, self.settings.model,
+        rec = Recommender.load(self.settings.index_dir, self.model,
                                verify=self.settings.verify_checksums)
         return Loaded(rec, dt.datetime.now(dt.UTC), time.perf_counter() - start)
 
     async def reload(self, force: bool = False) -> schemas.ReloadResult:
         """Load the version CURRENT names unless it is already served."""
         async with self._lock:
-            directory = bundle.model_dir(self.settings.index_dir, self.settings.model)
+            directory = bundle.model_dir(self.settings.index_dir, self.model)
             try:
                 target = bundle.read_current(directory)
                 if not force and target == self.version:
                     self.metrics.reloads.labels("unchanged").inc()
-                    return schemas.ReloadResult(result="unchanged", model=self.settings.model,
+                    return schemas.ReloadResult(result="unchanged", model=self.model,
                                                 version=self.version)
                 loaded = await anyio.to_thread.run_sync(self._load)
             except (InvalidBundle, NoBundle, OSError, ValueError) as exc:
                 self.metrics.reloads.labels("refused").inc()
                 log.error("reload of model %s refused, still serving %s: %s",
-                          self.settings.model, self.version, exc)
-                return schemas.ReloadResult(result="refused", model=self.settings.model,
+                          self.model, self.version, exc)
+                return schemas.ReloadResult(result="refused", model=self.model,
                                             version=self.version, detail=str(exc))
             previous = self.current
             self.current = loaded  # the swap: one reference assignment
@@ -157,9 +162,40 @@ class ModelHolder:
         _single_threaded_faiss()
         current = self.current
         if current is None:
-            raise NoBundle(f"no bundle loaded for model {self.settings.model!r} from "
+            raise NoBundle(f"no bundle loaded for model {self.model!r} from "
                            f"{self.settings.index_dir}")
         return current.recommender
+
+
+class Models:
+    """The served models (one holder each) and the experiment that routes users to them."""
+
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        self.experiment = Experiment(settings.resolved_experiment())
+        self.holders = {m: ModelHolder(settings, metrics, m) for m in self.experiment.models}
+        self.metrics = metrics
+
+    @property
+    def primary(self) -> ModelHolder:
+        """The control variant's model: it answers requests with no user to assign."""
+        return self.holders[self.experiment.control.model]
+
+    def pick(self, user_id: str | None = None, model: str | None = None,
+             ) -> tuple[Recommender, Variant]:
+        """The model for a request: `model` when given, else the user's variant, else the
+        control; counted by variant."""
+        if model is not None:
+            variant = self.experiment.for_model(model)
+        elif user_id is not None:
+            variant = self.experiment.assign(user_id)
+        else:
+            variant = self.experiment.control
+        rec = self.holders[variant.model].get()
+        self.metrics.variants.labels(self.experiment.name, variant.name, variant.model).inc()
+        return rec, variant
+
+    async def reload(self, force: bool = False) -> list[schemas.ReloadResult]:
+        return [await holder.reload(force) for holder in self.holders.values()]
 
 
 class SearchBatcher:
@@ -272,9 +308,9 @@ def _single_threaded_faiss() -> None:
 class ServiceMiddleware:
     """Counts and times every request by route template, and sets X-Model-Version."""
 
-    def __init__(self, app: ASGIApp, holder: ModelHolder, metrics: Metrics) -> None:
+    def __init__(self, app: ASGIApp, models: Models, metrics: Metrics) -> None:
         self.app = app
-        self.holder = holder
+        self.models = models
         self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Callable[[], Awaitable[Message]],
@@ -291,7 +327,8 @@ class ServiceMiddleware:
                 status = message["status"]
                 headers = list(message.get("headers", []))
                 if not any(name == b"x-model-version" for name, _ in headers):
-                    headers.append((b"x-model-version", (self.holder.version or "").encode()))
+                    version = self.models.primary.version or ""
+                    headers.append((b"x-model-version", version.encode()))
                 message["headers"] = headers
             await send(message)
 
@@ -329,10 +366,10 @@ class SimilarItemsFastPath:
     stays the reference (errors, OpenAPI). A test holds both paths to the same bytes.
     """
 
-    def __init__(self, app: ASGIApp, holder: ModelHolder, settings: Settings,
+    def __init__(self, app: ASGIApp, models: Models, settings: Settings,
                  route: Any) -> None:
         self.app = app
-        self.holder = holder
+        self.models = models
         self.max_k = settings.max_k
         self.max_id_length = settings.max_id_length
         self.route = route
@@ -357,7 +394,7 @@ class SimilarItemsFastPath:
                 or not path.endswith(_SUFFIX) or len(path) <= len(_PREFIX) + len(_SUFFIX)):
             return None
         k = _plain_k(scope["query_string"], self.max_k)
-        current = self.holder.current
+        current = self.models.primary.current  # no user_id: the control variant
         if k is None or current is None:
             return None
         item_id = path[len(_PREFIX):-len(_SUFFIX)]
@@ -370,7 +407,10 @@ class SimilarItemsFastPath:
             return None
         if result is None:
             return None
-        return _items_body(rec, result), rec.version
+        control = self.models.experiment.control
+        self.models.metrics.variants.labels(self.models.experiment.name, control.name,
+                                            control.model).inc()
+        return _items_body(rec, result, variant=control.name), rec.version
 
 
 def _items_body(rec: Recommender, results: Results, **extra: Any) -> bytes:
@@ -398,7 +438,10 @@ def _install_error_handlers(app: FastAPI) -> None:
         return _problem(404, str(exc))
 
     async def invalid(_: Request, exc: Exception) -> JSONResponse:
-        return _problem(422, str(exc))
+        # The shape of FastAPI's own 422s (the OpenAPI schema of every route declares it),
+        # for a value only the model can judge: a weight, a model name.
+        return JSONResponse({"detail": [{"type": "value_error", "loc": [], "msg": str(exc)}]},
+                            status_code=422)
 
     async def bad_request(_: Request, exc: Exception) -> JSONResponse:
         return _problem(400, str(exc))
@@ -440,18 +483,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """A configured app; the bundle loads at start-up and on reload."""
     settings = settings or Settings()
     metrics = Metrics()
-    holder = ModelHolder(settings, metrics)
+    models = Models(settings, metrics)
 
     live = LiveUsers(settings.live_users, settings.max_ids)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        await holder.reload()
-        if holder.current is not None and settings.live_users > 0:
-            await anyio.to_thread.run_sync(_replay_events, holder.current.recommender,
+        await models.reload()
+        primary = models.primary.current
+        if primary is not None and settings.live_users > 0:
+            await anyio.to_thread.run_sync(_replay_events, primary.recommender,
                                            settings.resolved_events_log(), live)
             metrics.live_users.set(len(live))
-        poller = asyncio.create_task(_poll(holder)) if settings.poll_seconds > 0 else None
+        poller = asyncio.create_task(_poll(models)) if settings.poll_seconds > 0 else None
         yield
         if poller is not None:
             poller.cancel()
@@ -471,30 +515,30 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             503: {"model": schemas.Problem, "description": "no bundle loaded"}},
         max_body_size=settings.max_body_bytes,
     )
-    app.state.holder = holder
+    app.state.models = models
     app.state.settings = settings
     _install_error_handlers(app)
-    _add_query_routes(app, holder, settings, live)
+    _add_query_routes(app, models, settings, live)
     if settings.live_users > 0:
-        _add_event_route(app, holder, settings, metrics, live)
+        _add_event_route(app, models, settings, metrics, live)
     if settings.fast_path:
         similar_route = next(r for r in app.routes if getattr(r, "name", "") == "similar_items")
-        app.add_middleware(SimilarItemsFastPath, holder=holder, settings=settings,
+        app.add_middleware(SimilarItemsFastPath, models=models, settings=settings,
                            route=similar_route)
     if settings.cors_origins:  # off unless origins are configured
         app.add_middleware(CORSMiddleware, allow_origins=settings.cors_origins,
                            allow_methods=["GET", "POST"], allow_headers=["content-type"])
-    app.add_middleware(ServiceMiddleware, holder=holder, metrics=metrics)
-    _add_operational_routes(app, holder, settings, metrics)
+    app.add_middleware(ServiceMiddleware, models=models, metrics=metrics)
+    _add_operational_routes(app, models, settings, metrics)
     return app
 
 
-async def _poll(holder: ModelHolder) -> None:
+async def _poll(models: Models) -> None:
     """Pick up a newly published CURRENT without an admin call."""
     while True:
-        await asyncio.sleep(holder.settings.poll_seconds)
+        await asyncio.sleep(models.primary.settings.poll_seconds)
         try:
-            await holder.reload()
+            await models.reload()
         except Exception:  # the poller must survive anything a bad bundle does
             log.exception("poll reload failed")
 
@@ -515,7 +559,7 @@ def _replay_events(rec: Recommender, path: pathlib.Path, live: LiveUsers) -> Non
              rejected.total)
 
 
-def _add_event_route(app: FastAPI, holder: ModelHolder, settings: Settings, metrics: Metrics,
+def _add_event_route(app: FastAPI, models: Models, settings: Settings, metrics: Metrics,
                      live: LiveUsers) -> None:
     sink = EventSink(EventLog(settings.resolved_events_log()))
     event_model: Any = schemas.event_request(settings.max_id_length)
@@ -529,7 +573,7 @@ def _add_event_route(app: FastAPI, holder: ModelHolder, settings: Settings, metr
         the user's live row: their next recommendations fold it in at once, and a user the
         bundle never saw becomes known. Events for unknown items are logged for the next
         build (`svdfaiss build --events LOG`) and reported with applied=false."""
-        rec = holder.get()
+        rec, variant = models.pick(body.user_id)
         explicit = rec.feedback == "explicit"
         if body.weight is None and explicit:
             metrics.events.labels("refused").inc()
@@ -553,12 +597,13 @@ def _add_event_route(app: FastAPI, holder: ModelHolder, settings: Settings, metr
         else:
             detail = "unknown item: logged for the next build, not applied"
         metrics.events.labels("applied" if known else "unknown_item").inc()
-        return _json({"model": rec.model, "version": rec.version, "user_id": body.user_id,
-                      "item_id": body.item_id, "weight": weight, "logged": True,
+        return _json({"model": rec.model, "version": rec.version, "variant": variant.name,
+                      "user_id": body.user_id, "item_id": body.item_id, "weight": weight,
+                      "logged": True,
                       "applied": known, "detail": detail}, rec.version)
 
 
-def _add_query_routes(app: FastAPI, holder: ModelHolder, settings: Settings,
+def _add_query_routes(app: FastAPI, models: Models, settings: Settings,
                       live: LiveUsers) -> None:
     max_k, max_ids, max_len = settings.max_k, settings.max_ids, settings.max_id_length
     OneId: Any = schemas.id_type(max_len)  # noqa: N806
@@ -578,6 +623,9 @@ def _add_query_routes(app: FastAPI, holder: ModelHolder, settings: Settings,
         description="only items in stock (true) or out of stock (false)")]
     ModeQuery = Annotated[Literal["cf", "content", "hybrid"], Query(  # noqa: N806
         description="similar items by cf, content or hybrid (the default)")]
+    ModelQuery = Annotated[str | None, Query(  # noqa: N806
+        min_length=1, max_length=128, description="serve this model (one of the experiment's "
+        "variants) instead of the user's assigned variant")]
     not_found: dict[int | str, dict[str, Any]] = {
         404: {"model": schemas.Problem, "description": "unknown id"}}
     batcher = SearchBatcher() if settings.search_mode == "batch" else None
@@ -591,7 +639,12 @@ def _add_query_routes(app: FastAPI, holder: ModelHolder, settings: Settings,
                             category: CategoryQuery = None, min_price: PriceQuery = None,
                             max_price: PriceQuery = None,
                             in_stock: StockQuery = None,
-                            mode: ModeQuery = "hybrid") -> Response:
+                            mode: ModeQuery = "hybrid",
+                            user_id: Annotated[str | None, Query(
+                                min_length=1, max_length=max_len,
+                                description="the viewer, for the A/B assignment (without "
+                                            "it: the control variant)")] = None,
+                            model: ModelQuery = None) -> Response:
         """Items most similar to an item (never the item itself).
 
         `mode`: cf (cosine of the SVD item vectors), content (cosine of the catalog's text
@@ -602,7 +655,7 @@ def _add_query_routes(app: FastAPI, holder: ModelHolder, settings: Settings,
 
         Business filters (category, price, stock) run inside the index: k results whenever
         k items pass them."""
-        rec = holder.get()
+        rec, variant = models.pick(user_id, model)
         catalog_filter = CatalogFilter(category, min_price, max_price, in_stock)
         # Neighbours stored at build time answer on the event loop (an array slice); anything
         # needing FAISS goes to the thread pool so that a search never blocks the loop.
@@ -615,7 +668,7 @@ def _add_query_routes(app: FastAPI, holder: ModelHolder, settings: Settings,
         elif result is None:
             result = await run_in_threadpool(rec.similar_items, item_id, k, items, filter_items,
                                              False, catalog_filter, mode)
-        return _items(rec, result)
+        return _items(rec, result, variant=variant.name)
 
     @app.get("/users/{user_id:path}/recommendations", response_model=schemas.ItemsResponse,
              responses=not_found, tags=["users"])
@@ -629,34 +682,37 @@ def _add_query_routes(app: FastAPI, holder: ModelHolder, settings: Settings,
                                         "(popular) or a 404 (none)")] = "popular",
                         explain: Annotated[bool, Query(
                             description="name the history items behind each result")] = False,
-                        ) -> Response:
+                        model: ModelQuery = None) -> Response:
         """Recommendations for a user (items they interacted with excluded by default); an
-        unknown user gets popular items with reason "popular" unless fallback=none."""
-        rec = holder.get()
+        unknown user gets popular items with reason "popular" unless fallback=none. Events
+        posted since the bundle (POST /events) are folded in."""
+        rec, variant = models.pick(user_id, model)
         return _items(rec, rec.recommend(user_id, k, exclude_seen, items, filter_items,
                                          CatalogFilter(category, min_price, max_price,
                                                        in_stock), fallback, explain,
-                                         live.get(user_id)))
+                                         live.get(user_id)), variant=variant.name)
 
     @app.get("/users/{user_id:path}/similar", response_model=schemas.UsersResponse,
              responses=not_found, tags=["users"])
     def similar_users(user_id: UserId, k: KQuery = 10,
                       users: Annotated[list[OneId] | None, Query(max_length=max_ids)] = None,
                       filter_users: Annotated[list[OneId] | None,
-                                              Query(max_length=max_ids)] = None) -> Response:
+                                              Query(max_length=max_ids)] = None,
+                      model: ModelQuery = None) -> Response:
         """Users most similar to a user (cosine of embeddings; never the user itself)."""
-        rec = holder.get()
+        rec, variant = models.pick(user_id, model)
         result = rec.similar_users(user_id, k, users, filter_users)
-        return _json({"model": rec.model, "version": rec.version,
+        return _json({"model": rec.model, "version": rec.version, "variant": variant.name,
                       "users": result.records("user_id")}, rec.version)
 
     @app.get("/users/{user_id:path}/items/{item_id:path}/score",
              response_model=schemas.ScoreResponse, responses=not_found, tags=["users"])
-    def score(user_id: UserId, item_id: ItemId) -> Response:
+    def score(user_id: UserId, item_id: ItemId, model: ModelQuery = None) -> Response:
         """The model's score of one item for one user (the ranking score of recommendations)."""
-        rec = holder.get()
-        return _json({"model": rec.model, "version": rec.version, "user_id": user_id,
-                      "item_id": item_id, "score": rec.score(user_id, item_id)}, rec.version)
+        rec, variant = models.pick(user_id, model)
+        return _json({"model": rec.model, "version": rec.version, "variant": variant.name,
+                      "user_id": user_id, "item_id": item_id,
+                      "score": rec.score(user_id, item_id)}, rec.version)
 
     # Bodies bounded by the settings are built at run time: pydantic enforces their shape,
     # so handlers read them as Any.
@@ -667,7 +723,7 @@ def _add_query_routes(app: FastAPI, holder: ModelHolder, settings: Settings,
     def basket(body: Annotated[basket_model, Body()]) -> Response:
         """Recommendations for an anonymous basket or session (fold-in); unknown ids are
         reported in `unknown_item_ids` and ignored while at least one id is known."""
-        rec = holder.get()
+        rec, variant = models.pick(body.user_id, body.model)
         try:
             result = rec.recommend_for_items(
                 body.item_ids, body.k, body.exclude_given, body.items, body.filter_items,
@@ -676,7 +732,7 @@ def _add_query_routes(app: FastAPI, holder: ModelHolder, settings: Settings,
         except (UnknownItem, UnknownItems):
             return _json({"detail": "none of the item ids is known",
                           "unknown_item_ids": body.item_ids}, rec.version, 404)
-        return _items(rec, result, unknown_item_ids=result.unknown)
+        return _items(rec, result, variant=variant.name, unknown_item_ids=result.unknown)
 
     similar_batch: Any = schemas.batch_request("item_ids", settings.max_batch, max_ids, max_k,
                                                max_len, False)
@@ -687,36 +743,39 @@ def _add_query_routes(app: FastAPI, holder: ModelHolder, settings: Settings,
               tags=["batch"])
     def batch_similar(body: Annotated[similar_batch, Body()]) -> Response:
         """Similar items for many items in one call; unknown ids get an `error` entry."""
-        rec = holder.get()
+        rec, variant = models.pick(None, body.model)
         catalog_filter = CatalogFilter(body.category, body.min_price, body.max_price,
                                        body.in_stock)
-        return _batch(rec, body.item_ids, lambda i: rec.similar_items(
+        return _batch(rec, variant, body.item_ids, lambda i: rec.similar_items(
             i, body.k, body.items, body.filter_items, catalog_filter=catalog_filter,
             mode=body.mode))
 
     @app.post("/batch/recommendations", response_model=schemas.BatchResponse,
               responses=too_large, tags=["batch"])
     def batch_recommendations(body: Annotated[recs_batch, Body()]) -> Response:
-        """Recommendations for many users in one call; unknown ids get an `error` entry."""
-        rec = holder.get()
+        """Recommendations for many users in one call (all from one model: `model`, or the
+        control variant); unknown ids get an `error` entry."""
+        rec, variant = models.pick(None, body.model)
         catalog_filter = CatalogFilter(body.category, body.min_price, body.max_price,
                                        body.in_stock)
-        return _batch(rec, body.user_ids, lambda u: rec.recommend(
+        return _batch(rec, variant, body.user_ids, lambda u: rec.recommend(
             u, body.k, body.exclude_seen, body.items, body.filter_items, catalog_filter,
-            explain=body.explain))
+            explain=body.explain, live=live.get(u)))
 
 
-def _batch(rec: Recommender, ids: list[str], query: Callable[[str], Results]) -> Response:
+def _batch(rec: Recommender, variant: Variant, ids: list[str],
+           query: Callable[[str], Results]) -> Response:
     results: list[dict[str, Any]] = []
     for one in ids:
         try:
             results.append({"id": one, "items": query(one).records()})
         except (UnknownItem, UnknownUser) as exc:
             results.append({"id": one, "error": str(exc)})
-    return _json({"model": rec.model, "version": rec.version, "results": results}, rec.version)
+    return _json({"model": rec.model, "version": rec.version, "variant": variant.name,
+                  "results": results}, rec.version)
 
 
-def _add_operational_routes(app: FastAPI, holder: ModelHolder, settings: Settings,
+def _add_operational_routes(app: FastAPI, models: Models, settings: Settings,
                             metrics: Metrics) -> None:
     @app.get("/healthz", tags=["operations"])
     def healthz() -> dict[str, str]:
@@ -725,24 +784,32 @@ def _add_operational_routes(app: FastAPI, holder: ModelHolder, settings: Setting
 
     @app.get("/readyz", response_model=schemas.Ready, tags=["operations"])
     def readyz() -> Any:
-        """A bundle is loaded: which one, when, and its size; 503 before."""
-        current = holder.current
-        if current is None:
-            return _problem(503, f"no bundle loaded for model {settings.model!r}")
+        """Every served model has a bundle loaded: the control variant's bundle (when, its
+        size), and each variant's model and version; 503 before."""
+        missing = [m for m, h in models.holders.items() if h.current is None]
+        current = models.primary.current
+        if missing or current is None:
+            return _problem(503, f"no bundle loaded for model {missing[0]!r}")
         rec = current.recommender
         counts = rec.manifest["counts"]
+        variants = [{"variant": v.name, "model": v.model, "weight": v.weight,
+                     "version": models.holders[v.model].version}
+                    for v in models.experiment.variants]
         return {"model": rec.model, "version": rec.version,
                 "loaded_at": current.loaded_at.isoformat(),
                 "load_seconds": round(current.load_seconds, 4),
                 "counts": {"users": counts["users"], "items": counts["items"],
                            "interactions": counts["interactions"]},
-                "indexes": {k: v["type"] for k, v in rec.manifest["indexes"].items()}}
+                "indexes": {k: v["type"] for k, v in rec.manifest["indexes"].items()},
+                "experiment": models.experiment.name, "variants": variants}
 
     @app.get("/model", response_model=schemas.ModelInfo, tags=["operations"])
-    def model_info() -> Any:
+    def model_info(model: Annotated[str | None, Query(
+            min_length=1, max_length=128,
+            description="one of the served models (default: the control's)")] = None) -> Any:
         """The serving bundle: its parameters, factorization, indexes and the evaluation
         stored at build time (`svdfaiss build --evaluate`; null without it)."""
-        rec = holder.get()
+        rec, _ = models.pick(None, model)
         manifest = rec.manifest
         return {"model": rec.model, "version": rec.version,
                 "created_at": manifest.get("created_at"),
@@ -752,6 +819,7 @@ def _add_operational_routes(app: FastAPI, holder: ModelHolder, settings: Setting
                 "indexes": {k: {"type": v["type"], "rows": v["rows"]}
                             for k, v in manifest["indexes"].items()},
                 "similar_cache": manifest.get("similar_cache"),
+                "content": manifest.get("content"),
                 "evaluation": manifest.get("evaluation")}
 
     @app.get("/metrics", tags=["operations"], response_class=Response)
@@ -765,12 +833,16 @@ def _add_operational_routes(app: FastAPI, holder: ModelHolder, settings: Setting
                          409: {"model": schemas.ReloadResult,
                                "description": "the new bundle was refused; the old serves"}})
     async def admin_reload(authorization: Annotated[str | None, Header()] = None) -> Any:
-        """Load the version CURRENT names now (bearer token from SVDFAISS_ADMIN_TOKEN)."""
+        """Load the version CURRENT names now, for every served model (bearer token from
+        SVDFAISS_ADMIN_TOKEN). The answer is the control's model, with every model's result
+        under `models`; 409 when any was refused (those keep serving their old bundle)."""
         _authorize(settings, authorization)
-        result = await holder.reload()
-        if result.result == "refused":
-            return JSONResponse(result.model_dump(), status_code=409)
-        return result
+        results = await models.reload()
+        primary = results[list(models.holders).index(models.experiment.control.model)]
+        answer = primary.model_copy(update={"models": results} if len(results) > 1 else {})
+        if any(r.result == "refused" for r in results):
+            return JSONResponse(answer.model_dump(), status_code=409)
+        return answer
 
 
 def _authorize(settings: Settings, authorization: str | None) -> None:

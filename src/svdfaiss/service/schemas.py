@@ -41,6 +41,8 @@ class ScoredUser(BaseModel):
 class ItemsResponse(BaseModel):
     model: str
     version: str
+    variant: str | None = Field(None, description="the A/B variant that answered (the "
+                                "model's name when one model is served)")
     items: list[ScoredItem]
 
 
@@ -51,12 +53,16 @@ class BasketResponse(ItemsResponse):
 class UsersResponse(BaseModel):
     model: str
     version: str
+    variant: str | None = Field(None, description="the A/B variant that answered (the "
+                                "model's name when one model is served)")
     users: list[ScoredUser]
 
 
 class ScoreResponse(BaseModel):
     model: str
     version: str
+    variant: str | None = Field(None, description="the A/B variant that answered (the "
+                                "model's name when one model is served)")
     user_id: str
     item_id: str
     score: float
@@ -71,6 +77,8 @@ class BatchEntry(BaseModel):
 class BatchResponse(BaseModel):
     model: str
     version: str
+    variant: str | None = Field(None, description="the A/B variant that answered (the "
+                                "model's name when one model is served)")
     results: list[BatchEntry]
 
 
@@ -81,6 +89,9 @@ class Ready(BaseModel):
     load_seconds: float
     counts: dict[str, int | float]
     indexes: dict[str, str]
+    experiment: str
+    variants: list[dict[str, Any]] = Field(description="each A/B variant: its name, model, "
+                                           "weight and loaded version")
 
 
 class ModelInfo(BaseModel):
@@ -93,6 +104,8 @@ class ModelInfo(BaseModel):
     explained_energy: float
     indexes: dict[str, dict[str, Any]]
     similar_cache: dict[str, Any] | None
+    content: dict[str, Any] | None = Field(
+        None, description="the content vectors (columns, size) and the hybrid blend")
     evaluation: dict[str, Any] | None = Field(
         description="top-N metrics of a 20% holdout (docs/evaluation.md), stored by "
         "`svdfaiss build --evaluate`; null when the build did not evaluate")
@@ -107,6 +120,8 @@ class ReloadResult(BaseModel):
     model: str
     version: str | None
     detail: str | None = None
+    models: list[ReloadResult] | None = Field(
+        None, description="every served model's result, when several are served")
 
 
 def id_type(max_length: int) -> Any:
@@ -132,6 +147,10 @@ def basket_request(max_ids: int, max_k: int, max_id_length: int) -> type[BaseMod
         max_price: float | None = Field(None, ge=0, allow_inf_nan=False)
         in_stock: bool | None = None
         explain: bool = False
+        user_id: one_id | None = Field(  # type: ignore[valid-type]
+            None, description="the shopper, for the A/B assignment (else the control)")
+        model: str | None = Field(None, min_length=1, max_length=128,
+                                  description="serve this model instead of the variant")
 
     return BasketRequest
 
@@ -157,6 +176,7 @@ class EventResult(BaseModel):
 
     model: str
     version: str
+    variant: str | None = None
     user_id: str
     item_id: str
     weight: float
@@ -188,6 +208,9 @@ def batch_request(field: str, max_batch: int, max_ids: int, max_k: int, max_id_l
         fields["explain"] = (bool, False)
     else:
         fields["mode"] = (Literal["cf", "content", "hybrid"], "hybrid")
+    fields["model"] = (str | None, Field(None, min_length=1, max_length=128,
+                                         description="the model to ask (default: the control "
+                                         "variant's)"))
     from pydantic import create_model
 
     return create_model(  # type: ignore[call-overload, no-any-return]
