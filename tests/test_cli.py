@@ -158,7 +158,8 @@ def test_demo_builds_the_sample_and_prints_working_queries(tmp_path):
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
 def test_demo_serves_and_its_curl_lines_work(tmp_path):
-    """The README's run command: sample, build, a service on 127.0.0.1, three curl lines."""
+    """The README's run command: sample, build, a service on 127.0.0.1, the /demo page and
+    five curl lines (similar items twice, recommendations, a basket, a live event)."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SVDFAISS_")}
     proc = subprocess.Popen([sys.executable, "-m", "svdfaiss", "demo", "--workdir",
@@ -168,7 +169,7 @@ def test_demo_serves_and_its_curl_lines_work(tmp_path):
     try:
         lines: list[str] = []
         deadline = time.monotonic() + 120
-        while len([ln for ln in lines if ln.strip().startswith("curl ")]) < 3:
+        while len([ln for ln in lines if ln.strip().startswith("curl ")]) < 5:
             assert time.monotonic() < deadline and proc.poll() is None, lines
             lines.append(proc.stdout.readline())  # type: ignore[union-attr]
         url = f"http://127.0.0.1:{port}"
@@ -182,7 +183,11 @@ def test_demo_serves_and_its_curl_lines_work(tmp_path):
             done = subprocess.run([*shlex.split(line), "-s", "-f"], capture_output=True,
                                   text=True, timeout=30)
             assert done.returncode == 0, (line, done.stderr)
-            assert len(json.loads(done.stdout)["items"]) == 5
+            answer = json.loads(done.stdout)
+            assert answer["applied"] is True if "/events" in line else len(answer["items"]) == 5
+        assert any(f"{url}/demo" in line for line in lines), lines
+        with urllib.request.urlopen(f"{url}/demo", timeout=5) as page:
+            assert b"svdfaiss demo" in page.read()
     finally:
         proc.terminate()
         proc.wait(15)

@@ -883,11 +883,16 @@ def demo(
         out.print(f"  {base.format('basket ' + item)} --json")
         return
     url = f"http://{host}:{port}"
-    out.print(f"\nServing on {url} (API docs: {url}/docs); stop with Ctrl+C. Try:")
+    out.print(f"\nServing on {url} (API docs: {url}/docs); stop with Ctrl+C.")
+    out.print(f"Open {url}/demo in a browser: search the catalog, compare similar items by "
+              "cf, content and hybrid, and see a user's recommendations explained. Or try:")
     out.print(f"  curl '{url}/items/{item}/similar?k=5'")
-    out.print(f"  curl '{url}/users/{user}/recommendations?k=5'")
+    out.print(f"  curl '{url}/items/{item}/similar?k=5&mode=content'")
+    out.print(f"  curl '{url}/users/{user}/recommendations?k=5&explain=true'")
     out.print(f"  curl -X POST {url}/recommendations -H 'content-type: application/json' "
               f"-d '{{\"item_ids\": [\"{item}\"], \"k\": 5}}'")
+    out.print(f"  curl -X POST {url}/events -H 'content-type: application/json' "
+              f"-d '{{\"user_id\": \"{user}\", \"item_id\": \"{item}\"}}'")
     sys.stdout.flush()
     _serve({"SVDFAISS_INDEX_DIR": str(index_dir), "SVDFAISS_MODEL": model}, host, port, 1)
 

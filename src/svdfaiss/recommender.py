@@ -189,6 +189,7 @@ class Recommender:
         self._filter_cache: dict[CatalogFilter, np.ndarray] = {}  # insertion order: oldest first
         self._filter_lock = threading.Lock()
         self._popular: tuple[np.ndarray, np.ndarray] | None = None  # built on first use
+        self._titles: np.ndarray | None = None  # lower-cased, on the first catalog search
 
     def _space(
         self,
@@ -514,14 +515,36 @@ class Recommender:
             return [[] for _ in idx]
         shares = (np.asarray(self.fold_factors[history]) * weighted.data[:, None]) @ np.asarray(
             self.item_factors[idx]).T
+        titles = self.catalog.get("title")
         out = []
         for column in shares.T:
             top = np.argsort(-column, kind="stable")[:EXPLAIN_TOP]
             top = top[column[top] > 0]
-            out.append([{"item_id": ext, "contribution": float(column[j])}
-                        for ext, j in zip(decode_ids(self.item_ids[history[top]]), top,
-                                          strict=True)])
+            named = []
+            for ext, j in zip(decode_ids(self.item_ids[history[top]]), top, strict=True):
+                entry: dict[str, Any] = {"item_id": ext, "contribution": float(column[j])}
+                if titles is not None:
+                    entry["title"] = titles[history[j]]
+                named.append(entry)
+            out.append(named)
         return out
+
+    def search_catalog(self, query: str, limit: int = 10) -> Results:
+        """Catalog items whose title contains `query` (case-insensitive), the most
+        interacted with first; each score is the item's number of training interactions."""
+        if limit < 1:
+            raise InvalidInput(f"limit must be at least 1, got {limit}")
+        if self._titles is None:
+            column = self.catalog.get("title")
+            if column is None:
+                raise UnsupportedFilter(f"model {self.model!r} has no catalog titles to "
+                                        "search; build it with --items CATALOG holding a title")
+            self._titles = np.array([str(t or "").lower() for t in column.tolist()])
+        hits = np.flatnonzero(np.char.find(self._titles, query.lower()) >= 0)
+        counts = np.zeros(self.n_catalog, dtype=np.float32)
+        counts[: self.n_items] = self._popularity()[0]
+        hits = hits[np.argsort(-counts[hits], kind="stable")][:limit]
+        return self._items_result(counts[hits], hits)
 
     def _items_result(self, scores: np.ndarray, idx: np.ndarray,
                       unknown: list[str] | None = None, reason: str | None = None) -> Results:

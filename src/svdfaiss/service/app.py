@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
+from importlib import resources
 from typing import Annotated, Any, Literal
 
 import anyio
@@ -30,7 +31,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -530,6 +531,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                            allow_methods=["GET", "POST"], allow_headers=["content-type"])
     app.add_middleware(ServiceMiddleware, models=models, metrics=metrics)
     _add_operational_routes(app, models, settings, metrics)
+    _add_demo_routes(app, models, settings)
     return app
 
 
@@ -773,6 +775,35 @@ def _batch(rec: Recommender, variant: Variant, ids: list[str],
             results.append({"id": one, "error": str(exc)})
     return _json({"model": rec.model, "version": rec.version, "variant": variant.name,
                   "results": results}, rec.version)
+
+
+def _add_demo_routes(app: FastAPI, models: Models, settings: Settings) -> None:
+    page = resources.files("svdfaiss.service").joinpath("demo.html").read_bytes()
+
+    @app.get("/demo", response_class=HTMLResponse, tags=["demo"])
+    def demo() -> Response:
+        """A page to look at the model: search the catalog, compare similar items by cf,
+        content and hybrid side by side, and see a user's recommendations explained."""
+        # Everything the page loads comes from this service; its script is inline.
+        return Response(page, media_type="text/html; charset=utf-8", headers={
+            "content-security-policy": "default-src 'self'; script-src 'unsafe-inline'; "
+            "style-src 'unsafe-inline'; img-src 'self' data:; frame-ancestors 'none'"})
+
+    @app.get("/catalog/search", response_model=schemas.ItemsResponse, tags=["items"],
+             responses={400: {"model": schemas.Problem, "description": "no catalog titles"}})
+    def search_catalog(q: Annotated[str, Query(min_length=1, max_length=settings.max_id_length,
+                                               description="text the title contains")],
+                       limit: Annotated[int, Query(ge=1, le=settings.max_k)] = 10,
+                       model: Annotated[str | None, Query(min_length=1, max_length=128)]
+                       = None) -> Response:
+        """Catalog items whose title contains q (case-insensitive), the most interacted with
+        first; `score` and `interactions` are the item's training interactions (0 for a
+        catalog item nobody has bought yet)."""
+        rec, variant = models.pick(None, model)
+        items = [{**r, "interactions": int(r["score"])}
+                 for r in rec.search_catalog(q, limit).records()]
+        return _json({"model": rec.model, "version": rec.version, "variant": variant.name,
+                      "items": items}, rec.version)
 
 
 def _add_operational_routes(app: FastAPI, models: Models, settings: Settings,

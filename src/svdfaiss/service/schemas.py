@@ -17,6 +17,7 @@ class Contribution(BaseModel):
 
     item_id: str
     contribution: float
+    title: str | None = Field(None, description="the history item's catalog title")
 
 
 class ScoredItem(BaseModel):
