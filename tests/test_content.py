@@ -134,9 +134,9 @@ def test_movielens_content_neighbours_share_genres_and_hybrid_keeps_cf_quality(t
     warm, cold = result["warm"], result["cold"]
     # Measured 0.0748 against 0.0703 (docs/evaluation.md): hybrid loses nothing on warm items.
     assert warm["hybrid"]["ndcg@10"] >= 0.97 * warm["cf"]["ndcg@10"], warm
-    # Cold items: content beats random neighbours (about 0.002) but not popularity, which
-    # wins on MovieLens (0.150 against 0.021; docs/evaluation.md says why).
-    assert cold["content"]["ndcg@10"] > 0.01, cold
+    # Cold items: content beats random neighbours (measured 0.023 against 0.011) but not
+    # popularity, which wins on MovieLens (0.150; docs/evaluation.md says why).
+    assert cold["content"]["ndcg@10"] > 1.5 * cold["random"]["ndcg@10"], cold
 
 
 def test_catalog_rows_of_new_items_follow_the_model_items(tmp_path):

@@ -430,7 +430,7 @@ def evaluate_for_manifest(matrix: sp.csr_matrix, k_factors: int, scheme: str, be
 
 COLD_FRACTION = 0.1
 MAX_QUERIES = 3000
-SIMILAR_METHODS = ("popular", "cf", "content", "hybrid")
+SIMILAR_METHODS = ("random", "popular", "cf", "content", "hybrid")
 
 
 def evaluate_similar_items(matrix: sp.csr_matrix, content: np.ndarray, k_factors: int,
@@ -444,8 +444,9 @@ def evaluate_similar_items(matrix: sp.csr_matrix, content: np.ndarray, k_factors
     test set. A query is a (user, item) pair, the item one of the user's test items (warm)
     or cold items (cold); the relevant items are the user's test items other than the query,
     the items an item page should lead that user to. Each method ranks every other item:
-    popularity (training interactions), cf (cosine of the SVD item vectors), content (cosine
-    of `content`, one row per item) and hybrid (content.fuse with the builder's weights).
+    random order (the floor), popularity (training interactions), cf (cosine of the SVD
+    item vectors), content (cosine of `content`, one row per item) and hybrid (content.fuse
+    with the builder's weights).
     Up to MAX_QUERIES pairs of each kind are drawn, with the seed.
     """
     from svdfaiss.content import cf_share, fuse
@@ -487,6 +488,8 @@ def evaluate_similar_items(matrix: sp.csr_matrix, content: np.ndarray, k_factors
         return pairs
 
     def scores(method: str, item: int) -> np.ndarray:
+        if method == "random":  # the floor: a seeded order of its own per query item
+            return np.random.default_rng((seed, item)).random(n_items, dtype=np.float32)
         if method == "popular":
             return counts.astype(np.float32)
         if method == "cf":

@@ -1,0 +1,102 @@
+"""Live events over HTTP: POST /events (fsynced per batch) against recommendation reads,
+side by side in one run on the built-in sample, at one paced rate each.
+
+    python scripts/bench_events.py --rate 300 --seconds 15 --json docs/results/events.json
+
+Rows, each at the same rate from 16 connections on 127.0.0.1:
+- GET recommendations of users with no live events (the baseline);
+- POST /events (a known user, a known item; acknowledged once its line is fsynced);
+- GET recommendations of the same users, now with live rows (fold-in on every request).
+Prints p50/p99 and the ratio of each row's p50 to the baseline, writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE.parent / "src"), str(HERE)]
+
+from paced_load import paced_run  # noqa: E402
+from serving import free_port, wait_ready  # noqa: E402
+
+
+def get(path: str) -> bytes:
+    return f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode()
+
+
+def post(path: str, body: str) -> bytes:
+    return (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n{body}").encode()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rate", type=float, default=300)
+    parser.add_argument("--seconds", type=float, default=15)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    from svdfaiss.builder import BuildConfig, build
+    from svdfaiss.data import decode_ids
+    from svdfaiss.recommender import Recommender
+    from svdfaiss.synthetic import SampleSpec, write_sample
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        files = write_sample(SampleSpec(), work / "data")
+        build(BuildConfig(input=files.events, model="bench", index_dir=work / "ix",
+                          catalog=files.catalog))
+        rec = Recommender.load(work / "ix", "bench")
+        users = decode_ids(rec.user_ids[:2000])
+        items = decode_ids(rec.item_ids[::7])
+        log = work / "events.jsonl"
+        port = free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SVDFAISS_")}
+        env["SVDFAISS_EVENTS_LOG"] = str(log)
+        proc = subprocess.Popen([sys.executable, "-m", "svdfaiss", "serve", "--index-dir",
+                                 str(work / "ix"), "--model", "bench", "--port", str(port)],
+                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        rows: dict[str, Any] = {}
+        try:
+            wait_ready(f"http://127.0.0.1:{port}/readyz", proc)
+            plan = [
+                ("recommendations, no live events",
+                 lambda i: get(f"/users/{users[i % 1000]}/recommendations?k=10")),
+                ("POST /events", lambda i: post("/events", json.dumps(
+                    {"user_id": users[1000 + i % 1000], "item_id": items[i % len(items)]}))),
+                ("recommendations, live rows",
+                 lambda i: get(f"/users/{users[1000 + i % 1000]}/recommendations?k=10")),
+            ]
+            for name, request in plan:
+                result = paced_run("127.0.0.1", port, request, args.rate, args.seconds,
+                                   connections=16)
+                rows[name] = result.summary()
+                time.sleep(1)
+        finally:
+            proc.terminate()
+            proc.wait(15)
+        logged = len(log.read_bytes().splitlines()) if log.exists() else 0
+    base = rows["recommendations, no live events"]["p50_ms"]
+    print(f"{'row':<34} {'req/s':>7} {'p50 ms':>8} {'p99 ms':>8} {'p50 ratio':>10} non-2xx")
+    for name, row in rows.items():
+        print(f"{name:<34} {row['requests_per_s']:>7.1f} {row['p50_ms']:>8.3f} "
+              f"{row['p99_ms']:>8.3f} {row['p50_ms'] / base:>10.2f} {row['non_2xx']}")
+    print(f"events logged: {logged}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"date": time.strftime("%Y-%m-%d %H:%M"),
+                                         "rate": args.rate, "seconds": args.seconds,
+                                         "rows": rows, "events_logged": logged}, indent=2)
+                             + "\n")
+
+
+if __name__ == "__main__":
+    main()
