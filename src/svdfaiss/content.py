@@ -142,8 +142,10 @@ DEFAULT_HYBRID_INTERACTIONS = 5.0
 
 
 # Hybrid neighbours are fused over each mode's HYBRID_POOL nearest (2k when k is larger), at
-# build time and at query time alike, so stored and searched answers agree.
-HYBRID_POOL = 100
+# build time and at query time alike, so stored and searched answers agree. 50 is the stored
+# neighbours' k: storing them then searches each index as deep as CF neighbours alone do
+# (100 made the hybrid stage 3.3x the CF one at 158k items, scripts/bench_content.py).
+HYBRID_POOL = 50
 
 
 def hybrid_pool(k: int) -> int:
