@@ -7,10 +7,10 @@ COPY pyproject.toml README.md ./
 COPY src ./src
 RUN pip install . \
     && useradd --system --uid 10001 --home-dir /app svdfaiss \
-    && mkdir /indexes /data \
-    && chown svdfaiss /indexes
-# A new named volume mounted on /indexes starts with this folder's owner, so the unprivileged
-# builder can write bundles into it.
+    && mkdir /indexes /data /events \
+    && chown svdfaiss /indexes /events
+# A new named volume mounted on /indexes or /events starts with this folder's owner, so the
+# unprivileged builder can write bundles, and the api its events log.
 USER svdfaiss
 
 ENV SVDFAISS_INDEX_DIR=/indexes SVDFAISS_HOST=0.0.0.0 SVDFAISS_PORT=8000

@@ -39,7 +39,8 @@ def test_compose_file_is_valid_and_wires_builder_then_api(tmp_path):
     volumes = {str(v.get("source", v)) if isinstance(v, dict) else v.split(":")[0]
                for service in (builder, api) for v in service["volumes"]}
     assert any("indexes" in v for v in volumes)
-    assert "indexes" in config["volumes"]
+    assert "indexes" in config["volumes"] and "events" in config["volumes"]
+    assert api["environment"]["SVDFAISS_EVENTS_LOG"] == "/events/shop.jsonl"
 
 
 def test_dockerfile_runs_svdfaiss_unprivileged():
