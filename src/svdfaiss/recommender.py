@@ -16,6 +16,8 @@ from typing import Any
 
 import faiss as _faiss
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import scipy.sparse as sp
 
@@ -189,7 +191,7 @@ class Recommender:
         self._filter_cache: dict[CatalogFilter, np.ndarray] = {}  # insertion order: oldest first
         self._filter_lock = threading.Lock()
         self._popular: tuple[np.ndarray, np.ndarray] | None = None  # built on first use
-        self._titles: np.ndarray | None = None  # lower-cased, on the first catalog search
+        self._titles: pa.Array | None = None  # built on the first catalog search
 
     def _space(
         self,
@@ -539,8 +541,12 @@ class Recommender:
             if column is None:
                 raise UnsupportedFilter(f"model {self.model!r} has no catalog titles to "
                                         "search; build it with --items CATALOG holding a title")
-            self._titles = np.array([str(t or "").lower() for t in column.tolist()])
-        hits = np.flatnonzero(np.char.find(self._titles, query.lower()) >= 0)
+            # Arrow strings, not a fixed-width numpy array: one long title would make every
+            # row that wide.
+            self._titles = pa.array([None if t is None else str(t) for t in column.tolist()],
+                                    type=pa.string())
+        matches = pc.match_substring(self._titles, query, ignore_case=True).fill_null(False)
+        hits = np.flatnonzero(matches.to_numpy(zero_copy_only=False))
         counts = np.zeros(self.n_catalog, dtype=np.float32)
         counts[: self.n_items] = self._popularity()[0]
         hits = hits[np.argsort(-counts[hits], kind="stable")][:limit]
