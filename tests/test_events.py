@@ -184,3 +184,25 @@ def test_explicit_ratings_need_a_weight_and_a_new_rating_replaces_the_old(tmp_pa
         got = client.get(f"/users/{user_id}/recommendations", params={"k": 5}).json()
         assert [i["item_id"] for i in got["items"]] == rec.recommend(
             user_id, 5, live={item_id: 1.0}).ids
+
+
+def test_an_events_token_guards_post_events(sample_index_dir, rec, tmp_path):
+    from pydantic import ValidationError
+
+    from svdfaiss.config import Settings
+
+    with pytest.raises(ValidationError, match="SVDFAISS_EVENTS_TOKEN must be at least 16"):
+        Settings(events_token="short")
+    log_path = tmp_path / "events.jsonl"
+    token = "events-token-0123456789"
+    settings = {"SVDFAISS_EVENTS_LOG": str(log_path), "SVDFAISS_EVENTS_TOKEN": token}
+    event = {"user_id": rec.user_ids[1].decode(), "item_id": rec.item_ids[1].decode()}
+    with server(sample_index_dir, settings=settings) as url, \
+            httpx.Client(base_url=url, timeout=10) as client:
+        assert client.post("/events", json=event).status_code == 401
+        assert client.post("/events", json=event,
+                           headers={"authorization": "Bearer wrong-token-0123456"}
+                           ).status_code == 403
+        assert client.post("/events", json=event,
+                           headers={"authorization": f"Bearer {token}"}).status_code == 200
+    assert len(log_path.read_text().splitlines()) == 1

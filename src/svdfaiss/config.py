@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from svdfaiss.errors import InvalidInput
@@ -53,21 +53,25 @@ class Settings(BaseSettings):
     events_log: Path | None = Field(
         None, description="POST /events appends here (JSON lines, fsynced per batch); "
         "default: INDEX_DIR/events/MODEL.jsonl")
+    events_token: SecretStr | None = Field(
+        None, description="when set, POST /events needs 'Authorization: Bearer <token>' "
+        "(set it whenever clients you do not control can reach the service)")
     live_users: int = Field(100_000, ge=0, le=100_000_000, description="users whose live "
                             "events are held in memory (least recently used dropped); 0 turns "
                             "POST /events off")
     fast_path: bool = Field(True, description="answer unfiltered similar-items queries from "
                             "stored neighbours without FastAPI's parameter machinery")
 
-    @field_validator("admin_token")
+    @field_validator("admin_token", "events_token")
     @classmethod
-    def _token_is_strong(cls, token: SecretStr | None) -> SecretStr | None:
+    def _token_is_strong(cls, token: SecretStr | None, info: ValidationInfo,
+                         ) -> SecretStr | None:
         if token is not None and token.get_secret_value() == "":
-            return None  # an empty variable means "no token": admin endpoints off
+            return None  # an empty variable means "no token"
         if token is not None and len(token.get_secret_value()) < MIN_TOKEN_LENGTH:
-            raise ValueError(f"SVDFAISS_ADMIN_TOKEN must be at least {MIN_TOKEN_LENGTH} "
-                             "characters (generate one: python -c 'import secrets; "
-                             "print(secrets.token_urlsafe(32))')")
+            raise ValueError(f"SVDFAISS_{str(info.field_name).upper()} must be at least "
+                             f"{MIN_TOKEN_LENGTH} characters (generate one: python -c "
+                             "'import secrets; print(secrets.token_urlsafe(32))')")
         return token
 
     def resolved_events_log(self) -> Path:

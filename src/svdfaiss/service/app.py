@@ -40,6 +40,7 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from pydantic import SecretStr
 
 from svdfaiss import bundle
 from svdfaiss.config import Settings
@@ -567,14 +568,19 @@ def _add_event_route(app: FastAPI, models: Models, settings: Settings, metrics: 
     event_model: Any = schemas.event_request(settings.max_id_length)
 
     @app.post("/events", response_model=schemas.EventResult, tags=["events"],
-              responses={503: {"model": schemas.Problem,
+              responses={401: {"model": schemas.Problem}, 403: {"model": schemas.Problem},
+                         503: {"model": schemas.Problem,
                                "description": "no bundle, or the events log cannot be written"}})
-    async def post_event(body: Annotated[event_model, Body()]) -> Response:
+    async def post_event(body: Annotated[event_model, Body()],
+                         authorization: Annotated[str | None, Header()] = None) -> Response:
         """Record that a user bought, viewed or rated an item. The event is appended to the
         events log (fsynced before this returns) and, when the model knows the item, joins
         the user's live row: their next recommendations fold it in at once, and a user the
         bundle never saw becomes known. Events for unknown items are logged for the next
-        build (`svdfaiss build --events LOG`) and reported with applied=false."""
+        build (`svdfaiss build --events LOG`) and reported with applied=false. With
+        SVDFAISS_EVENTS_TOKEN set, a bearer token is required."""
+        if settings.events_token is not None:
+            _check_bearer(settings.events_token, authorization)
         rec, variant = models.pick(body.user_id)
         explicit = rec.feedback == "explicit"
         if body.weight is None and explicit:
@@ -880,12 +886,16 @@ def _authorize(settings: Settings, authorization: str | None) -> None:
     """401 without a bearer token, 403 with a wrong one, 404 when admin is off."""
     if settings.admin_token is None:
         raise HTTPException(404, "admin endpoints are off (set SVDFAISS_ADMIN_TOKEN)")
+    _check_bearer(settings.admin_token, authorization)
+
+
+def _check_bearer(expected: SecretStr, authorization: str | None) -> None:
+    """401 without a bearer token, 403 with a wrong one (compared in constant time)."""
     scheme, _, token = (authorization or "").partition(" ")
     if scheme.lower() != "bearer" or not token:
         raise HTTPException(401, "a bearer token is required",
                             headers={"WWW-Authenticate": "Bearer"})
-    if not secrets.compare_digest(token.encode(), settings.admin_token.get_secret_value()
-                                  .encode()):
+    if not secrets.compare_digest(token.encode(), expected.get_secret_value().encode()):
         raise HTTPException(403, "wrong token")
 
 
