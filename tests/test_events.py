@@ -206,3 +206,20 @@ def test_an_events_token_guards_post_events(sample_index_dir, rec, tmp_path):
         assert client.post("/events", json=event,
                            headers={"authorization": f"Bearer {token}"}).status_code == 200
     assert len(log_path.read_text().splitlines()) == 1
+
+
+@pytest.mark.shared_data
+def test_a_movielens_rating_event_changes_recommendations_as_fold_in_predicts(tmp_path):
+    from .helpers import shared_file
+
+    ratings = shared_file("ml-latest-small", "ratings.csv")
+    build(BuildConfig(input=ratings, model="ml", index_dir=tmp_path))
+    rec = Recommender.load(tmp_path, "ml")
+    user = int(rec.user_index("1"))
+    before = rec.recommend("1", 10)
+    loved = before.ids[0]  # user 1 watches their top recommendation and rates it 5
+    after = rec.recommend("1", 10, live={loved: 5.0})
+    expected, scores = _expected_after_event(rec, user, rec.item_index(loved), 5.0, 10)
+    assert list(after.indexes) == expected and loved not in after.ids
+    np.testing.assert_allclose(after.scores, scores, rtol=1e-4, atol=1e-5)
+    assert after.ids != before.ids
