@@ -223,3 +223,16 @@ def test_a_movielens_rating_event_changes_recommendations_as_fold_in_predicts(tm
     assert list(after.indexes) == expected and loved not in after.ids
     np.testing.assert_allclose(after.scores, scores, rtol=1e-4, atol=1e-5)
     assert after.ids != before.ids
+
+
+def test_a_restart_replays_only_the_tail_written_after_the_bundle(tmp_path):
+    from svdfaiss.events import offset_since
+
+    log_path = tmp_path / "events.jsonl"
+    events = [Event(f"u{n % 97}", f"i{n % 31}", 1.0, 1000.0 + n) for n in range(20_000)]
+    log_path.write_bytes(b"".join(e.line(True) for e in events) + b'{"user_id": "torn')
+    for since in (0.0, 1000.5, 15_000.0, 20_998.0, 99_999.0):
+        start = offset_since(log_path, since, close_enough=512)
+        parsed, _, _ = read_events(log_path, "implicit", start=start)
+        assert [e for e in parsed if e.time >= since] == [e for e in events if e.time >= since]
+        assert len(parsed) <= len([e for e in events if e.time >= since]) + 100  # the tail

@@ -66,12 +66,13 @@ def parse_event(record: Any, feedback: str) -> Event:
     return Event(user, item, float(weight), float(time))
 
 
-def read_events(path: Path, feedback: str, strict: bool = False) -> tuple[list[Event],
-                                                                          RejectedRows, int]:
+def read_events(path: Path, feedback: str, strict: bool = False,
+                start: int = 0) -> tuple[list[Event], RejectedRows, int]:
     """The events of a log, the unusable lines by reason (with line numbers), lines read.
 
     A torn last line (the service killed mid-write, before its fsync acknowledged it) counts
-    as unusable like any other; `strict` makes any unusable line an error.
+    as unusable like any other; `strict` makes any unusable line an error. `start` is a byte
+    offset at a line start to read from (line numbers then count from there).
     """
     path = Path(path)
     if not path.is_file():
@@ -81,6 +82,7 @@ def read_events(path: Path, feedback: str, strict: bool = False) -> tuple[list[E
     shown: dict[str, int] = {}
     lines = 0
     with path.open("rb") as handle:
+        handle.seek(start)
         for number, raw in enumerate(handle, start=1):
             lines += 1
             if not raw.strip():
@@ -100,6 +102,31 @@ def read_events(path: Path, feedback: str, strict: bool = False) -> tuple[list[E
                 reason] <= EXAMPLES_PER_REASON else []
             rejected.add(reason, 1, examples)
     return events, rejected, lines
+
+
+def offset_since(path: Path, since: float, close_enough: int = 1 << 16) -> int:
+    """A line start in the log before which every event is older than `since`, found by
+    bisecting byte offsets: the service appends in time order, so a restart replays only
+    the tail written after its bundle instead of parsing the whole log. A line that does
+    not parse stops the search early (the offset found so far is still safe)."""
+    with Path(path).open("rb") as handle:
+        low, high = 0, handle.seek(0, os.SEEK_END)
+        while high - low > close_enough:
+            middle = (low + high) // 2
+            handle.seek(middle)
+            handle.readline()  # to the next line start
+            position = handle.tell()
+            if position >= high:
+                break
+            try:
+                time = float(orjson.loads(handle.readline())["time"])
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+                break
+            if time < since:
+                low = position
+            else:
+                high = position
+    return low
 
 
 def merge_events(log: InteractionLog, events: list[Event]) -> InteractionLog:

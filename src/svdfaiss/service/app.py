@@ -53,7 +53,7 @@ from svdfaiss.errors import (
     UnknownUser,
     UnsupportedFilter,
 )
-from svdfaiss.events import Event, EventLog, LiveUsers, read_events
+from svdfaiss.events import Event, EventLog, LiveUsers, offset_since, read_events
 from svdfaiss.experiment import Experiment, Variant
 from svdfaiss.recommender import CatalogFilter, Recommender, Results
 from svdfaiss.service import schemas
@@ -552,7 +552,7 @@ def _replay_events(rec: Recommender, path: pathlib.Path, live: LiveUsers) -> Non
     if not path.is_file():
         return
     built = dt.datetime.fromisoformat(rec.manifest["created_at"]).timestamp()
-    events, rejected, _ = read_events(path, rec.feedback)
+    events, rejected, _ = read_events(path, rec.feedback, start=offset_since(path, built))
     replayed = 0
     for event in events:
         if event.time >= built and rec.knows_item(event.item_id):
