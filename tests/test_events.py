@@ -236,3 +236,24 @@ def test_a_restart_replays_only_the_tail_written_after_the_bundle(tmp_path):
         parsed, _, _ = read_events(log_path, "implicit", start=start)
         assert [e for e in parsed if e.time >= since] == [e for e in events if e.time >= since]
         assert len(parsed) <= len([e for e in events if e.time >= since]) + 100  # the tail
+
+
+def test_live_rows_under_a_rating_model_refit_the_user_with_the_new_rating(tmp_path):
+    from svdfaiss.rating import fold_in_augmented
+
+    files = write_sample(SampleSpec(users=300, items=120, events=6000, explicit=True),
+                         tmp_path / "s")
+    build(BuildConfig(input=files.events, model="r", index_dir=tmp_path / "idx",
+                      objective="rating"))
+    rec = Recommender.load(tmp_path / "idx", "r")
+    user_id = rec.user_ids[2].decode()
+    item = int(rec.recommend(user_id, 1).indexes[0])
+    after = rec.recommend(user_id, 10, live={rec.item_ids[item].decode(): 1.0})
+    row = rec.rows[2].toarray()[0]
+    row[item] = 1.0  # a poor rating for the top recommendation
+    rated = np.flatnonzero(row)
+    solved = fold_in_augmented(rec.item_factors, rec.rating_model["mu"], rated, row[rated])
+    scores = np.asarray(rec.item_factors) @ np.append(solved[:-1], 1.0)
+    scores[rated] = -np.inf
+    assert list(after.indexes) == list(np.argsort(-scores, kind="stable")[:10])
+    assert after.reason == "rating"
