@@ -120,5 +120,7 @@ def test_two_models_served_by_user_hash_with_override_and_metrics(two_models, tm
         line = ('svdfaiss_variant_requests_total{experiment="ranking",model="treatment",'
                 'variant="treatment"}')
         assert f"{line} {counted['treatment'] + 3}.0" in metrics, metrics
+        for model in ("control", "treatment"):  # each model's own load figures
+            assert f'svdfaiss_bundle_load_seconds{{model="{model}"}}' in metrics
         assert client.get("/model", params={"model": "treatment"}).json()[
             "parameters"]["k"] == 48

@@ -83,10 +83,11 @@ class Metrics:
         self.bundle = Gauge("svdfaiss_bundle_info", "The loaded bundle (value 1)",
                             ["model", "version"], registry=self.registry)
         self.load_seconds = Gauge("svdfaiss_bundle_load_seconds",
-                                  "Seconds the last successful load took",
-                                  registry=self.registry)
+                                  "Seconds the last successful load of each model took",
+                                  ["model"], registry=self.registry)
         self.loaded_at = Gauge("svdfaiss_bundle_loaded_timestamp_seconds",
-                               "Unix time of the last successful load", registry=self.registry)
+                               "Unix time of each model's last successful load", ["model"],
+                               registry=self.registry)
         self.reloads = Counter("svdfaiss_reloads", "Bundle loads by result (loaded, unchanged, "
                                "refused)", ["result"], registry=self.registry)
         self.events = Counter("svdfaiss_events", "POST /events by result (applied, "
@@ -152,8 +153,8 @@ class ModelHolder:
                 self.metrics.bundle.remove(previous.recommender.model,
                                            previous.recommender.version)
             self.metrics.bundle.labels(rec.model, rec.version).set(1)
-            self.metrics.load_seconds.set(loaded.load_seconds)
-            self.metrics.loaded_at.set(loaded.loaded_at.timestamp())
+            self.metrics.load_seconds.labels(rec.model).set(loaded.load_seconds)
+            self.metrics.loaded_at.labels(rec.model).set(loaded.loaded_at.timestamp())
             self.metrics.reloads.labels("loaded").inc()
             log.info("serving model %s version %s (loaded in %.2f s)", rec.model, rec.version,
                      loaded.load_seconds)
