@@ -533,6 +533,16 @@ def print_summary(path: Path, manifest: dict[str, Any]) -> None:
         cat = manifest["catalog"]
         table.add_row("catalog", f"{cat['matched_items']:,} of {counts['items']:,} items matched"
                                  f" ({cat['path']})")
+    content = manifest.get("content")
+    if content:
+        columns = [*content["text_columns"], *filter(None, [content["category_column"]])]
+        table.add_row("content", f"{content['dim']}-d from {', '.join(columns)} "
+                                 f"({_fmt_int(content['features'])} features); "
+                                 f"{_fmt_int(content['new_items'])} catalog items without "
+                                 "interactions get content neighbours")
+    for events in manifest["input"].get("events", []):
+        table.add_row("events", f"{_fmt_int(events['events'])} folded in from {events['path']}"
+                                f" ({_fmt_int(events['rejected'])} unusable lines)")
     timings = manifest["timings_seconds"]
     table.add_row("seconds", ", ".join(f"{k} {v:.2f}" for k, v in timings.items())
                   + f"; total {sum(timings.values()):.2f}")
