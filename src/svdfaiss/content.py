@@ -141,16 +141,16 @@ def content_vectors(table: pa.Table, params: ContentParams,
 DEFAULT_HYBRID_INTERACTIONS = 5.0
 
 
-# Hybrid neighbours are fused over each mode's HYBRID_POOL nearest (2k when k is larger), at
-# build time and at query time alike, so stored and searched answers agree. 50 is the stored
-# neighbours' k: storing them then searches each index as deep as CF neighbours alone do
-# (100 made the hybrid stage 3.3x the CF one at 158k items, scripts/bench_content.py).
+# Hybrid neighbours are fused over each mode's HYBRID_POOL nearest (k when k is larger), at
+# build time and at query time alike, so stored and searched answers agree for every k up to
+# the stored neighbours' 50. Storing them then searches each index as deep as CF neighbours
+# alone do.
 HYBRID_POOL = 50
 
 
 def hybrid_pool(k: int) -> int:
     """How many nearest items each mode contributes to a hybrid query for k results."""
-    return max(2 * k, HYBRID_POOL)
+    return max(k, HYBRID_POOL)
 
 
 def cf_share(interactions: np.ndarray, hybrid_interactions: float) -> np.ndarray:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import json
 from bisect import bisect_right
-from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -66,19 +65,17 @@ def describe(exc: ValidationError) -> str:
         f"{error['msg'].removeprefix('Value error, ')}" for error in exc.errors())
 
 
-@dataclass(frozen=True)
 class Experiment:
     """Assigns users to variants; `?model=` picks one by model name instead."""
 
-    config: ExperimentConfig
-
-    def __post_init__(self) -> None:
-        total = sum(v.weight for v in self.config.variants)
-        bounds, running = [], 0.0
-        for variant in self.config.variants[:-1]:
+    def __init__(self, config: ExperimentConfig) -> None:
+        self.config = config
+        total = sum(v.weight for v in config.variants)
+        self._bounds: list[float] = []  # the cumulative shares where each next variant starts
+        running = 0.0
+        for variant in config.variants[:-1]:
             running += variant.weight / total
-            bounds.append(running)
-        object.__setattr__(self, "_bounds", bounds)
+            self._bounds.append(running)
 
     @property
     def name(self) -> str:
@@ -98,8 +95,7 @@ class Experiment:
         return int.from_bytes(digest[:8], "big") / 2**64
 
     def assign(self, user_id: str) -> Variant:
-        bounds: list[float] = self._bounds  # type: ignore[attr-defined]
-        return self.config.variants[bisect_right(bounds, self.position(user_id))]
+        return self.config.variants[bisect_right(self._bounds, self.position(user_id))]
 
     def for_model(self, model: str) -> Variant:
         """The (first) variant serving a model; InvalidInput for a model not served."""
