@@ -547,10 +547,10 @@ class Recommender:
                                     type=pa.string())
         matches = pc.match_substring(self._titles, query, ignore_case=True).fill_null(False)
         hits = np.flatnonzero(matches.to_numpy(zero_copy_only=False))
-        counts = np.zeros(self.n_catalog, dtype=np.float32)
-        counts[: self.n_items] = self._popularity()[0]
-        hits = hits[np.argsort(-counts[hits], kind="stable")][:limit]
-        return self._items_result(counts[hits], hits)
+        in_model = hits < self.n_items  # catalog-only items have no interactions
+        counts = np.where(in_model, self._popularity()[0][np.where(in_model, hits, 0)], 0.0)
+        order = np.argsort(-counts, kind="stable")[:limit]
+        return self._items_result(counts[order], hits[order])
 
     def _items_result(self, scores: np.ndarray, idx: np.ndarray,
                       unknown: list[str] | None = None, reason: str | None = None) -> Results:

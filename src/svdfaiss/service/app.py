@@ -21,7 +21,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from importlib import resources
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 import anyio
 import faiss as _faiss
@@ -58,6 +58,8 @@ from svdfaiss.experiment import Experiment, Variant
 from svdfaiss.recommender import CatalogFilter, Recommender, Results
 from svdfaiss.service import schemas
 
+P = TypeVar("P")
+R = TypeVar("R")
 log = logging.getLogger("svdfaiss.service")
 faiss: Any = _faiss
 
@@ -177,6 +179,9 @@ class Models:
         self.experiment = Experiment(settings.resolved_experiment())
         self.holders = {m: ModelHolder(settings, metrics, m) for m in self.experiment.models}
         self.metrics = metrics
+        # Each variant's counter child, looked up once rather than per request.
+        self.counted = {v.name: metrics.variants.labels(self.experiment.name, v.name, v.model)
+                        for v in self.experiment.variants}
 
     @property
     def primary(self) -> ModelHolder:
@@ -194,24 +199,24 @@ class Models:
         else:
             variant = self.experiment.control
         rec = self.holders[variant.model].get()
-        self.metrics.variants.labels(self.experiment.name, variant.name, variant.model).inc()
+        self.counted[variant.name].inc()
         return rec, variant
 
     async def reload(self, force: bool = False) -> list[schemas.ReloadResult]:
         return [await holder.reload(force) for holder in self.holders.values()]
 
 
-class SearchBatcher:
-    """Gathers the unfiltered similar-items searches that arrive while one FAISS call runs
-    into the next call (natural batching: no timer, so a lone request never waits)."""
+class Gatherer(Generic[P, R]):
+    """Gathers the requests that arrive while one batch runs into the next batch (natural
+    batching: no timer, so a lone request never waits). Subclasses run a batch."""
 
     def __init__(self) -> None:
-        self._pending: list[tuple[Recommender, str, int, asyncio.Future[Results]]] = []
+        self._pending: list[tuple[P, asyncio.Future[R]]] = []
         self._running = False
 
-    async def similar_items(self, rec: Recommender, item_id: str, k: int) -> Results:
-        future: asyncio.Future[Results] = asyncio.get_running_loop().create_future()
-        self._pending.append((rec, item_id, k, future))
+    async def submit(self, payload: P) -> R:
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self._pending.append((payload, future))
         if not self._running:
             self._running = True
             asyncio.get_running_loop().create_task(self._drain())
@@ -221,77 +226,72 @@ class SearchBatcher:
         try:
             while self._pending:
                 batch, self._pending = self._pending, []
-                # A reload may swap the model mid-stream: one FAISS call per model.
-                for rec in {id(r): r for r, *_ in batch}.values():
-                    group = [(i, k, f) for r, i, k, f in batch if r is rec]
-                    await self._run(rec, group)
+                try:
+                    results = await self._run([payload for payload, _ in batch])
+                except Exception as exc:
+                    results = [exc] * len(batch)
+                for (_, future), result in zip(batch, results, strict=True):
+                    if future.done():
+                        continue
+                    if isinstance(result, BaseException):
+                        future.set_exception(result)
+                    else:
+                        future.set_result(result)
         finally:
             self._running = False
 
-    @staticmethod
-    async def _run(rec: Recommender,
-                   group: list[tuple[str, int, asyncio.Future[Results]]]) -> None:
-        try:
-            results = await run_in_threadpool(rec.similar_items_batch,
-                                              [i for i, _, _ in group], [k for _, k, _ in group])
-        except UnknownItem:
-            # Ids were checked before queueing, so this is a model swap race: answer singly.
-            for item_id, k, future in group:
-                _settle(future, functools.partial(rec.similar_items, item_id, k,
-                                                  use_cache=False))
-            return
-        except Exception as exc:
-            for _, _, future in group:
-                if not future.done():
-                    future.set_exception(exc)
-            return
-        for (_, _, future), result in zip(group, results, strict=True):
-            if not future.done():
-                future.set_result(result)
+    async def _run(self, payloads: list[P]) -> list[R | BaseException]:
+        """One result (or the exception to raise) per payload, in order."""
+        raise NotImplementedError
 
 
-class EventSink:
+class SearchBatcher(Gatherer[tuple[Recommender, str, int], Results]):
+    """Unfiltered similar-items searches gathered into one FAISS call per model."""
+
+    async def similar_items(self, rec: Recommender, item_id: str, k: int) -> Results:
+        return await self.submit((rec, item_id, k))
+
+    async def _run(self, payloads: list[tuple[Recommender, str, int]],
+                   ) -> list[Results | BaseException]:
+        results: list[Results | BaseException] = [RuntimeError("not searched")] * len(payloads)
+        # A reload may swap the model mid-stream: one FAISS call per model.
+        for rec in {id(r): r for r, _, _ in payloads}.values():
+            rows = [n for n, (r, _, _) in enumerate(payloads) if r is rec]
+            ids, ks = [payloads[n][1] for n in rows], [payloads[n][2] for n in rows]
+            try:
+                found: list[Results | BaseException] = list(
+                    await run_in_threadpool(rec.similar_items_batch, ids, ks))
+            except UnknownItem:
+                # Ids were checked before queueing, so this is a model swap race: answer
+                # each on its own.
+                found = [_outcome(functools.partial(rec.similar_items, i, k, use_cache=False))
+                         for i, k in zip(ids, ks, strict=True)]
+            for n, result in zip(rows, found, strict=True):
+                results[n] = result
+        return results
+
+
+class EventSink(Gatherer[bytes, None]):
     """Group commit of the events log: the events that arrive while one write and fsync runs
     go into the next, and each request returns once its own line is on disk."""
 
     def __init__(self, event_log: EventLog) -> None:
+        super().__init__()
         self.log = event_log
-        self._pending: list[tuple[bytes, asyncio.Future[None]]] = []
-        self._running = False
 
     async def write(self, line: bytes) -> None:
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((line, future))
-        if not self._running:
-            self._running = True
-            asyncio.get_running_loop().create_task(self._drain())
-        await future
+        await self.submit(line)
 
-    async def _drain(self) -> None:
-        try:
-            while self._pending:
-                batch, self._pending = self._pending, []
-                try:
-                    await run_in_threadpool(self.log.append, [line for line, _ in batch])
-                except Exception as exc:
-                    for _, future in batch:
-                        if not future.done():
-                            future.set_exception(exc)
-                    continue
-                for _, future in batch:
-                    if not future.done():
-                        future.set_result(None)
-        finally:
-            self._running = False
+    async def _run(self, payloads: list[bytes]) -> list[BaseException | None]:
+        await run_in_threadpool(self.log.append, payloads)
+        return [None] * len(payloads)
 
 
-def _settle(future: asyncio.Future[Results], compute: Callable[[], Results]) -> None:
-    if future.done():
-        return
+def _outcome(compute: Callable[[], Results]) -> Results | BaseException:
     try:
-        future.set_result(compute())
+        return compute()
     except Exception as exc:
-        future.set_exception(exc)
+        return exc
 
 
 _thread_state = threading.local()
@@ -411,8 +411,7 @@ class SimilarItemsFastPath:
         if result is None:
             return None
         control = self.models.experiment.control
-        self.models.metrics.variants.labels(self.models.experiment.name, control.name,
-                                            control.model).inc()
+        self.models.counted[control.name].inc()
         return _items_body(rec, result, variant=control.name), rec.version
 
 
