@@ -1,5 +1,5 @@
 """`python -m svdfaiss` runs the command line."""
 
-from svdfaiss.cli import app
+from svdfaiss.cli import run
 
-app()
+run()

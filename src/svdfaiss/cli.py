@@ -6,6 +6,7 @@ import contextlib
 import functools
 import importlib
 import json
+import os
 import shutil
 import sys
 from collections.abc import Callable, Iterator
@@ -922,4 +923,18 @@ def _first_user(rec: Any) -> str:
 
     return decode_ids(rec.user_ids[:1])[0]
 
+
+def run() -> None:
+    """The `svdfaiss` command. An error exit skips the interpreter's teardown: threads that
+    a failed threaded CSV read leaves in pyarrow's pool can abort it (apache/arrow#34314),
+    which turned 1 in 40 "exit 2, not UTF-8" answers into SIGABRT. Nothing is pending by
+    then: a failed build has already removed its temporary folder and released its lock."""
+    try:
+        app()
+    except SystemExit as exc:
+        if isinstance(exc.code, int) and exc.code != 0:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(exc.code)
+        raise
 
