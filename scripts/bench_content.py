@@ -1,5 +1,7 @@
 """What content vectors cost a build: the same log and catalog built with --content off and
-on, side by side, with the content stage and the hybrid neighbours timed.
+on, side by side, with the content stage and the hybrid neighbours timed; then what the
+catalog-only items in the recommendation index cost a query: recommendations in mode hybrid
+(with them) against mode cf (without), interleaved on the content-on bundle.
 
     python scripts/bench_content.py --items 200000 --json docs/results/content-build-200k.json
 
@@ -15,9 +17,36 @@ import json
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from svdfaiss.builder import BuildConfig, build
+from svdfaiss.recommender import Recommender
 from svdfaiss.synthetic import SampleSpec, write_sample
+
+
+def recommend_latency(rec: Recommender, users: int, rounds: int) -> dict[str, Any]:
+    """p50 and p99 milliseconds of `recommend` (k 10) in each mode, rounds interleaved."""
+    rng = np.random.default_rng(0)
+    ids = [rec.user_ids[u].decode() for u in rng.choice(rec.n_users, users, replace=False)]
+    timings: dict[str, list[float]] = {"hybrid": [], "cf": []}
+    new_in_top10 = 0
+    for _ in range(rounds):
+        for mode, times in timings.items():
+            for user_id in ids:
+                start = time.perf_counter()
+                result = rec.recommend(user_id, 10, mode=mode)
+                times.append(1e3 * (time.perf_counter() - start))
+                if mode == "hybrid":
+                    new_in_top10 += int((result.indexes >= rec.n_items).sum())
+    out: dict[str, Any] = {mode: {"p50_ms": round(float(np.percentile(t, 50)), 3),
+                                     "p99_ms": round(float(np.percentile(t, 99)), 3)}
+                              for mode, t in timings.items()}
+    out["new_items_share_of_top10"] = round(new_in_top10 / (10 * users * rounds), 4)
+    out["index"] = rec.manifest["indexes"]["items_mips"]["type"]
+    out["rows"] = rec.manifest["indexes"]["items_mips"]["rows"]
+    return out
 
 
 def main() -> None:
@@ -25,6 +54,8 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/svdfaiss-bench"))
     parser.add_argument("--items", type=int, default=200_000)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--users", type=int, default=500, help="users timed per round")
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     data = args.work / f"filters-{args.items}"
     events, catalog = data / "events.csv", data / "items.csv"
@@ -42,6 +73,8 @@ def main() -> None:
                              "stages_s": report.seconds,
                              "items": report.manifest["counts"]["items"],
                              "content": report.manifest["content"]}
+        latency = recommend_latency(Recommender.load(Path(tmp), "content-on"), args.users,
+                                    args.rounds)
     stages = list(dict.fromkeys([*runs["off"]["stages_s"], *runs["on"]["stages_s"]]))
     print(f"{runs['on']['items']:,} items; catalog {catalog}")
     print(f"{'stage':<20} {'content off':>12} {'content on':>12}")
@@ -49,10 +82,16 @@ def main() -> None:
         print(f"{stage:<20} {runs['off']['stages_s'].get(stage, 0.0):>12.2f} "
               f"{runs['on']['stages_s'].get(stage, 0.0):>12.2f}")
     print(f"{'total':<20} {runs['off']['total_s']:>12.2f} {runs['on']['total_s']:>12.2f}")
+    print(f"recommendations, {latency['rows']:,} rows in the {latency['index']} index, "
+          f"{args.users} users x {args.rounds} rounds interleaved:")
+    for mode in ("hybrid", "cf"):
+        print(f"  mode {mode:<7} p50 {latency[mode]['p50_ms']:.3f} ms  "
+              f"p99 {latency[mode]['p99_ms']:.3f} ms")
+    print(f"  new items' share of the hybrid top 10: {latency['new_items_share_of_top10']:.3f}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"date": time.strftime("%Y-%m-%d %H:%M"),
-                                         "runs": runs}, indent=2) + "\n")
+                                         "runs": runs, "recommend": latency}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,9 @@ content vectors exactly as `svdfaiss build --items` does, then:
 - the genre share: for every item, the share of its 10 nearest neighbours (content, CF,
   hybrid, and random items as the floor) sharing at least one category with it;
 - `evaluation.evaluate_similar_items`: NDCG@10 of similar items for warm and cold query
-  items (the protocol is in docs/evaluation.md).
+  items (the protocol is in docs/evaluation.md);
+- `evaluation.evaluate_new_items`: recommendations that reach cold items through vectors
+  predicted from their content, against category popularity and against CF alone.
 Prints a table and writes the JSON.
 """
 
@@ -23,10 +25,16 @@ from typing import Any
 import numpy as np
 
 from svdfaiss.builder import auto_k, read_catalog
-from svdfaiss.content import DEFAULT_HYBRID_INTERACTIONS, ContentParams, cf_share, content_vectors
+from svdfaiss.content import (
+    DEFAULT_HYBRID_INTERACTIONS,
+    DEFAULT_NEW_ITEM_WEIGHT,
+    ContentParams,
+    cf_share,
+    content_vectors,
+)
 from svdfaiss.content import fuse as fuse_scores
 from svdfaiss.data import ReadOptions, build_interactions, read_log
-from svdfaiss.evaluation import evaluate_similar_items, fit_svd
+from svdfaiss.evaluation import evaluate_new_items, evaluate_similar_items, fit_svd
 from svdfaiss.index import normalize_rows
 
 
@@ -59,6 +67,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     parser.add_argument("--hybrid-interactions", type=float,
                         default=DEFAULT_HYBRID_INTERACTIONS)
+    parser.add_argument("--new-item-weight", type=float, default=DEFAULT_NEW_ITEM_WEIGHT)
     args = parser.parse_args()
     started = time.perf_counter()
     inter = build_interactions(read_log(args.dataset / "ratings.csv", ReadOptions()), 1, 1,
@@ -85,8 +94,11 @@ def main() -> None:
     }
     similar = evaluate_similar_items(inter.matrix, vectors, k, scheme,
                                      args.hybrid_interactions)
+    new_items = evaluate_new_items(inter.matrix, vectors, categories, k, scheme,
+                                   args.new_item_weight)
     result = {"dataset": str(args.dataset), "items": inter.n_items, "catalog": info,
               "content": content_info, "genre_share@10": shares, "similar_items": similar,
+              "new_items": new_items,
               "seconds": round(time.perf_counter() - started, 1)}
     print(f"{inter.n_items} items, content {content_info['dim']}-d from "
           f"{content_info['features']} features")
@@ -99,6 +111,19 @@ def main() -> None:
                 continue
             print(f"{kind:<8} {method:<8} {metrics['ndcg@10']:>8.4f} "
                   f"{metrics['recall@20']:>10.4f}")
+    print(f"new items ({new_items['protocol']['cold_items']} cold, map R^2 "
+          f"{new_items['protocol']['map_r2']:.3f}): ranking the cold items for "
+          f"{new_items['cold']['users']} users")
+    for method, metrics in new_items["cold"].items():
+        if method != "users":
+            print(f"  {method:<17} NDCG@10 {metrics['ndcg@10']:.4f}  "
+                  f"Recall@20 {metrics['recall@20']:.4f}")
+    print(f"whole catalog, {new_items['catalog']['users']} users: NDCG@10 (all relevant, "
+          "warm relevant, cold relevant), cold share of the top 10")
+    for method in ("cf", "hybrid"):
+        m = new_items["catalog"][method]
+        print(f"  {method:<7} {m['ndcg@10']:.4f} {m['ndcg@10_warm_relevant']:.4f} "
+              f"{m['ndcg@10_cold_relevant']:.4f} {m['cold_share@10']:.3f}")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
 

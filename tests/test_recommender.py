@@ -49,7 +49,7 @@ def test_similar_items_match_brute_force_cosine_and_never_the_item_itself(rec):
 
 
 def test_recommendations_match_brute_force_scores_and_exclude_seen(rec):
-    v = np.asarray(rec.item_factors)
+    v = rec.recommendation_vectors()
     for u in range(0, rec.n_users, 211):
         user_id = decode_ids(rec.user_ids[u : u + 1])[0]
         seen = set(rec.seen_items(u).tolist())

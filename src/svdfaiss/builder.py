@@ -19,11 +19,14 @@ import pyarrow.parquet as pq
 from svdfaiss import __version__, bundle
 from svdfaiss.content import (
     DEFAULT_HYBRID_INTERACTIONS,
+    DEFAULT_NEW_ITEM_WEIGHT,
+    NEW_ITEM_RIDGE,
     ContentParams,
     cf_share,
     content_vectors,
     hybrid_pool,
     hybrid_scores,
+    map_content,
 )
 from svdfaiss.data import (
     DuplicatePolicy,
@@ -118,6 +121,9 @@ class BuildConfig:
     content: Literal["auto", "on", "off"] = "auto"
     content_params: ContentParams = field(default_factory=ContentParams)
     hybrid_interactions: float = DEFAULT_HYBRID_INTERACTIONS  # see content.cf_share
+    # Catalog-only items join the recommendation index with a vector predicted from their
+    # content (content.map_content), scaled by this; 0 keeps them out of recommendations.
+    new_item_weight: float = DEFAULT_NEW_ITEM_WEIGHT
     events: tuple[Path, ...] = ()  # events logs the service wrote (POST /events), folded in
 
     def resolved_similar_cache(self, n_items: int) -> int:
@@ -170,6 +176,9 @@ class BuildConfig:
         if not 0 < self.hybrid_interactions <= 1e6:
             raise InvalidInput(f"--hybrid-interactions must be in (0, 1e6], got "
                                f"{self.hybrid_interactions}")
+        if not 0 <= self.new_item_weight <= 100:
+            raise InvalidInput(f"--new-item-weight must be in [0, 100], got "
+                               f"{self.new_item_weight}")
 
 
 @dataclass
@@ -333,14 +342,6 @@ def build(config: BuildConfig, stage_hook: StageHook | None = None) -> BuildRepo
             user_vectors = factors.user_factors  # U S F = X V F: each user's own query
             user_vectors *= s * embedding.component_weights
             normalize_rows(user_vectors, in_place=True)
-    with timer.stage("index items"):
-        items_index = build_index(item_vectors, config.item_index, config.seed)
-        mips_index = build_index(mips_augment(embedding.items), config.rec_index, config.seed)
-    users_index = None
-    if user_vectors is not None and config.user_index is not None:
-        with timer.stage("index users"):
-            users_index = build_index(user_vectors, config.user_index, config.seed)
-            del user_vectors
     catalog, content = None, None
     if config.catalog is not None:
         with timer.stage("catalog"):
@@ -355,6 +356,28 @@ def build(config: BuildConfig, stage_hook: StageHook | None = None) -> BuildRepo
     if content is not None:
         with timer.stage("index content"):
             content_index = build_index(content[0], config.item_index, config.seed)
+    new_factors, new_map = None, None
+    if content is not None and catalog is not None and catalog[2].size and \
+            config.new_item_weight > 0:
+        with timer.stage("map new items"):
+            weights, r2 = map_content(content[0][: inter.n_items], embedding.items)
+            new_factors = (np.float32(config.new_item_weight)
+                           * (content[0][inter.n_items :] @ weights)).astype(np.float32)
+            new_map = {"items": int(new_factors.shape[0]), "weight": config.new_item_weight,
+                       "ridge": NEW_ITEM_RIDGE, "r2": round(r2, 4),
+                       "map": "ridge regression from content vectors to the recommendation "
+                              "vectors of the model's items"}
+    with timer.stage("index items"):
+        items_index = build_index(item_vectors, config.item_index, config.seed)
+        rec_vectors = (embedding.items if new_factors is None
+                       else np.vstack([embedding.items, new_factors]))
+        mips_index = build_index(mips_augment(rec_vectors), config.rec_index, config.seed)
+        del rec_vectors
+    users_index = None
+    if user_vectors is not None and config.user_index is not None:
+        with timer.stage("index users"):
+            users_index = build_index(user_vectors, config.user_index, config.seed)
+            del user_vectors
     similar = None
     cache_k = config.resolved_similar_cache(inter.n_items)
     if cache_k > 0:
@@ -380,6 +403,8 @@ def build(config: BuildConfig, stage_hook: StageHook | None = None) -> BuildRepo
                     writer.save_array("content_vectors.npy", content[0])
                     writer.save_array("new_item_ids.npy", catalog[2])
                     write_index(content_index, writer.path("content.faiss"))
+                if new_factors is not None:
+                    writer.save_array("new_item_factors.npy", new_factors)
                 if rating is not None:
                     writer.save_array("rating_users.npy", rating.user_vectors())
                     writer.save_array("rating_user_bias.npy",
@@ -413,7 +438,8 @@ def build(config: BuildConfig, stage_hook: StageHook | None = None) -> BuildRepo
                 **content[1], "new_items": int(catalog[2].size) if catalog else 0,
                 "hybrid_interactions": config.hybrid_interactions,
                 "hybrid": "a * cf + (1 - a) * content, a = n / (n + hybrid_interactions), n "
-                          "the item's training interactions"}
+                          "the item's training interactions",
+                "new_items_in_recommendations": new_map}
             manifest["similar_cache"] = None if similar is None else {
                 "k": cache_k, "source": indexes["items"]["type"],
                 "mode": "cf" if content is None else "hybrid"}

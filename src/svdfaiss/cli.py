@@ -211,6 +211,9 @@ def build(
     hybrid_interactions: Annotated[float, typer.Option(
         help="Hybrid similar items: an item with n interactions weighs CF by n / (n + this) "
              "and content by the rest.")] = 5.0,
+    new_item_weight: Annotated[float, typer.Option(
+        help="Catalog items the log never mentions join recommendations with a vector "
+             "predicted from their content, scaled by this (0: keep them out).")] = 1.0,
     similar_cache: Annotated[int | None, typer.Option(
         min=0, help="Neighbours precomputed per item (default: 50 up to 200k items; 0: off).")]
     = None,
@@ -290,6 +293,7 @@ def build(
                 c.strip() for c in text_columns.split(",") if c.strip()),
             category_column=category_column, dim=content_dim),
         hybrid_interactions=hybrid_interactions,
+        new_item_weight=new_item_weight,
         events=tuple(events or ()),
     )
     report = run_build(config, _stage_status)
@@ -541,6 +545,11 @@ def print_summary(path: Path, manifest: dict[str, Any]) -> None:
                                  f"({_fmt_int(content['features'])} features); "
                                  f"{_fmt_int(content['new_items'])} catalog items without "
                                  "interactions get content neighbours")
+        mapped = content.get("new_items_in_recommendations")
+        if mapped:
+            table.add_row("new items", f"{_fmt_int(mapped['items'])} join recommendations "
+                                       "through vectors predicted from their content (map "
+                                       f"R^2 {mapped['r2']:.2f}, weight {mapped['weight']:g})")
     for events in manifest["input"].get("events", []):
         table.add_row("events", f"{_fmt_int(events['events'])} folded in from {events['path']}"
                                 f" ({_fmt_int(events['rejected'])} unusable lines)")
@@ -697,6 +706,11 @@ def query_similar(item_id: str, model: ModelOpt = "default",
         json_out)
 
 
+RecommendModeOpt = Annotated[str, typer.Option(
+    "--mode", help="hybrid also ranks catalog items nobody has interacted with, through their "
+                   "content (builds with --items); cf only the model's items.")]
+
+
 @query_app.command("recommend")
 @_clean_errors
 def query_recommend(
@@ -711,6 +725,7 @@ def query_recommend(
         help="An unknown user gets the most popular items (or exit 3).")] = True,
     explain: Annotated[bool, typer.Option(
         help="Name the history items behind each result.")] = False,
+    mode: RecommendModeOpt = "hybrid",
     json_out: JsonOpt = False,
 ) -> None:
     """Recommendations for USER_ID."""
@@ -720,7 +735,7 @@ def query_recommend(
     _print_results(rec, rec.recommend(
         user_id, k, exclude_seen, items, filter_items,
         CatalogFilter(category, min_price, max_price, in_stock),
-        "popular" if popular_fallback else "none", explain), json_out)
+        "popular" if popular_fallback else "none", explain, mode=mode), json_out)
 
 
 @query_app.command("similar-users")
@@ -743,6 +758,7 @@ def query_basket(
     max_price: MaxPriceOpt = None, in_stock: InStockOpt = None,
     explain: Annotated[bool, typer.Option(
         help="Name the basket items behind each result.")] = False,
+    mode: RecommendModeOpt = "hybrid",
     json_out: JsonOpt = False,
 ) -> None:
     """Recommendations for a list of items (fold-in of an unseen user)."""
@@ -751,7 +767,7 @@ def query_basket(
     rec = _load(index_dir, model)
     results = rec.recommend_for_items(item_ids, k, True, items, filter_items,
                                       CatalogFilter(category, min_price, max_price, in_stock),
-                                      explain)
+                                      explain, mode)
     if results.unknown and not json_out:
         err.print(f"ignored unknown item ids: {', '.join(results.unknown)}")
     _print_results(rec, results, json_out, extra={"unknown_item_ids": results.unknown})
@@ -885,7 +901,7 @@ def demo(
     print_summary(report.path, report.manifest)
     rec = Recommender.load(index_dir, model)
     user = _first_user(rec)
-    item = rec.recommend(user, 1).ids[0]
+    item = rec.recommend(user, 1, mode="cf").ids[0]  # an item with interactions
     base = f"{_program()} query {{}} --model {model} --index-dir {index_dir}"
     out.print("\nFrom the command line:")
     out.print(f"  {base.format('similar ' + item)} --k 5")

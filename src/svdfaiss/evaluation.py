@@ -433,6 +433,36 @@ MAX_QUERIES = 3000
 SIMILAR_METHODS = ("random", "popular", "cf", "content", "hybrid")
 
 
+@dataclass(frozen=True)
+class ColdSplit:
+    """Training rows with a share of the items turned cold (every interaction of theirs
+    hidden) and 20% of each user's other interactions held out."""
+
+    cold: np.ndarray  # bool per item
+    train: sp.csr_matrix
+    held: sp.csr_matrix  # held-out interactions on warm items (ones)
+    hidden: sp.csr_matrix  # the cold items' interactions (ones)
+
+
+def cold_split(matrix: sp.csr_matrix, cold_fraction: float,
+               rng: np.random.Generator) -> ColdSplit:
+    """The split of the similar-items and new-items protocols (docs/evaluation.md)."""
+    n_items = matrix.shape[1]
+    rated = np.flatnonzero(np.bincount(matrix.indices, minlength=n_items) > 0)
+    cold = np.zeros(n_items, dtype=bool)
+    cold[rng.choice(rated, max(1, int(cold_fraction * rated.size)), replace=False)] = True
+    coo = matrix.tocoo()
+    warm = ~cold[coo.col]
+    test = warm & (rng.random(coo.nnz) < 0.2)
+    keep = warm & ~test
+
+    def part(mask: np.ndarray, values: np.ndarray | None = None) -> sp.csr_matrix:
+        data = np.ones(int(mask.sum())) if values is None else values[mask]
+        return sp.csr_matrix((data, (coo.row[mask], coo.col[mask])), shape=matrix.shape)
+
+    return ColdSplit(cold, part(keep, coo.data), part(test), part(~warm))
+
+
 def evaluate_similar_items(matrix: sp.csr_matrix, content: np.ndarray, k_factors: int,
                            scheme: str, hybrid_interactions: float,
                            cold_fraction: float = COLD_FRACTION, seed: int = 42,
@@ -457,18 +487,8 @@ def evaluate_similar_items(matrix: sp.csr_matrix, content: np.ndarray, k_factors
     n_items = matrix.shape[1]
     if content.shape[0] != n_items:
         raise InvalidInput(f"{content.shape[0]} content rows for {n_items} items")
-    rated = np.flatnonzero(np.bincount(matrix.indices, minlength=n_items) > 0)
-    cold = np.zeros(n_items, dtype=bool)
-    cold[rng.choice(rated, max(1, int(cold_fraction * rated.size)), replace=False)] = True
-    coo = matrix.tocoo()
-    warm = ~cold[coo.col]
-    test = warm & (rng.random(coo.nnz) < 0.2)
-    keep = warm & ~test
-    train = sp.csr_matrix((coo.data[keep], (coo.row[keep], coo.col[keep])), shape=matrix.shape)
-    held = sp.csr_matrix((np.ones(int(test.sum())), (coo.row[test], coo.col[test])),
-                         shape=matrix.shape)
-    hidden = sp.csr_matrix((np.ones(int((~warm).sum())), (coo.row[~warm], coo.col[~warm])),
-                           shape=matrix.shape)
+    split = cold_split(matrix, cold_fraction, rng)
+    cold, train, held, hidden = split.cold, split.train, split.held, split.hidden
     model = fit_svd(train, min(k_factors, min(train.shape) - 1), scheme, 0.0)
     cf = normalize_rows(model.factors.item_factors * model.factors.singular_values)
     counts = np.bincount(train.indices, minlength=n_items)
@@ -516,4 +536,108 @@ def evaluate_similar_items(matrix: sp.csr_matrix, content: np.ndarray, k_factors
                 best = np.argpartition(-s, top)[:top]
                 ranked.append(best[np.argsort(-s[best], kind="stable")])
             out[kind][method] = ranking_metrics(ranked, [r for _, r in pairs], cutoffs)
+    return out
+
+
+NEW_ITEM_METHODS = ("random", "popular_category", "popular_predicted", "hybrid")
+
+
+def evaluate_new_items(matrix: sp.csr_matrix, content: np.ndarray,
+                       categories: Sequence[set[str]] | None, k_factors: int, scheme: str,
+                       new_item_weight: float, cold_fraction: float = COLD_FRACTION,
+                       seed: int = 42, cutoffs: Sequence[int] = DEFAULT_CUTOFFS
+                       ) -> dict[str, Any]:
+    """Recommendations that reach items nobody has interacted with (docs/evaluation.md).
+
+    The split is the similar-items one (`cold_split`). The cold items get the vectors the
+    builder predicts from content (content.map_content on the warm items, times
+    `new_item_weight`). Two questions:
+    - cold: for each user with hidden interactions, rank the cold items only: random,
+      popular_category (the training interactions of the item's categories, averaged over
+      them: an item's own popularity is unknown while it is cold), popular_predicted (the
+      log-popularity a ridge map from content predicts: content without the user) and
+      hybrid (q . v of the predicted vectors); relevant are the user's hidden cold items;
+    - catalog: rank every item not in the user's training rows, cf (the model's items only,
+      as mode=cf serves) against hybrid (the cold items too); relevant are the user's held
+      and hidden items, reported together and apart, with the share of the top 10 that
+      cold items take.
+    """
+    from svdfaiss.content import map_content
+
+    rng = np.random.default_rng(seed)
+    matrix = matrix.tocsr()
+    n_items = matrix.shape[1]
+    if content.shape[0] != n_items:
+        raise InvalidInput(f"{content.shape[0]} content rows for {n_items} items")
+    split = cold_split(matrix, cold_fraction, rng)
+    model = fit_svd(split.train, min(k_factors, min(split.train.shape) - 1), scheme, 0.0)
+    vectors = np.asarray(model.embedding.items, dtype=np.float32)
+    counts = np.bincount(split.train.indices, minlength=n_items)
+    fitted = counts > 0
+    weights, r2 = map_content(content[fitted], vectors[fitted])
+    cold_items = np.flatnonzero(split.cold)
+    predicted = (np.float32(new_item_weight) * (content[cold_items] @ weights)).astype(
+        np.float32)
+    users = range(matrix.shape[0])
+    queries = np.asarray(model.queries(split.train), dtype=np.float32)
+    top = max(cutoffs)
+
+    def ranked_by(scores: np.ndarray, candidates: np.ndarray, user: int) -> np.ndarray:
+        # Ties in a seeded random order: category popularity ties every item of a category.
+        tiebreak = np.random.default_rng((seed, user)).random(scores.size)
+        order = np.lexsort((tiebreak, -scores))
+        return candidates[order[: min(top, int(np.isfinite(scores).sum()))]]
+
+    def rows(part: sp.csr_matrix, user: int) -> np.ndarray:
+        return np.asarray(part.indices[part.indptr[user] : part.indptr[user + 1]])
+
+    out: dict[str, Any] = {"protocol": {"cold_fraction": cold_fraction, "seed": seed,
+                                        "cold_items": int(cold_items.size),
+                                        "k": model.factors.k,
+                                        "new_item_weight": new_item_weight, "map_r2": r2}}
+    cold_users = [u for u in users if split.hidden.indptr[u + 1] > split.hidden.indptr[u]]
+    relevant = [rows(split.hidden, u) for u in cold_users]
+    by_method: dict[str, Callable[[int], np.ndarray]] = {
+        "random": lambda u: np.zeros(cold_items.size),  # all ties: the seeded order
+        "hybrid": lambda u: predicted @ queries[u]}
+    popularity_map, _ = map_content(content[fitted], np.log1p(counts[fitted])[:, None])
+    predicted_popularity = (content[cold_items] @ popularity_map)[:, 0]
+    by_method["popular_predicted"] = lambda u: predicted_popularity
+    if categories is not None:
+        totals: dict[str, int] = {}
+        for item in np.flatnonzero(fitted).tolist():
+            for name in categories[item]:
+                totals[name] = totals.get(name, 0) + int(counts[item])
+        prior = np.array([np.mean([totals.get(c, 0) for c in categories[i]])
+                          if categories[i] else 0.0 for i in cold_items.tolist()],
+                         dtype=np.float64)
+        by_method["popular_category"] = lambda u: prior
+    out["cold"] = {"users": len(cold_users)}
+    for method in NEW_ITEM_METHODS:
+        if method in by_method:
+            ranked = [ranked_by(np.asarray(by_method[method](u), dtype=np.float64),
+                                cold_items, u) for u in cold_users]
+            out["cold"][method] = ranking_metrics(ranked, relevant, cutoffs)
+
+    all_users = [u for u in users if rows(split.held, u).size or rows(split.hidden, u).size]
+    out["catalog"] = {"users": len(all_users)}
+    catalog = np.arange(n_items)
+    for method in ("cf", "hybrid"):
+        ranked = []
+        for u in all_users:
+            scores = (vectors @ queries[u]).astype(np.float64)
+            scores[cold_items] = -np.inf
+            if method == "hybrid":
+                scores[cold_items] = predicted @ queries[u]
+            scores[rows(split.train, u)] = -np.inf
+            ranked.append(ranked_by(scores, catalog, u))
+        both = [np.concatenate([rows(split.held, u), rows(split.hidden, u)])
+                for u in all_users]
+        metrics = ranking_metrics(ranked, both, cutoffs)
+        warm_only = ranking_metrics(ranked, [r[~split.cold[r]] for r in both], cutoffs)
+        cold_only = ranking_metrics(ranked, [r[split.cold[r]] for r in both], cutoffs)
+        out["catalog"][method] = {
+            **metrics, "ndcg@10_warm_relevant": warm_only["ndcg@10"],
+            "ndcg@10_cold_relevant": cold_only["ndcg@10"],
+            "cold_share@10": float(np.mean([split.cold[r[:10]].mean() for r in ranked]))}
     return out

@@ -170,9 +170,11 @@ BITMAP_MIN_ALLOWED = 1024  # above this many allowed ids, one bitmap beats a has
 
 
 def selector_for(
-    allowed: np.ndarray | None, excluded: np.ndarray | None, n_total: int | None = None
+    allowed: np.ndarray | None, excluded: np.ndarray | None, n_total: int | None = None,
+    below: int | None = None,
 ) -> faiss.IDSelector | None:
-    """An IDSelector keeping `allowed` (all when None) minus `excluded`; None when no filter.
+    """An IDSelector keeping `allowed` (all when None) minus `excluded`, and only ids under
+    `below` when given; None when no filter.
 
     A large allow-list over an index of `n_total` rows becomes one bitmap with the excluded
     ids cleared (n/8 bytes, built in well under a millisecond), where a hash set of 80k ids
@@ -199,9 +201,14 @@ def selector_for(
         inner = faiss.IDSelectorBatch(ids.size, faiss.swig_ptr(ids))
         parts.append(faiss.IDSelectorNot(inner))
         keep += [ids, inner]
+    if below is not None:
+        parts.append(faiss.IDSelectorRange(0, below))
     if not parts:
         return None
-    selector = parts[0] if len(parts) == 1 else faiss.IDSelectorAnd(parts[0], parts[1])
+    selector = parts[0]
+    for part in parts[1:]:
+        keep.append(selector)  # an inner And must outlive the outer one that points to it
+        selector = faiss.IDSelectorAnd(selector, part)
     selector.referenced_objects = keep + parts
     return selector
 

@@ -69,6 +69,7 @@ class Results:
     unknown: list[str] = field(default_factory=list)
     reason: str | None = None  # why these items: cf, popular, basket, rating
     because: list[list[dict[str, Any]]] | None = None  # per item: history items that count
+    reasons: list[str] | None = None  # per item, where items differ (new items: content)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -79,7 +80,9 @@ class Results:
             rec: dict[str, Any] = {id_key: ext, "score": score}
             for name, values in self.fields.items():
                 rec[name] = values[i]
-            if self.reason is not None:
+            if self.reasons is not None:
+                rec["reason"] = self.reasons[i]
+            elif self.reason is not None:
                 rec["reason"] = self.reason
             if self.because is not None:
                 rec["because"] = self.because[i]
@@ -104,6 +107,9 @@ class CatalogFilter:
 
 NO_FILTER = CatalogFilter()
 MODES = ("cf", "content", "hybrid")  # similar items: collaborative, catalog content, a blend
+# Recommendations: cf ranks the model's items; hybrid adds catalog-only items scored through
+# their content-predicted vectors (content.map_content).
+RECOMMEND_MODES = ("cf", "hybrid")
 EXPLAIN_TOP = 3  # history items named per recommended item
 FILTER_CACHE = 256  # business filters whose item sets are kept
 
@@ -159,7 +165,13 @@ class Recommender:
             self.rating_user_bias = _load_array(version_dir, "rating_user_bias.npy")
         indexes = manifest["indexes"]
         self._items = self._space(indexes["items"], self.item_vectors, lambda q: q)
-        self._mips = self._space(indexes["items_mips"], self.item_factors, mips_query)
+        # The recommendation index may hold catalog-only items after the model's: vectors
+        # predicted from their content (builder, "map new items").
+        self.new_item_factors: np.ndarray | None = None
+        if "new_item_factors.npy" in manifest["files"]:
+            self.new_item_factors = _load_array(version_dir, "new_item_factors.npy")
+        self._rec_rows = self._rec_rows_function()
+        self._mips = self._space(indexes["items_mips"], self._rec_rows, mips_query)
         self._users: _Space | None = None
         if "users" in indexes:
             self._users = self._space(
@@ -193,16 +205,39 @@ class Recommender:
         self._popular: tuple[np.ndarray, np.ndarray] | None = None  # built on first use
         self._titles: pa.Array | None = None  # built on the first catalog search
 
+    def _rec_rows_function(self) -> Callable[[np.ndarray | None], np.ndarray]:
+        """Rows of the recommendation vectors by catalog position, without stacking the
+        model's and the new items' arrays into one copy."""
+        factors, new, n_items = self.item_factors, self.new_item_factors, self.n_items
+
+        def rows(candidates: np.ndarray | None) -> np.ndarray:
+            if new is None:
+                return factors if candidates is None else factors[candidates]
+            if candidates is None:
+                return np.vstack([factors, new])
+            out = np.empty((candidates.size, factors.shape[1]), dtype=np.float32)
+            model = candidates < n_items
+            out[model] = factors[candidates[model]]
+            out[~model] = new[candidates[~model] - n_items]
+            return out
+
+        return rows
+
     def _space(
         self,
         meta: dict[str, Any],
-        vectors: np.ndarray | None,
+        vectors: np.ndarray | Callable[[np.ndarray | None], np.ndarray] | None,
         transform: Callable[[np.ndarray], np.ndarray],
     ) -> _Space:
+        """An index and its exact scoring: over `vectors` (an array, or a function giving
+        the rows of candidate positions), or, with None, over the users' folded-in rows."""
         path = self.path / meta["file"]
         index = read_index(path)
         check_index(index, path, meta["rows"], meta["dim"])
-        if vectors is not None:
+        exact: Callable[[np.ndarray | None], np.ndarray]
+        if callable(vectors):
+            exact = vectors
+        elif vectors is not None:
             fixed = vectors
 
             def exact(candidates: np.ndarray | None) -> np.ndarray:
@@ -366,17 +401,22 @@ class Recommender:
         k: int,
         allowed: np.ndarray | None,
         excluded: np.ndarray,
+        limit: int | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
+        """The k best rows of `space` for `query` among `allowed` (None: all) minus
+        `excluded`; `limit` keeps positions below it (cf recommendations skip the new items
+        after the model's), with `allowed`, if given, already below it."""
         if k < 1:
             raise InvalidInput(f"k must be at least 1, got {k}")
         if excluded.size > 1:
             excluded = np.unique(excluded)
+        size = space.size if limit is None else min(limit, space.size)
         if allowed is not None:
             candidates: np.ndarray | None = np.setdiff1d(allowed, excluded, assume_unique=True)
             n_candidates = int(candidates.size)  # type: ignore[union-attr]
         else:
             candidates = None
-            n_candidates = space.size - int(excluded.size)
+            n_candidates = size - int(np.count_nonzero(excluded < size))
         k = min(k, n_candidates)
         if k <= 0:
             return np.empty(0, dtype=np.float32), np.empty(0, dtype=np.int64)
@@ -387,10 +427,11 @@ class Recommender:
             # A few ids to skip (the query item, a short deny-list): fetch that many more and
             # drop them, cheaper than building an IDSelector per request.
             scores, ids = search(space.index, q, k + int(excluded.size), kind=space.kind)
-            keep = (ids[0] >= 0) & ~np.isin(ids[0], excluded)
+            keep = (ids[0] >= 0) & (ids[0] < size) & ~np.isin(ids[0], excluded)
             if int(keep.sum()) >= k:
                 return scores[0][keep][:k], ids[0][keep][:k].astype(np.int64)
-        selector = selector_for(allowed, excluded, space.size)
+        selector = selector_for(allowed, excluded, space.size,
+                                None if allowed is not None or size == space.size else size)
         for effort in (1, *RETRY_EFFORTS):
             scores, ids = search(space.index, q, k, selector, effort, space.kind)
             keep = ids[0] >= 0
@@ -398,7 +439,7 @@ class Recommender:
                 return scores[0][keep], ids[0][keep].astype(np.int64)
         # The approximate index could not reach k candidates: score every candidate exactly.
         if candidates is None:
-            candidates = np.setdiff1d(np.arange(space.size), excluded, assume_unique=True)
+            candidates = np.setdiff1d(np.arange(size), excluded, assume_unique=True)
         return exact_top_k(space.exact_vectors(candidates), query, k, candidates)
 
     def _catalog_column(self, names: tuple[str, ...], what: str) -> np.ndarray:
@@ -516,7 +557,7 @@ class Recommender:
         if history.size == 0 or idx.size == 0:
             return [[] for _ in idx]
         shares = (np.asarray(self.fold_factors[history]) * weighted.data[:, None]) @ np.asarray(
-            self.item_factors[idx]).T
+            self._rec_rows(idx)).T
         titles = self.catalog.get("title")
         out = []
         for column in shares.T:
@@ -726,6 +767,7 @@ class Recommender:
         fallback: str = "none",
         explain: bool = False,
         live: Mapping[str, float] | None = None,
+        mode: str = "hybrid",
     ) -> Results:
         """Items with the highest predicted score q . v for a known user.
 
@@ -735,7 +777,11 @@ class Recommender:
         events since the bundle (item id -> weight, POST /events): they join the user's row
         (counts add, a rating replaces the stored one) and the row is folded in again, so a
         user the bundle never saw is known from their first event on known items.
+        `mode="hybrid"` (the default) also ranks the catalog items nobody has interacted
+        with through vectors predicted from their content (reason "content"); "cf" ranks
+        the model's items only. A model without such items answers both alike.
         """
+        with_new = self._recommend_mode(mode)
         try:
             user = self.user_index(user_id)
         except UnknownUser:
@@ -751,12 +797,33 @@ class Recommender:
         else:
             query = self._row_vector(row)
         seen = np.asarray(row.indices, dtype=np.int64) if exclude_seen else None
-        result = self._recommend_vector(query, seen, k, items, filter_items, catalog_filter)
+        result = self._recommend_vector(query, seen, k, items, filter_items, catalog_filter,
+                                        with_new)
         reason = "cf" if self.rating_model is None else "rating"
         because = (self._explain(row, result.indexes)
                    if explain and self.rating_model is None else None)
         return Results(result.ids, result.scores, result.indexes, result.fields,
-                       reason=reason, because=because)
+                       reason=reason, because=because,
+                       reasons=self._item_reasons(result.indexes, reason))
+
+    def recommendation_vectors(self, positions: np.ndarray | None = None) -> np.ndarray:
+        """The vectors recommendations score (q . v) by catalog position: the model's items,
+        then the catalog-only items' content-predicted vectors when the model has them."""
+        return self._rec_rows(positions)
+
+    def _recommend_mode(self, mode: str) -> bool:
+        """Whether recommendations in `mode` rank catalog-only items too."""
+        if mode not in RECOMMEND_MODES:
+            raise InvalidInput(f"mode {mode!r}: recommendations take "
+                               f"{' or '.join(RECOMMEND_MODES)}")
+        return mode == "hybrid" and self.new_item_factors is not None
+
+    def _item_reasons(self, idx: np.ndarray, reason: str) -> list[str] | None:
+        """Per-item reasons when catalog-only items (ranked by content) are among `idx`."""
+        new = idx >= self.n_items
+        if not new.any():
+            return None
+        return ["content" if is_new else reason for is_new in new.tolist()]
 
     def _live_row(self, user: int, live: Mapping[str, float]) -> sp.csr_matrix:
         """A user's raw row with their live events merged in (unknown items are skipped)."""
@@ -798,8 +865,11 @@ class Recommender:
         filter_items: Iterable[str] | None = None,
         catalog_filter: CatalogFilter = NO_FILTER,
         explain: bool = False,
+        mode: str = "hybrid",
     ) -> Results:
-        """Recommendations for an anonymous basket by fold-in; unknown ids are reported."""
+        """Recommendations for an anonymous basket by fold-in; unknown ids are reported.
+        `mode` as for `recommend`."""
+        with_new = self._recommend_mode(mode)
         found = lookup(self.item_ids, list(item_ids))
         unknown = [i for i, f in zip(item_ids, found, strict=True) if f < 0]
         known = found[found >= 0]
@@ -809,12 +879,13 @@ class Recommender:
             raise UnknownItem(unknown[0]) if len(unknown) == 1 else UnknownItems(unknown)
         result = self._recommend_vector(self.basket_vector(known),
                                         known if exclude_given else None, k, items, filter_items,
-                                        catalog_filter)
+                                        catalog_filter, with_new)
         because = None
         if explain and self.rating_model is None:
             because = self._explain(self._basket_row(known), result.indexes)
         return Results(result.ids, result.scores, result.indexes, result.fields, unknown,
-                       reason="basket", because=because)
+                       reason="basket", because=because,
+                       reasons=self._item_reasons(result.indexes, "basket"))
 
     def _recommend_vector(
         self,
@@ -824,11 +895,13 @@ class Recommender:
         items: Iterable[str] | None,
         filter_items: Iterable[str] | None,
         catalog_filter: CatalogFilter = NO_FILTER,
+        with_new: bool = False,
     ) -> Results:
-        parts = [p for p in (seen, self._item_set(filter_items)) if p is not None]
+        parts = [p for p in (seen, self._item_set(filter_items, with_new)) if p is not None]
         excluded = np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
-        scores, idx = self._top_k(self._mips, query, k, self._allowed(items, catalog_filter),
-                                  excluded)
+        scores, idx = self._top_k(self._mips, query, k,
+                                  self._allowed(items, catalog_filter, with_new), excluded,
+                                  limit=None if with_new else self.n_items)
         return self._items_result(scores, idx)
 
     def similar_users(
@@ -851,10 +924,15 @@ class Recommender:
 
     def score(self, user_id: str, item_id: str) -> float:
         """The model's score q . v of one item for one user (the ranking score); under a
-        rating model, the predicted rating mu + b_u + q . v, clipped to the rating scale."""
+        rating model, the predicted rating mu + b_u + q . v, clipped to the rating scale.
+        A catalog-only item scores through its content-predicted vector when the model has
+        one (see `recommend`)."""
         user = self.user_index(user_id)
-        item = self.item_index(item_id)
-        score = float(np.dot(self.user_vector(user), self.item_factors[item]))
+        item = self.catalog_index(item_id)
+        if item >= self.n_items and self.new_item_factors is None:
+            raise UnknownItem(item_id)
+        vector = self._rec_rows(np.array([item]))[0]
+        score = float(np.dot(self.user_vector(user), vector))
         if self.rating_model is None or self.rating_user_bias is None:
             return score
         predicted = self.rating_model["mu"] + float(self.rating_user_bias[user]) + score

@@ -631,6 +631,10 @@ def _add_query_routes(app: FastAPI, models: Models, settings: Settings,
         description="only items in stock (true) or out of stock (false)")]
     ModeQuery = Annotated[Literal["cf", "content", "hybrid"], Query(  # noqa: N806
         description="similar items by cf, content or hybrid (the default)")]
+    RecommendModeQuery = Annotated[Literal["cf", "hybrid"], Query(  # noqa: N806
+        description="hybrid (the default) also ranks catalog items nobody has interacted "
+                    "with, through vectors predicted from their content; cf only the "
+                    "model's items")]
     ModelQuery = Annotated[str | None, Query(  # noqa: N806
         min_length=1, max_length=128, description="serve this model (one of the experiment's "
         "variants) instead of the user's assigned variant")]
@@ -690,15 +694,18 @@ def _add_query_routes(app: FastAPI, models: Models, settings: Settings,
                                         "(popular) or a 404 (none)")] = "popular",
                         explain: Annotated[bool, Query(
                             description="name the history items behind each result")] = False,
+                        mode: RecommendModeQuery = "hybrid",
                         model: ModelQuery = None) -> Response:
         """Recommendations for a user (items they interacted with excluded by default); an
         unknown user gets popular items with reason "popular" unless fallback=none. Events
-        posted since the bundle (POST /events) are folded in."""
+        posted since the bundle (POST /events) are folded in. With content vectors, catalog
+        items nobody has interacted with yet compete through a vector predicted from their
+        content (reason "content") unless mode=cf."""
         rec, variant = models.pick(user_id, model)
         return _items(rec, rec.recommend(user_id, k, exclude_seen, items, filter_items,
                                          CatalogFilter(category, min_price, max_price,
                                                        in_stock), fallback, explain,
-                                         live.get(user_id)), variant=variant.name)
+                                         live.get(user_id), mode), variant=variant.name)
 
     @app.get("/users/{user_id:path}/similar", response_model=schemas.UsersResponse,
              responses=not_found, tags=["users"])
@@ -736,7 +743,7 @@ def _add_query_routes(app: FastAPI, models: Models, settings: Settings,
             result = rec.recommend_for_items(
                 body.item_ids, body.k, body.exclude_given, body.items, body.filter_items,
                 CatalogFilter(body.category, body.min_price, body.max_price, body.in_stock),
-                body.explain)
+                body.explain, body.mode)
         except (UnknownItem, UnknownItems):
             return _json({"detail": "none of the item ids is known",
                           "unknown_item_ids": body.item_ids}, rec.version, 404)
@@ -768,7 +775,7 @@ def _add_query_routes(app: FastAPI, models: Models, settings: Settings,
                                        body.in_stock)
         return _batch(rec, variant, body.user_ids, lambda u: rec.recommend(
             u, body.k, body.exclude_seen, body.items, body.filter_items, catalog_filter,
-            explain=body.explain, live=live.get(u)))
+            explain=body.explain, live=live.get(u), mode=body.mode))
 
 
 def _batch(rec: Recommender, variant: Variant, ids: list[str],

@@ -28,8 +28,10 @@ class ScoredItem(BaseModel):
     score: float
     title: str | None = None
     category: str | None = None
-    reason: str | None = Field(None, description="recommendations: cf, rating, basket or "
-                               "popular (the cold-user fallback)")
+    reason: str | None = Field(None, description="recommendations: cf, rating, basket, "
+                               "popular (the cold-user fallback) or content (a catalog item "
+                               "nobody has interacted with, ranked through its content); "
+                               "similar items: cf, content or hybrid")
     because: list[Contribution] | None = Field(
         None, description="with explain=true: the history items that add most to the score")
 
@@ -148,6 +150,9 @@ def basket_request(max_ids: int, max_k: int, max_id_length: int) -> type[BaseMod
         max_price: float | None = Field(None, ge=0, allow_inf_nan=False)
         in_stock: bool | None = None
         explain: bool = False
+        mode: Literal["cf", "hybrid"] = Field(
+            "hybrid", description="hybrid also ranks catalog items nobody has interacted "
+                                  "with, through their content; cf only the model's items")
         user_id: one_id | None = Field(  # type: ignore[valid-type]
             None, description="the shopper, for the A/B assignment (else the control)")
         model: str | None = Field(None, min_length=1, max_length=128,
@@ -207,6 +212,7 @@ def batch_request(field: str, max_batch: int, max_ids: int, max_k: int, max_id_l
     if with_exclude_seen:
         fields["exclude_seen"] = (bool, True)
         fields["explain"] = (bool, False)
+        fields["mode"] = (Literal["cf", "hybrid"], "hybrid")
     else:
         fields["mode"] = (Literal["cf", "content", "hybrid"], "hybrid")
     fields["model"] = (str | None, Field(None, min_length=1, max_length=128,
