@@ -11,7 +11,7 @@ import pytest
 from svdfaiss.builder import BuildConfig, build
 from svdfaiss.data import decode_ids
 from svdfaiss.errors import InvalidInput, UnknownUser
-from svdfaiss.events import Event, LiveUsers, read_events
+from svdfaiss.events import Event, EventFollower, LiveEvents, LiveUsers, read_events
 from svdfaiss.factorize import fold_in
 from svdfaiss.recommender import Recommender
 from svdfaiss.synthetic import SampleSpec, write_sample
@@ -29,7 +29,7 @@ def _expected_after_event(rec: Recommender, user: int, item: int, weight: float,
 
     x = sp.csr_matrix(row)
     q = fold_in(weight_rows(x, rec.weighting, rec.item_scale), rec.fold_factors)[0]
-    scores = np.asarray(rec.item_factors) @ q
+    scores = rec.recommendation_vectors() @ q  # new items' predicted vectors too
     scores[x.indices] = -np.inf
     top = np.argsort(-scores, kind="stable")[:k]
     return top.tolist(), scores[top]
@@ -257,3 +257,77 @@ def test_live_rows_under_a_rating_model_refit_the_user_with_the_new_rating(tmp_p
     scores[rated] = -np.inf
     assert list(after.indexes) == list(np.argsort(-scores, kind="stable")[:10])
     assert after.reason == "rating"
+
+
+def test_the_follower_reads_complete_lines_and_follows_a_rotated_log(tmp_path):
+    path = tmp_path / "live.jsonl"
+    follower = EventFollower(path)
+    follower.start(0.0, "implicit")
+    assert follower.poll() == []  # no log yet
+    first, second, third = (Event(f"u{n}", "i", 1.0, 100.0 + n) for n in range(3))
+    path.write_bytes(first.line(True) + second.line(True)[:10])  # the second still written
+    assert follower.poll() == [first]
+    with path.open("ab") as handle:
+        handle.write(second.line(True)[10:] + b"not json\n")
+    assert follower.poll() == [second] and follower.skipped == 1
+    assert follower.poll() == []
+    with path.open("ab") as handle:  # appended just before the rotation
+        handle.write(third.line(True))
+    path.rename(tmp_path / "live.jsonl.1")
+    assert follower.poll() == [third]  # read to the end of the renamed file
+    fourth = Event("u4", "i", 1.0, 104.0)
+    path.write_bytes(fourth.line(True))
+    assert follower.poll() == [fourth]  # then the new file from its start
+    path.write_bytes(b"")  # truncated in place
+    assert follower.poll() == []
+    fifth = Event("u5", "i", 1.0, 105.0)
+    path.write_bytes(fifth.line(True))
+    assert follower.poll() == [fifth]
+    follower.close()
+
+
+def test_live_rows_start_after_the_bundle_cutoff_and_start_over_on_reset(tmp_path):
+    path = tmp_path / "live.jsonl"
+    events = [Event("u1", "a", 1.0, 100.0), Event("u1", "b", 1.0, 200.0),
+              Event("u2", "zzz", 1.0, 300.0)]
+    path.write_bytes(b"".join(e.line(True) for e in events))
+    live = LiveEvents(LiveUsers(10, 10), path)
+    known = {"a", "b"}.__contains__
+    # A bundle that folded the log in up to t=100 holds the first event already.
+    folded = {"created_at": "2026-01-01T00:00:00+00:00",
+              "input": {"events": [{"path": str(path), "last_event_time": 100.0}]}}
+    assert live.reset(folded, "implicit", known) == 1
+    assert live.get("u1") == {"b": 1.0} and live.get("u2") is None  # zzz: unknown item
+    with path.open("ab") as handle:  # another worker accepts an event
+        handle.write(Event("u1", "b", 2.0, 400.0).line(True))
+    assert live.get("u1") == {"b": 3.0}
+    # A bundle built without --events: its build time is the cutoff.
+    plain = {"created_at": "1970-01-01T00:05:00+00:00", "input": {"events": []}}
+    assert live.reset(plain, "implicit", known) == 1  # only the event at t=400
+    assert live.get("u1") == {"b": 2.0}
+
+
+def test_two_workers_see_each_others_events_at_once(sample_index_dir, rec, tmp_path):
+    log_path = tmp_path / "events" / "live.jsonl"
+    settings = {"SVDFAISS_EVENTS_LOG": str(log_path)}
+    first, second = rec.user_ids[23].decode(), rec.user_ids[41].decode()
+    with server(sample_index_dir, settings=settings) as url_a, \
+            server(sample_index_dir, settings=settings) as url_b, \
+            httpx.Client(timeout=10) as client:
+        def top(url: str, user_id: str) -> list[str]:
+            answer = client.get(f"{url}/users/{user_id}/recommendations", params={"k": 10})
+            return [i["item_id"] for i in answer.json()["items"]]
+
+        bought = top(url_a, first)[0]
+        assert client.post(f"{url_a}/events",
+                           json={"user_id": first, "item_id": bought}).json()["applied"]
+        assert top(url_b, first) == rec.recommend(first, 10, live={bought: 1.0}).ids
+        other = top(url_b, second)[0]
+        client.post(f"{url_b}/events", json={"user_id": second, "item_id": other})
+        assert top(url_a, second) == rec.recommend(second, 10, live={other: 1.0}).ids
+        # Rotation: the log renamed, the next event starts a new file both follow.
+        log_path.rename(log_path.with_suffix(".1"))
+        again = top(url_a, first)[0]
+        client.post(f"{url_a}/events", json={"user_id": first, "item_id": again})
+        expected = rec.recommend(first, 10, live={bought: 1.0, again: 1.0}).ids
+        assert top(url_b, first) == expected and top(url_a, first) == expected

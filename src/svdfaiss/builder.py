@@ -293,6 +293,8 @@ def build(config: BuildConfig, stage_hook: StageHook | None = None) -> BuildRepo
             events_info.append({"path": str(events_path), "sha256": bundle.sha256_file(
                 Path(events_path)), "lines": lines, "events": len(events),
                 "rejected": rejected.total, "rejected_by_reason": rejected.counts,
+                # the service's live rows start after it (events.bundle_cutoff)
+                "last_event_time": max((e.time for e in events), default=None),
                 "rejected_examples": rejected.examples})
     with timer.stage("filter"):
         duplicates: DuplicatePolicy = config.read.duplicates

@@ -7,11 +7,12 @@ service appends each batch with one write and one fsync before it acknowledges t
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -214,5 +215,153 @@ class LiveUsers:
             self._users.move_to_end(user_id)
             return dict(items)
 
+    def clear(self) -> None:
+        with self._lock:
+            self._users.clear()
+
     def __len__(self) -> int:
         return len(self._users)
+
+
+class EventFollower:
+    """Reads the events log as it grows: the events other processes (or this one) appended
+    since the last call, complete lines only.
+
+    Several service workers share one log, so a worker learns of an event another worker
+    accepted by reading the log before it answers for a user. A call costs two `stat`s when
+    nothing was appended. A renamed log (rotation) is read to its end, then the new file at
+    the path is followed from its start. Unusable lines are counted and skipped.
+    """
+
+    def __init__(self, path: Path, feedback: str = "implicit") -> None:
+        self.path = Path(path)
+        self.feedback = feedback
+        self.skipped = 0
+        self._handle: Any = None  # the open log, or None before it exists
+        self._offset = 0  # where the next complete line starts
+        self._lock = threading.Lock()
+
+    def start(self, since: float, feedback: str) -> None:
+        """Follow from the first event at `since` or later (bisected, see offset_since);
+        `feedback` is the model's (explicit events must carry a weight)."""
+        with self._lock:
+            self.feedback = feedback
+            self._close()
+            if self.path.is_file():
+                self._open(offset_since(self.path, since))
+
+    def poll(self) -> list[Event]:
+        """The events appended since the previous poll, in log order."""
+        with self._lock:
+            events: list[Event] = []
+            if self._handle is None:
+                if not self.path.is_file():
+                    return events
+                self._open(0)  # created since: every line is new
+            events += self._read_new()
+            try:
+                moved = os.stat(self.path).st_ino != os.fstat(self._handle.fileno()).st_ino
+            except FileNotFoundError:  # renamed away, nothing at the path yet
+                return events
+            if moved:
+                self._close()
+                self._open(0)
+                events += self._read_new()
+            return events
+
+    def close(self) -> None:
+        with self._lock:
+            self._close()
+
+    def _open(self, offset: int) -> None:
+        self._handle = self.path.open("rb")
+        self._offset = offset
+
+    def _close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+        self._handle = None
+
+    def _read_new(self) -> list[Event]:
+        size = os.fstat(self._handle.fileno()).st_size
+        if size < self._offset:  # truncated in place: what remains is new to us
+            self._offset = 0
+        if size == self._offset:
+            return []
+        self._handle.seek(self._offset)
+        data = self._handle.read(size - self._offset)
+        complete = data.rfind(b"\n") + 1  # a line still being written waits for next time
+        self._offset += complete
+        events = []
+        for raw in data[:complete].splitlines():
+            if not raw.strip():
+                continue
+            try:
+                events.append(parse_event(orjson.loads(raw), self.feedback))
+            except (orjson.JSONDecodeError, InvalidInput):
+                self.skipped += 1
+        return events
+
+
+def bundle_cutoff(manifest: Mapping[str, Any]) -> float:
+    """The time after which logged events are not in a bundle: its newest folded-in event
+    (`svdfaiss build --events`), else the time it was built."""
+    folded = [e["last_event_time"] for e in manifest["input"].get("events", [])
+              if e.get("last_event_time") is not None]
+    if folded:
+        return float(max(folded))
+    return dt.datetime.fromisoformat(str(manifest["created_at"])).timestamp()
+
+
+class LiveEvents:
+    """A service process's live rows, kept in step with the events log it shares with the
+    other workers: every read first applies what was appended since (`EventFollower`), so a
+    user's event shows in the next answer whichever worker accepted it.
+
+    The rows hold the events logged after the serving bundle's cutoff (`bundle_cutoff`);
+    `reset` starts over when another bundle is served.
+    """
+
+    def __init__(self, users: LiveUsers, path: Path) -> None:
+        self.users = users
+        self.follower = EventFollower(path)
+        self._since = math.inf  # nothing applies before the first reset
+        self._explicit = False
+        self._knows: Callable[[str], bool] | None = None
+        self._lock = threading.Lock()
+
+    def reset(self, manifest: Mapping[str, Any], feedback: str,
+              knows_item: Callable[[str], bool]) -> int:
+        """Start over for a bundle: its cutoff, its feedback, which items it knows
+        (`knows_item(item_id) -> bool`). Returns the events applied from the log's tail."""
+        with self._lock:
+            self.users.clear()
+            self._since = bundle_cutoff(manifest)
+            self._explicit = feedback == "explicit"
+            self._knows = knows_item
+            self.follower.start(self._since, feedback)
+            return self._apply()
+
+    def sync(self) -> int:
+        """Apply the events appended to the log since the last call; how many applied."""
+        with self._lock:
+            return self._apply()
+
+    def get(self, user_id: str) -> Mapping[str, float] | None:
+        """A user's live row, up to date with the log."""
+        self.sync()
+        return self.users.get(user_id)
+
+    def _apply(self) -> int:
+        if self._knows is None:
+            return 0
+        applied = 0
+        for event in self.follower.poll():
+            if event.time > self._since and self._knows(event.item_id):
+                self.users.add(event, self._explicit)
+                applied += 1
+        return applied
+
+    def __len__(self) -> int:
+        return len(self.users)
+

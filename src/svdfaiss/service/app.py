@@ -14,11 +14,10 @@ import datetime as dt
 import functools
 import logging
 import math
-import pathlib
 import secrets
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
 from dataclasses import dataclass
 from importlib import resources
 from typing import Annotated, Any, Generic, Literal, TypeVar
@@ -53,7 +52,7 @@ from svdfaiss.errors import (
     UnknownUser,
     UnsupportedFilter,
 )
-from svdfaiss.events import Event, EventLog, LiveUsers, offset_since, read_events
+from svdfaiss.events import Event, EventLog, LiveEvents, LiveUsers
 from svdfaiss.experiment import Experiment, Variant
 from svdfaiss.recommender import CatalogFilter, Recommender, Results
 from svdfaiss.service import schemas
@@ -179,6 +178,8 @@ class Models:
         self.experiment = Experiment(settings.resolved_experiment())
         self.holders = {m: ModelHolder(settings, metrics, m) for m in self.experiment.models}
         self.metrics = metrics
+        # Live rows, kept in step with the events log (None when live events are off).
+        self.live: LiveEvents | None = None
         # Each variant's counter child, looked up once rather than per request.
         self.counted = {v.name: metrics.variants.labels(self.experiment.name, v.name, v.model)
                         for v in self.experiment.variants}
@@ -203,7 +204,19 @@ class Models:
         return rec, variant
 
     async def reload(self, force: bool = False) -> list[schemas.ReloadResult]:
-        return [await holder.reload(force) for holder in self.holders.values()]
+        """Reload every model; live rows start over when the primary model changes."""
+        before = self.primary.version
+        results = [await holder.reload(force) for holder in self.holders.values()]
+        current = self.primary.current
+        if self.live is not None and current is not None and current.recommender.version \
+                != before:
+            rec = current.recommender
+            applied = await anyio.to_thread.run_sync(self.live.reset, rec.manifest,
+                                                     rec.feedback, rec.knows_item)
+            self.metrics.live_users.set(len(self.live))
+            log.info("live rows: %d events logged after model %s version %s applied from %s",
+                     applied, rec.model, rec.version, self.live.follower.path)
+        return results
 
 
 class Gatherer(Generic[P, R]):
@@ -487,22 +500,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     metrics = Metrics()
     models = Models(settings, metrics)
 
-    live = LiveUsers(settings.live_users, settings.max_ids)
+    if settings.live_users > 0:
+        models.live = LiveEvents(LiveUsers(settings.live_users, settings.max_ids),
+                                 settings.resolved_events_log())
+    live = models.live
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        await models.reload()
-        primary = models.primary.current
-        if primary is not None and settings.live_users > 0:
-            await anyio.to_thread.run_sync(_replay_events, primary.recommender,
-                                           settings.resolved_events_log(), live)
-            metrics.live_users.set(len(live))
+        await models.reload()  # and the live rows from the events log's tail
         poller = asyncio.create_task(_poll(models)) if settings.poll_seconds > 0 else None
         yield
         if poller is not None:
             poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await poller
+        if live is not None:
+            live.follower.close()
 
     app = FastAPI(
         title="svdfaiss",
@@ -521,7 +534,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     _install_error_handlers(app)
     _add_query_routes(app, models, settings, live)
-    if settings.live_users > 0:
+    if live is not None:
         _add_event_route(app, models, settings, metrics, live)
     if settings.fast_path:
         similar_route = next(r for r in app.routes if getattr(r, "name", "") == "similar_items")
@@ -546,24 +559,8 @@ async def _poll(models: Models) -> None:
             log.exception("poll reload failed")
 
 
-def _replay_events(rec: Recommender, path: pathlib.Path, live: LiveUsers) -> None:
-    """Live rows survive a restart: events logged after the bundle was built are replayed
-    (older ones are in the bundle, or will be in the next build with --events)."""
-    if not path.is_file():
-        return
-    built = dt.datetime.fromisoformat(rec.manifest["created_at"]).timestamp()
-    events, rejected, _ = read_events(path, rec.feedback, start=offset_since(path, built))
-    replayed = 0
-    for event in events:
-        if event.time >= built and rec.knows_item(event.item_id):
-            live.add(event, rec.feedback == "explicit")
-            replayed += 1
-    log.info("replayed %d live events from %s (%d unusable lines)", replayed, path,
-             rejected.total)
-
-
 def _add_event_route(app: FastAPI, models: Models, settings: Settings, metrics: Metrics,
-                     live: LiveUsers) -> None:
+                     live: LiveEvents) -> None:
     sink = EventSink(EventLog(settings.resolved_events_log()))
     event_model: Any = schemas.event_request(settings.max_id_length)
 
@@ -599,10 +596,10 @@ def _add_event_route(app: FastAPI, models: Models, settings: Settings, metrics: 
             log.error("events log %s: %s", sink.log.path, exc)
             return _problem(503, f"cannot append to the events log: {exc.strerror or exc}")
         detail = None
-        if known:
-            live.add(event, explicit)
-            metrics.live_users.set(len(live))
-        else:
+        # Applied through the log, like the events other workers accept.
+        await run_in_threadpool(live.sync)
+        metrics.live_users.set(len(live))
+        if not known:
             detail = "unknown item: logged for the next build, not applied"
         metrics.events.labels("applied" if known else "unknown_item").inc()
         return _json({"model": rec.model, "version": rec.version, "variant": variant.name,
@@ -612,8 +609,12 @@ def _add_event_route(app: FastAPI, models: Models, settings: Settings, metrics: 
 
 
 def _add_query_routes(app: FastAPI, models: Models, settings: Settings,
-                      live: LiveUsers) -> None:
+                      live: LiveEvents | None) -> None:
     max_k, max_ids, max_len = settings.max_k, settings.max_ids, settings.max_id_length
+
+    def live_row(user_id: str) -> Mapping[str, float] | None:
+        return None if live is None else live.get(user_id)
+
     OneId: Any = schemas.id_type(max_len)  # noqa: N806
     ItemId = Annotated[str, Path(min_length=1, max_length=max_len)]  # noqa: N806
     UserId = Annotated[str, Path(min_length=1, max_length=max_len)]  # noqa: N806
@@ -705,7 +706,7 @@ def _add_query_routes(app: FastAPI, models: Models, settings: Settings,
         return _items(rec, rec.recommend(user_id, k, exclude_seen, items, filter_items,
                                          CatalogFilter(category, min_price, max_price,
                                                        in_stock), fallback, explain,
-                                         live.get(user_id), mode), variant=variant.name)
+                                         live_row(user_id), mode), variant=variant.name)
 
     @app.get("/users/{user_id:path}/similar", response_model=schemas.UsersResponse,
              responses=not_found, tags=["users"])
@@ -775,7 +776,7 @@ def _add_query_routes(app: FastAPI, models: Models, settings: Settings,
                                        body.in_stock)
         return _batch(rec, variant, body.user_ids, lambda u: rec.recommend(
             u, body.k, body.exclude_seen, body.items, body.filter_items, catalog_filter,
-            explain=body.explain, live=live.get(u), mode=body.mode))
+            explain=body.explain, live=live_row(u), mode=body.mode))
 
 
 def _batch(rec: Recommender, variant: Variant, ids: list[str],
