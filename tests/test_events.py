@@ -331,3 +331,20 @@ def test_two_workers_see_each_others_events_at_once(sample_index_dir, rec, tmp_p
         client.post(f"{url_a}/events", json={"user_id": first, "item_id": again})
         expected = rec.recommend(first, 10, live={bought: 1.0, again: 1.0}).ids
         assert top(url_b, first) == expected and top(url_a, first) == expected
+
+
+def test_an_unreadable_log_leaves_live_rows_as_they_are_and_says_so(tmp_path, caplog):
+    path = tmp_path / "live.jsonl"
+    path.write_bytes(Event("u1", "a", 1.0, 200.0).line(True))
+    live = LiveEvents(LiveUsers(10, 10), path)
+    live.reset({"created_at": "1970-01-01T00:00:00+00:00", "input": {}}, "implicit",
+               lambda item: True)
+
+    def broken() -> list[Event]:
+        raise OSError(5, "Input/output error")
+
+    live.follower.poll = broken  # type: ignore[method-assign]
+    with caplog.at_level("WARNING", logger="svdfaiss.events"):
+        assert live.get("u1") == {"a": 1.0} and live.get("u1") == {"a": 1.0}
+    warnings = [r for r in caplog.records if "cannot be read" in r.getMessage()]
+    assert len(warnings) == 1  # said once, not per request

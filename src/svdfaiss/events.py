@@ -8,6 +8,7 @@ service appends each batch with one write and one fsync before it acknowledges t
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import math
 import os
 import threading
@@ -22,6 +23,8 @@ import orjson
 
 from svdfaiss.data import MAX_ID_BYTES, InteractionLog, RejectedRows
 from svdfaiss.errors import InvalidInput
+
+log = logging.getLogger("svdfaiss.events")
 
 EXAMPLES_PER_REASON = 5
 
@@ -328,6 +331,7 @@ class LiveEvents:
         self._since = math.inf  # nothing applies before the first reset
         self._explicit = False
         self._knows: Callable[[str], bool] | None = None
+        self._last_error = ""
         self._lock = threading.Lock()
 
     def reset(self, manifest: Mapping[str, Any], feedback: str,
@@ -339,7 +343,11 @@ class LiveEvents:
             self._since = bundle_cutoff(manifest)
             self._explicit = feedback == "explicit"
             self._knows = knows_item
-            self.follower.start(self._since, feedback)
+            try:
+                self.follower.start(self._since, feedback)
+            except OSError as exc:  # serve without live rows rather than not at all
+                log.warning("events log %s cannot be read: %s", self.follower.path, exc)
+                return 0
             return self._apply()
 
     def sync(self) -> int:
@@ -355,8 +363,17 @@ class LiveEvents:
     def _apply(self) -> int:
         if self._knows is None:
             return 0
+        try:
+            events = self.follower.poll()
+        except OSError as exc:  # an unreadable log must not fail the answer: say why, once
+            if str(exc) != self._last_error:
+                self._last_error = str(exc)
+                log.warning("events log %s cannot be read, live rows wait: %s",
+                            self.follower.path, exc)
+            return 0
+        self._last_error = ""
         applied = 0
-        for event in self.follower.poll():
+        for event in events:
             if event.time > self._since and self._knows(event.item_id):
                 self.users.add(event, self._explicit)
                 applied += 1
