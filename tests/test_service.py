@@ -17,7 +17,7 @@ from svdfaiss.builder import BuildConfig, build
 from svdfaiss.config import Settings
 from svdfaiss.data import decode_ids
 from svdfaiss.recommender import Recommender
-from svdfaiss.service.app import Metrics, Models, SimilarItemsFastPath
+from svdfaiss.service.app import FastPath, Metrics, Models
 
 from .helpers import TOKEN, server
 
@@ -151,6 +151,11 @@ def test_the_fast_path_answers_byte_for_byte_like_the_fastapi_route(live, versio
                  "k=99999999999999999999")]
     queries += ["/items/nope/similar", "/items//similar", "/items/similar",
                 f"/items/{items[0]}/similar/"]
+    users = [*decode_ids(rec.user_ids[::61]), "a-user-nobody-knows", "a/b"]
+    queries += [f"/users/{quote(u, safe='')}/recommendations?{q}" for u in users
+                for q in ("", "k=1", "k=7", "k=1000", "k=0", "k=5&explain=true", "k=5&k=6")]
+    queries += ["/users//recommendations", "/users/recommendations",
+                f"/users/{'x' * 300}/recommendations"]
     with server(versions, settings={"SVDFAISS_FAST_PATH": "false"}) as reference, \
             httpx.Client() as client:
         for query in queries:
@@ -171,7 +176,7 @@ def test_the_fast_path_answers_stored_neighbours_without_fastapi(versions):
     async def inner(scope, receive, send):
         passed_on.append(scope["query_string"].decode())
 
-    fast = SimilarItemsFastPath(inner, models, settings, route="the route")
+    fast = FastPath(inner, models, settings, routes={"similar_items": "the route"})
 
     async def get(query: str) -> list[dict]:
         sent: list[dict] = []
@@ -191,6 +196,41 @@ def test_the_fast_path_answers_stored_neighbours_without_fastapi(versions):
     for query in ("k=60", "k=7&filter_items=x", "k=0", "q=1"):  # beyond the cache, or not plain
         assert asyncio.run(get(query)) == []
     assert passed_on == ["k=60", "k=7&filter_items=x", "k=0", "q=1"]
+
+
+def test_the_fast_path_answers_plain_recommendations_without_fastapi(versions):
+    settings = Settings(index_dir=versions, model="sample")
+    models = Models(settings, Metrics())
+    asyncio.run(models.reload())
+    rec = models.primary.get()
+    user = decode_ids(rec.user_ids[7:8])[0]
+    passed_on: list[str] = []
+
+    async def inner(scope, receive, send):
+        passed_on.append(scope["query_string"].decode())
+
+    fast = FastPath(inner, models, settings, routes={"recommendations": "the route"})
+
+    async def get(user_id: str, query: str) -> list[dict]:
+        sent: list[dict] = []
+
+        async def send(message):
+            sent.append(message)
+
+        scope = {"type": "http", "method": "GET", "path": f"/users/{user_id}/recommendations",
+                 "query_string": query.encode()}
+        await fast(scope, None, send)
+        assert scope.get("route") == ("the route" if sent else None)
+        return sent
+
+    for user_id, k in ((user, 5), ("nobody-knows-me", 3)):
+        sent = asyncio.run(get(user_id, f"k={k}"))
+        body = orjson.loads(sent[1]["body"])
+        assert body["items"] == records(rec.recommend(user_id, k, fallback="popular"))
+    beyond = "k=101"  # above INLINE_MAX_K: the route, in the thread pool
+    for query in ("k=5&explain=true", "k=5&mode=cf", "k=0", "fallback=none", beyond):
+        assert asyncio.run(get(user, query)) == []
+    assert passed_on == ["k=5&explain=true", "k=5&mode=cf", "k=0", "fallback=none", beyond]
 
 
 def test_batched_searches_equal_single_ones(versions):

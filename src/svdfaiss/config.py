@@ -59,8 +59,8 @@ class Settings(BaseSettings):
     live_users: int = Field(100_000, ge=0, le=100_000_000, description="users whose live "
                             "events are held in memory (least recently used dropped); 0 turns "
                             "POST /events off")
-    fast_path: bool = Field(True, description="answer unfiltered similar-items queries from "
-                            "stored neighbours without FastAPI's parameter machinery")
+    fast_path: bool = Field(True, description="answer similar items and recommendations "
+                            "asked with nothing but k without FastAPI's parameter machinery")
 
     @field_validator("admin_token", "events_token")
     @classmethod

@@ -1,0 +1,126 @@
+"""Saturation throughput of the hot routes, with the fast path and without it, side by side.
+
+    python scripts/bench_routes.py --seconds 5 --rounds 3 --json docs/results/routes.json
+
+Builds the built-in sample and serves it twice (one worker each, one after the other on its
+own port): with the fast path (the default) and with SVDFAISS_FAST_PATH=false, so every
+request goes through FastAPI. Then `wrk -t1 -c4` on each route, rotating over 500 ids,
+servers interleaved round by round so a slow spell of the VM falls on both. Needs `wrk`
+(apt-get install wrk). Prints each (route, server)'s median round in requests/s and the
+ratio fast/FastAPI; writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE.parent / "src"), str(HERE)]
+
+from serving import free_port, wait_ready  # noqa: E402
+
+LUA = """local paths = {%s}
+local n = #paths
+local i = 0
+request = function()
+  i = i %% n + 1
+  return wrk.format(nil, paths[i])
+end
+"""
+
+
+def wrk(url: str, script: Path, seconds: int) -> dict[str, float]:
+    """One `wrk -t1 -c4` run: requests/s and non-2xx answers."""
+    out = subprocess.run(["wrk", "-t1", "-c4", f"-d{seconds}s", "-s", str(script), url],
+                         capture_output=True, text=True, check=True).stdout
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {"requests_per_s": rate, "non_2xx": int(errors.group(1)) if errors else 0}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=int, default=5, help="per route, server, round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is not installed (apt-get install wrk)")
+    from svdfaiss.builder import BuildConfig, build
+    from svdfaiss.data import decode_ids
+    from svdfaiss.recommender import Recommender
+    from svdfaiss.synthetic import SampleSpec, write_sample
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        files = write_sample(SampleSpec(), work / "data")
+        build(BuildConfig(input=files.events, model="bench", index_dir=work / "ix",
+                          catalog=files.catalog))
+        rec = Recommender.load(work / "ix", "bench")
+        users = decode_ids(rec.user_ids[:500])
+        items = decode_ids(rec.item_ids[:500])
+        routes = {
+            "GET /healthz": ["/healthz"],
+            "GET /items/{id}/similar?k=10": [f"/items/{i}/similar?k=10" for i in items],
+            "GET /users/{id}/recommendations?k=10":
+                [f"/users/{u}/recommendations?k=10" for u in users],
+        }
+        scripts = {}
+        for n, (name, paths) in enumerate(routes.items()):
+            scripts[name] = work / f"route{n}.lua"
+            scripts[name].write_text(LUA % ",".join(json.dumps(p) for p in paths))
+        servers: dict[str, tuple[subprocess.Popen[bytes], str]] = {}
+        env = {k: v for k, v in os.environ.items() if not k.startswith("SVDFAISS_")}
+        rows: dict[str, dict[str, Any]] = {}
+        try:
+            for server, fast in (("fast path", "true"), ("FastAPI only", "false")):
+                port = free_port()
+                proc = subprocess.Popen(
+                    [sys.executable, "-m", "svdfaiss", "serve", "--index-dir", str(work / "ix"),
+                     "--model", "bench", "--port", str(port)],
+                    env={**env, "SVDFAISS_FAST_PATH": fast},
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                servers[server] = (proc, f"http://127.0.0.1:{port}")
+                wait_ready(f"http://127.0.0.1:{port}/readyz", proc)
+            runs: dict[tuple[str, str], list[dict[str, float]]] = {}
+            for _ in range(args.rounds):
+                for route in routes:
+                    for server, (_, url) in servers.items():
+                        runs.setdefault((route, server), []).append(
+                            wrk(url, scripts[route], args.seconds))
+            for (route, server), results in runs.items():
+                rates = sorted(r["requests_per_s"] for r in results)
+                rows.setdefault(route, {})[server] = {
+                    "requests_per_s": rates[len(rates) // 2],
+                    "rounds": [r["requests_per_s"] for r in results],
+                    "non_2xx": sum(int(r["non_2xx"]) for r in results)}
+        finally:
+            for proc, _ in servers.values():
+                proc.terminate()
+                proc.wait(15)
+    print(f"{'route':<40} {'fast path':>10} {'FastAPI':>10} {'ratio':>6} non-2xx")
+    for route, by_server in rows.items():
+        fast_rate = by_server["fast path"]["requests_per_s"]
+        slow_rate = by_server["FastAPI only"]["requests_per_s"]
+        errors = sum(s["non_2xx"] for s in by_server.values())
+        print(f"{route:<40} {fast_rate:>10.0f} {slow_rate:>10.0f} "
+              f"{fast_rate / slow_rate:>6.2f} {errors}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"date": time.strftime("%Y-%m-%d %H:%M"),
+                                         "seconds": args.seconds, "rounds": args.rounds,
+                                         "wrk": "-t1 -c4", "rows": rows}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
