@@ -26,7 +26,7 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent / "src"), str(HERE)]
 
 from paced_load import paced_run  # noqa: E402
-from serving import free_port, wait_ready  # noqa: E402
+from serving import free_port, sample_bundle, wait_ready  # noqa: E402
 
 
 def get(path: str) -> bytes:
@@ -45,19 +45,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
-    from svdfaiss.builder import BuildConfig, build
-    from svdfaiss.data import decode_ids
-    from svdfaiss.recommender import Recommender
-    from svdfaiss.synthetic import SampleSpec, write_sample
-
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        files = write_sample(SampleSpec(), work / "data")
-        build(BuildConfig(input=files.events, model="bench", index_dir=work / "ix",
-                          catalog=files.catalog))
-        rec = Recommender.load(work / "ix", "bench")
-        users = decode_ids(rec.user_ids[:2000])
-        items = decode_ids(rec.item_ids[::7])
+        _, all_users, all_items = sample_bundle(work)
+        users = all_users[:2000]
+        items = all_items[::7]
         log = work / "events.jsonl"
         port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("SVDFAISS_")}

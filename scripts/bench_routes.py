@@ -27,7 +27,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent / "src"), str(HERE)]
 
-from serving import free_port, wait_ready  # noqa: E402
+from serving import free_port, sample_bundle, wait_ready  # noqa: E402
 
 LUA = """local paths = {%s}
 local n = #paths
@@ -56,19 +56,11 @@ def main() -> None:
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed (apt-get install wrk)")
-    from svdfaiss.builder import BuildConfig, build
-    from svdfaiss.data import decode_ids
-    from svdfaiss.recommender import Recommender
-    from svdfaiss.synthetic import SampleSpec, write_sample
-
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        files = write_sample(SampleSpec(), work / "data")
-        build(BuildConfig(input=files.events, model="bench", index_dir=work / "ix",
-                          catalog=files.catalog))
-        rec = Recommender.load(work / "ix", "bench")
-        users = decode_ids(rec.user_ids[:500])
-        items = decode_ids(rec.item_ids[:500])
+        _, all_users, all_items = sample_bundle(work)
+        users = all_users[:500]
+        items = all_items[:500]
         routes = {
             "GET /healthz": ["/healthz"],
             "GET /items/{id}/similar?k=10": [f"/items/{i}/similar?k=10" for i in items],

@@ -38,3 +38,17 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def sample_bundle(work: Path, model: str = "bench") -> tuple[Path, list[str], list[str]]:
+    """The built-in sample built under `work`: the index folder, its user ids and item ids."""
+    from svdfaiss.builder import BuildConfig, build
+    from svdfaiss.data import decode_ids
+    from svdfaiss.recommender import Recommender
+    from svdfaiss.synthetic import SampleSpec, write_sample
+
+    files = write_sample(SampleSpec(), work / "data")
+    build(BuildConfig(input=files.events, model=model, index_dir=work / "ix",
+                      catalog=files.catalog))
+    rec = Recommender.load(work / "ix", model)
+    return work / "ix", decode_ids(rec.user_ids), decode_ids(rec.item_ids)

@@ -165,72 +165,58 @@ def test_the_fast_path_answers_byte_for_byte_like_the_fastapi_route(live, versio
                 assert fast.headers.get(header) == slow.headers.get(header), (query, header)
 
 
-def test_the_fast_path_answers_stored_neighbours_without_fastapi(versions):
+def _fast_path(versions: Path, routes: dict[str, str]):
+    """A FastPath over a loaded model, with FastAPI replaced by a recorder: the model, the
+    query strings passed on, and `get(path, query)` -> the messages the fast path sent."""
     settings = Settings(index_dir=versions, model="sample")
     models = Models(settings, Metrics())
     asyncio.run(models.reload())
-    rec = models.primary.get()
-    item = decode_ids(rec.item_ids[5:6])[0]
     passed_on: list[str] = []
 
     async def inner(scope, receive, send):
         passed_on.append(scope["query_string"].decode())
 
-    fast = FastPath(inner, models, settings, routes={"similar_items": "the route"})
+    fast = FastPath(inner, models, settings, routes=routes)
 
-    async def get(query: str) -> list[dict]:
+    def get(path: str, query: str) -> list[dict]:
         sent: list[dict] = []
 
         async def send(message):
             sent.append(message)
 
-        scope = {"type": "http", "method": "GET", "path": f"/items/{item}/similar",
-                 "query_string": query.encode()}
-        await fast(scope, None, send)
+        scope = {"type": "http", "method": "GET", "path": path, "query_string": query.encode()}
+        asyncio.run(fast(scope, None, send))
+        assert scope.get("route") == (next(iter(routes.values())) if sent else None)
         return sent
 
-    sent = asyncio.run(get("k=7"))
+    return models.primary.get(), passed_on, get
+
+
+def test_the_fast_path_answers_stored_neighbours_without_fastapi(versions):
+    rec, passed_on, get = _fast_path(versions, {"similar_items": "the route"})
+    item = decode_ids(rec.item_ids[5:6])[0]
+    path = f"/items/{item}/similar"
+    sent = get(path, "k=7")
     assert passed_on == [] and sent[0]["status"] == 200
     body = orjson.loads(sent[1]["body"])
     assert body["items"] == records(rec.similar_items(item, 7)) and body["variant"] == "sample"
     for query in ("k=60", "k=7&filter_items=x", "k=0", "q=1"):  # beyond the cache, or not plain
-        assert asyncio.run(get(query)) == []
+        assert get(path, query) == []
     assert passed_on == ["k=60", "k=7&filter_items=x", "k=0", "q=1"]
 
 
 def test_the_fast_path_answers_plain_recommendations_without_fastapi(versions):
-    settings = Settings(index_dir=versions, model="sample")
-    models = Models(settings, Metrics())
-    asyncio.run(models.reload())
-    rec = models.primary.get()
+    rec, passed_on, get = _fast_path(versions, {"recommendations": "the route"})
     user = decode_ids(rec.user_ids[7:8])[0]
-    passed_on: list[str] = []
-
-    async def inner(scope, receive, send):
-        passed_on.append(scope["query_string"].decode())
-
-    fast = FastPath(inner, models, settings, routes={"recommendations": "the route"})
-
-    async def get(user_id: str, query: str) -> list[dict]:
-        sent: list[dict] = []
-
-        async def send(message):
-            sent.append(message)
-
-        scope = {"type": "http", "method": "GET", "path": f"/users/{user_id}/recommendations",
-                 "query_string": query.encode()}
-        await fast(scope, None, send)
-        assert scope.get("route") == ("the route" if sent else None)
-        return sent
-
     for user_id, k in ((user, 5), ("nobody-knows-me", 3)):
-        sent = asyncio.run(get(user_id, f"k={k}"))
+        sent = get(f"/users/{user_id}/recommendations", f"k={k}")
         body = orjson.loads(sent[1]["body"])
         assert body["items"] == records(rec.recommend(user_id, k, fallback="popular"))
     beyond = "k=101"  # above INLINE_MAX_K: the route, in the thread pool
-    for query in ("k=5&explain=true", "k=5&mode=cf", "k=0", "fallback=none", beyond):
-        assert asyncio.run(get(user, query)) == []
-    assert passed_on == ["k=5&explain=true", "k=5&mode=cf", "k=0", "fallback=none", beyond]
+    queries = ["k=5&explain=true", "k=5&mode=cf", "k=0", "fallback=none", beyond]
+    for query in queries:
+        assert get(f"/users/{user}/recommendations", query) == []
+    assert passed_on == queries
 
 
 def test_batched_searches_equal_single_ones(versions):

@@ -444,6 +444,19 @@ class ColdSplit:
     hidden: sp.csr_matrix  # the cold items' interactions (ones)
 
 
+def _cold_model(matrix: sp.csr_matrix, content: np.ndarray, k_factors: int, scheme: str,
+                cold_fraction: float, seed: int
+                ) -> tuple[np.random.Generator, ColdSplit, SvdModel]:
+    """The seeded cold split of `matrix` (content checked against it) and the builder's
+    model fitted on its training rows; the generator goes on to draw queries."""
+    rng = np.random.default_rng(seed)
+    if content.shape[0] != matrix.shape[1]:
+        raise InvalidInput(f"{content.shape[0]} content rows for {matrix.shape[1]} items")
+    split = cold_split(matrix.tocsr(), cold_fraction, rng)
+    model = fit_svd(split.train, min(k_factors, min(split.train.shape) - 1), scheme, 0.0)
+    return rng, split, model
+
+
 def cold_split(matrix: sp.csr_matrix, cold_fraction: float,
                rng: np.random.Generator) -> ColdSplit:
     """The split of the similar-items and new-items protocols (docs/evaluation.md)."""
@@ -482,14 +495,10 @@ def evaluate_similar_items(matrix: sp.csr_matrix, content: np.ndarray, k_factors
     from svdfaiss.content import cf_share, fuse
     from svdfaiss.index import normalize_rows
 
-    rng = np.random.default_rng(seed)
+    rng, split, model = _cold_model(matrix, content, k_factors, scheme, cold_fraction, seed)
     matrix = matrix.tocsr()
     n_items = matrix.shape[1]
-    if content.shape[0] != n_items:
-        raise InvalidInput(f"{content.shape[0]} content rows for {n_items} items")
-    split = cold_split(matrix, cold_fraction, rng)
     cold, train, held, hidden = split.cold, split.train, split.held, split.hidden
-    model = fit_svd(train, min(k_factors, min(train.shape) - 1), scheme, 0.0)
     cf = normalize_rows(model.factors.item_factors * model.factors.singular_values)
     counts = np.bincount(train.indices, minlength=n_items)
     share = cf_share(counts, hybrid_interactions)
@@ -564,13 +573,8 @@ def evaluate_new_items(matrix: sp.csr_matrix, content: np.ndarray,
     """
     from svdfaiss.content import map_content
 
-    rng = np.random.default_rng(seed)
-    matrix = matrix.tocsr()
+    _, split, model = _cold_model(matrix, content, k_factors, scheme, cold_fraction, seed)
     n_items = matrix.shape[1]
-    if content.shape[0] != n_items:
-        raise InvalidInput(f"{content.shape[0]} content rows for {n_items} items")
-    split = cold_split(matrix, cold_fraction, rng)
-    model = fit_svd(split.train, min(k_factors, min(split.train.shape) - 1), scheme, 0.0)
     vectors = np.asarray(model.embedding.items, dtype=np.float32)
     counts = np.bincount(split.train.indices, minlength=n_items)
     fitted = counts > 0
