@@ -6,8 +6,9 @@ Builds the built-in sample and serves it twice (one worker each, one after the o
 own port): with the fast path (the default) and with SVDFAISS_FAST_PATH=false, so every
 request goes through FastAPI. Then `wrk -t1 -c4` on each route, rotating over 500 ids,
 servers interleaved round by round so a slow spell of the VM falls on both. Needs `wrk`
-(apt-get install wrk). Prints each (route, server)'s median round in requests/s and the
-ratio fast/FastAPI; writes JSON.
+(apt-get install wrk). Prints each (route, server)'s median round in requests/s and in
+server CPU time per request (from /proc: steal, which swings this shared VM's throughput
+by 4x within an hour, does not count there), with the ratios fast/FastAPI; writes JSON.
 """
 
 from __future__ import annotations
@@ -39,13 +40,24 @@ end
 """
 
 
-def wrk(url: str, script: Path, seconds: int) -> dict[str, float]:
-    """One `wrk -t1 -c4` run: requests/s and non-2xx answers."""
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time a process has used, in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wrk(url: str, script: Path, seconds: int, pid: int) -> dict[str, float]:
+    """One `wrk -t1 -c4` run: requests/s, the server's CPU microseconds per request and
+    non-2xx answers."""
+    before = cpu_seconds(pid)
     out = subprocess.run(["wrk", "-t1", "-c4", f"-d{seconds}s", "-s", str(script), url],
                          capture_output=True, text=True, check=True).stdout
+    used = cpu_seconds(pid) - before
     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    count = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return {"requests_per_s": rate, "non_2xx": int(errors.group(1)) if errors else 0}
+    return {"requests_per_s": rate, "cpu_us_per_request": 1e6 * used / max(1, count),
+            "non_2xx": int(errors.group(1)) if errors else 0}
 
 
 def main() -> None:
@@ -87,26 +99,31 @@ def main() -> None:
             runs: dict[tuple[str, str], list[dict[str, float]]] = {}
             for _ in range(args.rounds):
                 for route in routes:
-                    for server, (_, url) in servers.items():
+                    for server, (proc, url) in servers.items():
                         runs.setdefault((route, server), []).append(
-                            wrk(url, scripts[route], args.seconds))
+                            wrk(url, scripts[route], args.seconds, proc.pid))
             for (route, server), results in runs.items():
                 rates = sorted(r["requests_per_s"] for r in results)
+                cpu = sorted(r["cpu_us_per_request"] for r in results)
                 rows.setdefault(route, {})[server] = {
                     "requests_per_s": rates[len(rates) // 2],
+                    "cpu_us_per_request": round(cpu[len(cpu) // 2], 1),
                     "rounds": [r["requests_per_s"] for r in results],
+                    "cpu_rounds": [round(r["cpu_us_per_request"], 1) for r in results],
                     "non_2xx": sum(int(r["non_2xx"]) for r in results)}
         finally:
             for proc, _ in servers.values():
                 proc.terminate()
                 proc.wait(15)
-    print(f"{'route':<40} {'fast path':>10} {'FastAPI':>10} {'ratio':>6} non-2xx")
+    print(f"{'route':<38} {'req/s fast':>10} {'FastAPI':>8} {'ratio':>6} "
+          f"{'CPU us fast':>12} {'FastAPI':>8} {'ratio':>6} non-2xx")
     for route, by_server in rows.items():
-        fast_rate = by_server["fast path"]["requests_per_s"]
-        slow_rate = by_server["FastAPI only"]["requests_per_s"]
+        fast, slow = by_server["fast path"], by_server["FastAPI only"]
         errors = sum(s["non_2xx"] for s in by_server.values())
-        print(f"{route:<40} {fast_rate:>10.0f} {slow_rate:>10.0f} "
-              f"{fast_rate / slow_rate:>6.2f} {errors}")
+        print(f"{route:<38} {fast['requests_per_s']:>10.0f} {slow['requests_per_s']:>8.0f} "
+              f"{fast['requests_per_s'] / slow['requests_per_s']:>6.2f} "
+              f"{fast['cpu_us_per_request']:>12.0f} {slow['cpu_us_per_request']:>8.0f} "
+              f"{fast['cpu_us_per_request'] / slow['cpu_us_per_request']:>6.2f} {errors}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"date": time.strftime("%Y-%m-%d %H:%M"),
