@@ -447,9 +447,10 @@ class FastPath:
         user_id = _path_id(scope["path"], _RECOMMENDATIONS, self.max_id_length)
         if user_id is None or k > INLINE_MAX_K:
             return None
-        if self.models.holders[self.models.experiment.assign(user_id).model].current is None:
+        try:
+            rec, variant = self.models.pick(user_id)
+        except NoBundle:
             return None  # the route answers the 503
-        rec, variant = self.models.pick(user_id)
         row = None if self.models.live is None else self.models.live.get(user_id)
         result = rec.recommend(user_id, k, fallback="popular", live=row)
         return (_items_body(rec, result, variant=variant.name), rec.version,
