@@ -124,3 +124,26 @@ def test_two_models_served_by_user_hash_with_override_and_metrics(two_models, tm
             assert f'svdfaiss_bundle_load_seconds{{model="{model}"}}' in metrics
         assert client.get("/model", params={"model": "treatment"}).json()[
             "parameters"]["k"] == 48
+        # A batch assigns each user their own variant, as one request would.
+        batch = client.post("/batch/recommendations",
+                            json={"user_ids": [*users[:10], "nobody"], "k": 5}).json()
+        assert batch["variant"] == "control"
+        for entry in batch["results"][:10]:
+            variant = experiment.assign(entry["id"]).name
+            assert (entry["variant"], entry["model"]) == (variant, variant)
+            assert entry["version"] == recs[variant].version
+            assert [i["item_id"] for i in entry["items"]] == recs[variant].recommend(
+                entry["id"], 5).ids
+        assert {e["variant"] for e in batch["results"][:10]} == {"control", "treatment"}
+        assert "error" in batch["results"][10]
+        forced_batch = client.post("/batch/recommendations", json={
+            "user_ids": users[:3], "model": "treatment"}).json()
+        assert forced_batch["variant"] == "treatment"
+        assert all("variant" not in e for e in forced_batch["results"])
+        after = client.get("/metrics").text
+        batch_treatment = sum(experiment.assign(u).name == "treatment"
+                              for u in [*users[:10], "nobody"])
+        value = float(next(x for x in after.splitlines() if x.startswith(line)).split()[-1])
+        # before: the first count; then GET /model?model=treatment, the batch's treatment
+        # users, and the forced batch (one request of its variant)
+        assert value == counted["treatment"] + 3 + 1 + batch_treatment + 1, value

@@ -203,6 +203,7 @@ class Models:
         self.counted[variant.name].inc()
         return rec, variant
 
+
     async def reload(self, force: bool = False) -> list[schemas.ReloadResult]:
         """Reload every model; live rows start over when the primary model changes."""
         before = self.primary.version
@@ -791,31 +792,51 @@ def _add_query_routes(app: FastAPI, models: Models, settings: Settings,
         rec, variant = models.pick(None, body.model)
         catalog_filter = CatalogFilter(body.category, body.min_price, body.max_price,
                                        body.in_stock)
-        return _batch(rec, variant, body.item_ids, lambda i: rec.similar_items(
+        return _batch(rec, variant, body.item_ids, lambda rec, i: rec.similar_items(
             i, body.k, body.items, body.filter_items, catalog_filter=catalog_filter,
             mode=body.mode))
 
     @app.post("/batch/recommendations", response_model=schemas.BatchResponse,
               responses=too_large, tags=["batch"])
     def batch_recommendations(body: Annotated[recs_batch, Body()]) -> Response:
-        """Recommendations for many users in one call (all from one model: `model`, or the
-        control variant); unknown ids get an `error` entry."""
-        rec, variant = models.pick(None, body.model)
+        """Recommendations for many users in one call; unknown ids get an `error` entry.
+        Each user gets their own A/B variant, as one request would, and with several
+        variants each result names its model, version and variant; `model` serves every
+        user from that model instead."""
         catalog_filter = CatalogFilter(body.category, body.min_price, body.max_price,
                                        body.in_stock)
-        return _batch(rec, variant, body.user_ids, lambda u: rec.recommend(
-            u, body.k, body.exclude_seen, body.items, body.filter_items, catalog_filter,
-            explain=body.explain, live=live_row(u), mode=body.mode))
+
+        def query(rec: Recommender, user_id: str) -> Results:
+            return rec.recommend(user_id, body.k, body.exclude_seen, body.items,
+                                 body.filter_items, catalog_filter, explain=body.explain,
+                                 live=live_row(user_id), mode=body.mode)
+
+        if body.model is not None or len(models.experiment.variants) == 1:
+            rec, variant = models.pick(None, body.model)
+            return _batch(rec, variant, body.user_ids, query)
+        control = models.primary.get()  # the top level names the control; entries their own
+        return _batch(control, models.experiment.control, body.user_ids, query, models.pick)
 
 
 def _batch(rec: Recommender, variant: Variant, ids: list[str],
-           query: Callable[[str], Results]) -> Response:
+           query: Callable[[Recommender, str], Results],
+           assign: Callable[[str], tuple[Recommender, Variant]] | None = None) -> Response:
+    """A batch answer from `rec`; with `assign`, each id is answered by the model it assigns
+    (and counts as a request of its variant), and its entry names that model, version and
+    variant."""
     results: list[dict[str, Any]] = []
     for one in ids:
+        entry: dict[str, Any] = {"id": one}
+        answering = rec
+        if assign is not None:
+            answering, own_variant = assign(one)
+            entry.update(model=answering.model, version=answering.version,
+                         variant=own_variant.name)
         try:
-            results.append({"id": one, "items": query(one).records()})
+            entry["items"] = query(answering, one).records()
         except (UnknownItem, UnknownUser) as exc:
-            results.append({"id": one, "error": str(exc)})
+            entry["error"] = str(exc)
+        results.append(entry)
     return _json({"model": rec.model, "version": rec.version, "variant": variant.name,
                   "results": results}, rec.version)
 

@@ -75,6 +75,11 @@ class BatchEntry(BaseModel):
     id: str
     items: list[ScoredItem] | None = None
     error: str | None = Field(None, description="set instead of items when the id is unknown")
+    model: str | None = Field(None, description="batch recommendations with several A/B "
+                              "variants: the model that answered this user")
+    version: str | None = None
+    variant: str | None = Field(None, description="the user's A/B variant (as in one "
+                                "request)")
 
 
 class BatchResponse(BaseModel):
