@@ -13,7 +13,6 @@ both builds and writes JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from results import write_result
 from svdfaiss.builder import BuildConfig, build
 from svdfaiss.recommender import Recommender
 from svdfaiss.synthetic import SampleSpec, write_sample
@@ -88,10 +88,7 @@ def main() -> None:
         print(f"  mode {mode:<7} p50 {latency[mode]['p50_ms']:.3f} ms  "
               f"p99 {latency[mode]['p99_ms']:.3f} ms")
     print(f"  new items' share of the hybrid top 10: {latency['new_items_share_of_top10']:.3f}")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"date": time.strftime("%Y-%m-%d %H:%M"),
-                                         "runs": runs, "recommend": latency}, indent=2) + "\n")
+    write_result(args.json, runs=runs, recommend=latency)
 
 
 if __name__ == "__main__":

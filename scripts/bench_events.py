@@ -18,7 +18,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent / "src"), str(HERE)]
 
 from paced_load import paced_run  # noqa: E402
+from results import write_result  # noqa: E402
 from serving import free_port, sample_bundle, wait_ready  # noqa: E402
 
 
@@ -89,13 +89,8 @@ def main() -> None:
         print(f"{name:<34} {row['requests_per_s']:>7.1f} {row['p50_ms']:>8.3f} "
               f"{row['p99_ms']:>8.3f} {row['p50_ms'] / base:>10.2f} {row['non_2xx']}")
     print(f"events logged: {logged}")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"date": time.strftime("%Y-%m-%d %H:%M"),
-                                         "rate": args.rate, "seconds": args.seconds,
-                                         "rounds": args.rounds,
-                                         "rows": rows, "events_logged": logged}, indent=2)
-                             + "\n")
+    write_result(args.json, rate=args.rate, seconds=args.seconds, rounds=args.rounds,
+                 rows=rows, events_logged=logged)
 
 
 if __name__ == "__main__":

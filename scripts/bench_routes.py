@@ -21,13 +21,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent / "src"), str(HERE)]
 
+from results import write_result  # noqa: E402
 from serving import free_port, sample_bundle, wait_ready  # noqa: E402
 
 LUA = """local paths = {%s}
@@ -124,11 +124,8 @@ def main() -> None:
               f"{fast['requests_per_s'] / slow['requests_per_s']:>6.2f} "
               f"{fast['cpu_us_per_request']:>12.0f} {slow['cpu_us_per_request']:>8.0f} "
               f"{fast['cpu_us_per_request'] / slow['cpu_us_per_request']:>6.2f} {errors}")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"date": time.strftime("%Y-%m-%d %H:%M"),
-                                         "seconds": args.seconds, "rounds": args.rounds,
-                                         "wrk": "-t1 -c4", "rows": rows}, indent=2) + "\n")
+    write_result(args.json, seconds=args.seconds, rounds=args.rounds, wrk="-t1 -c4",
+                 rows=rows)
 
 
 if __name__ == "__main__":
