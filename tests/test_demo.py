@@ -48,7 +48,7 @@ def test_the_demo_page_in_headless_chromium(sample_index_dir, rec, tmp_path):
 
     executable = _chromium()
     user_id = rec.user_ids[11].decode()
-    new_item = rec.n_items  # in the catalog, never bought: content neighbours only
+    new_item = rec.n_items  # in the catalog, never bought: no CF neighbours of its own
     new_title = rec.catalog["title"][new_item]
     settings = {"SVDFAISS_EVENTS_LOG": str(tmp_path / "events.jsonl")}
     errors: list[str] = []

@@ -20,6 +20,7 @@ from svdfaiss import __version__, bundle
 from svdfaiss.content import (
     DEFAULT_HYBRID_INTERACTIONS,
     DEFAULT_NEW_ITEM_WEIGHT,
+    NEW_ITEM_CF_SHARE,
     NEW_ITEM_RIDGE,
     ContentParams,
     cf_share,
@@ -27,6 +28,7 @@ from svdfaiss.content import (
     hybrid_pool,
     hybrid_scores,
     map_content,
+    predicted_item_vectors,
 )
 from svdfaiss.data import (
     DuplicatePolicy,
@@ -358,17 +360,26 @@ def build(config: BuildConfig, stage_hook: StageHook | None = None) -> BuildRepo
     if content is not None:
         with timer.stage("index content"):
             content_index = build_index(content[0], config.item_index, config.seed)
-    new_factors, new_map = None, None
-    if content is not None and catalog is not None and catalog[2].size and \
-            config.new_item_weight > 0:
+    new_factors, new_map, new_vectors, new_similar = None, None, None, None
+    if content is not None and catalog is not None and catalog[2].size:
         with timer.stage("map new items"):
-            weights, r2 = map_content(content[0][: inter.n_items], embedding.items)
-            new_factors = (np.float32(config.new_item_weight)
-                           * (content[0][inter.n_items :] @ weights)).astype(np.float32)
-            new_map = {"items": int(new_factors.shape[0]), "weight": config.new_item_weight,
-                       "ridge": NEW_ITEM_RIDGE, "r2": round(r2, 4),
-                       "map": "ridge regression from content vectors to the recommendation "
-                              "vectors of the model's items"}
+            # Catalog-only items get a CF vector for similar items (the hybrid's CF part) and,
+            # unless the weight is 0, a recommendation vector: both predicted from content.
+            new_vectors, similar_r2 = predicted_item_vectors(
+                content[0], factors.item_factors * (s ** np.float32(config.gamma)))
+            new_similar = {"items": int(new_vectors.shape[0]), "cf_share": NEW_ITEM_CF_SHARE,
+                           "ridge": NEW_ITEM_RIDGE, "r2": round(similar_r2, 4),
+                           "hybrid": "a * cf + (1 - a) * content, a = cf_share, cf the "
+                                     "cosine of the CF vector the item's content predicts"}
+            if config.new_item_weight > 0:
+                weights, r2 = map_content(content[0][: inter.n_items], embedding.items)
+                new_factors = (np.float32(config.new_item_weight)
+                               * (content[0][inter.n_items :] @ weights)).astype(np.float32)
+                new_map = {"items": int(new_factors.shape[0]),
+                           "weight": config.new_item_weight, "ridge": NEW_ITEM_RIDGE,
+                           "r2": round(r2, 4),
+                           "map": "ridge regression from content vectors to the "
+                                  "recommendation vectors of the model's items"}
     with timer.stage("index items"):
         items_index = build_index(item_vectors, config.item_index, config.seed)
         rec_vectors = (embedding.items if new_factors is None
@@ -407,6 +418,8 @@ def build(config: BuildConfig, stage_hook: StageHook | None = None) -> BuildRepo
                     write_index(content_index, writer.path("content.faiss"))
                 if new_factors is not None:
                     writer.save_array("new_item_factors.npy", new_factors)
+                if new_vectors is not None:
+                    writer.save_array("new_item_vectors.npy", new_vectors)
                 if rating is not None:
                     writer.save_array("rating_users.npy", rating.user_vectors())
                     writer.save_array("rating_user_bias.npy",
@@ -441,7 +454,8 @@ def build(config: BuildConfig, stage_hook: StageHook | None = None) -> BuildRepo
                 "hybrid_interactions": config.hybrid_interactions,
                 "hybrid": "a * cf + (1 - a) * content, a = n / (n + hybrid_interactions), n "
                           "the item's training interactions",
-                "new_items_in_recommendations": new_map}
+                "new_items_in_recommendations": new_map,
+                "new_items_in_similar": new_similar}
             manifest["similar_cache"] = None if similar is None else {
                 "k": cache_k, "source": indexes["items"]["type"],
                 "mode": "cf" if content is None else "hybrid"}

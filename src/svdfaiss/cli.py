@@ -545,6 +545,11 @@ def print_summary(path: Path, manifest: dict[str, Any]) -> None:
                                  f"({_fmt_int(content['features'])} features); "
                                  f"{_fmt_int(content['new_items'])} catalog items without "
                                  "interactions get content neighbours")
+        similar = content.get("new_items_in_similar")
+        if similar:
+            table.add_row("new items", f"their hybrid neighbours use CF vectors predicted from "
+                                       f"their content (map R^2 {similar['r2']:.2f}, CF share "
+                                       f"{similar['cf_share']:g})")
         mapped = content.get("new_items_in_recommendations")
         if mapped:
             table.add_row("new items", f"{_fmt_int(mapped['items'])} join recommendations "

@@ -136,9 +136,17 @@ def content_vectors(table: pa.Table, params: ContentParams,
 
 # The hybrid blend of similar items: an item with n training interactions scores a candidate
 # by a * cf + (1 - a) * content, with a = n / (n + DEFAULT_HYBRID_INTERACTIONS). An item with
-# no interactions is pure content, one with hundreds almost pure CF. 5 measured best of
-# {5, 20, 50} on ml-latest-small warm items (docs/evaluation.md, "Content and hybrid").
+# no interactions has no CF vector of its own (NEW_ITEM_CF_SHARE below), one with hundreds is
+# almost pure CF. 5 measured best of {5, 20, 50} on ml-latest-small warm items
+# (docs/evaluation.md, "Content and hybrid").
 DEFAULT_HYBRID_INTERACTIONS = 5.0
+
+# An item nobody has interacted with takes the CF part of its hybrid neighbours from the CF
+# vector its content predicts (predicted_item_vectors), with this weight. Chosen on MovieLens
+# splits other than the reported one (scripts/eval_content.py --tune-new-item-share): the best
+# NDCG@10 whose neighbours still share a genre with the item 99% of the time; 0.9 and 1.0
+# give no more and let that share fall to 0.97 and 0.87 (docs/evaluation.md).
+NEW_ITEM_CF_SHARE = 0.8
 
 
 # Hybrid neighbours are fused over each mode's HYBRID_POOL nearest (k when k is larger), at
@@ -167,14 +175,17 @@ def fuse(cf: np.ndarray, content: np.ndarray, share: np.ndarray | float) -> np.n
 
 
 def hybrid_scores(rows: np.ndarray, candidates: np.ndarray, cf_vectors: np.ndarray,
-                  content: np.ndarray, share: np.ndarray) -> np.ndarray:
+                  content: np.ndarray, share: np.ndarray | float,
+                  cf_queries: np.ndarray | None = None) -> np.ndarray:
     """Fused scores of candidate items (per row) for query items `rows`; -inf for the item
     itself, repeats and padding. Catalog-only candidates have no CF score (0); a query with
-    no content is pure CF."""
+    no content is pure CF. `cf_queries` replaces the rows' own CF vectors (a catalog-only
+    query item's predicted vector)."""
     n_model = cf_vectors.shape[0]
     safe = np.where(candidates >= 0, candidates, 0)
     in_model = (candidates >= 0) & (candidates < n_model)
-    cf = np.einsum("rd,rcd->rc", np.asarray(cf_vectors[rows], dtype=np.float32),
+    queries = cf_vectors[rows] if cf_queries is None else cf_queries
+    cf = np.einsum("rd,rcd->rc", np.asarray(queries, dtype=np.float32),
                    np.asarray(cf_vectors[np.where(in_model, safe, 0)], dtype=np.float32))
     cf[~in_model] = 0.0
     ct = np.einsum("rd,rcd->rc", np.asarray(content[rows]), np.asarray(content[safe]))
@@ -217,3 +228,19 @@ def map_content(content: np.ndarray, targets: np.ndarray,
     residual = float(np.sum((y - x @ weights) ** 2))
     total = float(np.sum((y - y.mean(axis=0)) ** 2))
     return weights.astype(np.float32), (1.0 - residual / total) if total > 0 else 0.0
+
+
+def predicted_item_vectors(content: np.ndarray, item_vectors: np.ndarray
+                           ) -> tuple[np.ndarray, float]:
+    """Unit CF vectors, for the cosine of similar items, that content predicts for the items
+    after the model's rows of `content` (one row per catalog item, the model's first), and
+    the map's R^2.
+
+    `item_vectors` are the model items' CF vectors before their rows are scaled to unit
+    length: fitting the map on them weighs the items with more evidence (longer vectors)
+    more, which ranked better on MovieLens than fitting unit rows. A row without content
+    predicts a zero vector.
+    """
+    n_model = item_vectors.shape[0]
+    weights, r2 = map_content(content[:n_model], item_vectors)
+    return normalize_rows(np.asarray(content[n_model:], dtype=np.float32) @ weights), r2

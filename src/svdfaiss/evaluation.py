@@ -430,7 +430,15 @@ def evaluate_for_manifest(matrix: sp.csr_matrix, k_factors: int, scheme: str, be
 
 COLD_FRACTION = 0.1
 MAX_QUERIES = 3000
-SIMILAR_METHODS = ("random", "popular", "cf", "content", "hybrid")
+SIMILAR_METHODS = ("random", "popular", "popular_content", "cf", "content", "hybrid")
+# The relevant items of a similar-items query: the user's other held-out items ("held"), or
+# the NEXT_ITEMS items the user turned to after the query item, by time ("next").
+RELEVANCE = ("held", "next")
+NEXT_ITEMS = 10
+BOOTSTRAP_ROUNDS = 2000
+# NDCG@10 differences reported on the same queries, with a paired bootstrap interval.
+SIMILAR_COMPARISONS = (("hybrid", "popular"), ("hybrid", "cf"), ("hybrid", "content"),
+                       ("popular_content", "popular"))
 
 
 @dataclass(frozen=True)
@@ -476,40 +484,113 @@ def cold_split(matrix: sp.csr_matrix, cold_fraction: float,
     return ColdSplit(cold, part(keep, coo.data), part(test), part(~warm))
 
 
+def ndcg_per_query(ranked: Sequence[np.ndarray], relevant: Sequence[np.ndarray],
+                   k: int) -> np.ndarray:
+    """NDCG@k of each list (as in ranking_metrics), for paired comparisons."""
+    out = np.zeros(len(ranked))
+    for row, (recs, rel) in enumerate(zip(ranked, relevant, strict=True)):
+        hits = np.isin(np.asarray(recs, dtype=np.int64)[:k], rel)
+        ideal = np.sum(1.0 / np.log2(np.arange(2, min(k, len(rel)) + 2)))
+        out[row] = np.sum(hits / np.log2(np.arange(2, hits.size + 2))) / ideal
+    return out
+
+
+def paired_difference(a: np.ndarray, b: np.ndarray, seed: int = 0,
+                      rounds: int = BOOTSTRAP_ROUNDS) -> dict[str, float]:
+    """Mean of a - b over the same queries, with a 95% paired bootstrap interval: a
+    difference whose interval holds 0 is not measurable on this sample."""
+    diff = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    draws = np.random.default_rng(seed).integers(0, diff.size, (rounds, diff.size))
+    low, high = np.percentile(diff[draws].mean(axis=1), [2.5, 97.5])
+    return {"mean": float(diff.mean()), "low": float(low), "high": float(high)}
+
+
+def category_share(queries: Sequence[int], ranked: Sequence[np.ndarray],
+                   categories: Sequence[set[str]], k: int = 10) -> float:
+    """Mean share of each list's first k items sharing a category with its query item
+    (queries without a category are left out)."""
+    shares = [np.mean([bool(categories[query] & categories[int(j)]) for j in row[:k]])
+              for query, row in zip(queries, ranked, strict=True) if categories[query]]
+    return float(np.mean(shares)) if shares else 0.0
+
+
+def timelines(times: sp.csr_matrix) -> list[np.ndarray]:
+    """Each user's items in the order of their (latest) interaction times."""
+    times = times.tocsr()
+    out = []
+    for user in range(times.shape[0]):
+        start, end = times.indptr[user], times.indptr[user + 1]
+        items = times.indices[start:end]
+        out.append(items[np.lexsort((items, times.data[start:end]))])
+    return out
+
+
 def evaluate_similar_items(matrix: sp.csr_matrix, content: np.ndarray, k_factors: int,
                            scheme: str, hybrid_interactions: float,
                            cold_fraction: float = COLD_FRACTION, seed: int = 42,
-                           cutoffs: Sequence[int] = DEFAULT_CUTOFFS) -> dict[str, Any]:
+                           cutoffs: Sequence[int] = DEFAULT_CUTOFFS,
+                           times: sp.csr_matrix | None = None,
+                           next_items: int = NEXT_ITEMS,
+                           categories: Sequence[set[str]] | None = None,
+                           new_item_cf_share: float | None = None) -> dict[str, Any]:
     """Similar items for warm and cold query items against popularity (docs/evaluation.md).
 
     A random `cold_fraction` of the items with interactions turns cold: every interaction
     of theirs leaves training. Each user then gives 20% of their other interactions to the
     test set. A query is a (user, item) pair, the item one of the user's test items (warm)
-    or cold items (cold); the relevant items are the user's test items other than the query,
-    the items an item page should lead that user to. Each method ranks every other item:
-    random order (the floor), popularity (training interactions), cf (cosine of the SVD
-    item vectors), content (cosine of `content`, one row per item) and hybrid (content.fuse
-    with the builder's weights).
-    Up to MAX_QUERIES pairs of each kind are drawn, with the seed.
+    or cold items (cold). Without `times`, the relevant items are the user's test items
+    other than the query, the items an item page should lead that user to; with `times`
+    (the latest time of each interaction of `matrix`), they are the `next_items` items the
+    user turned to right after the query item, whatever part they are in. Each method ranks
+    every other item: random order (the floor), popularity (training interactions),
+    popular_content (log-popularity plus content cosine: popularity as the collaborative
+    prior of an item nobody has seen, nudged by content), cf (cosine of the SVD item
+    vectors), content (cosine of `content`, one row per item) and hybrid (content.fuse with
+    the builder's weights). Up to MAX_QUERIES pairs of each kind are drawn, with the seed;
+    the NDCG@10 of the SIMILAR_COMPARISONS pairs is compared on the same queries. With
+    `categories` (a set per item), each method also reports the share of its top 10 that
+    shares a category with the query item: how similar its similar items are. A cold
+    item's hybrid weighs its predicted CF vector by `new_item_cf_share` (default: the
+    service's content.NEW_ITEM_CF_SHARE).
     """
-    from svdfaiss.content import cf_share, fuse
+    from svdfaiss.content import NEW_ITEM_CF_SHARE, cf_share, fuse, predicted_item_vectors
     from svdfaiss.index import normalize_rows
 
     rng, split, model = _cold_model(matrix, content, k_factors, scheme, cold_fraction, seed)
     matrix = matrix.tocsr()
     n_items = matrix.shape[1]
     cold, train, held, hidden = split.cold, split.train, split.held, split.hidden
-    cf = normalize_rows(model.factors.item_factors * model.factors.singular_values)
+    raw = model.factors.item_factors * model.factors.singular_values
+    cf = normalize_rows(raw)
+    # What the builder stores for catalog-only items: the CF vector content predicts.
+    warm_rows, cold_rows = np.flatnonzero(~cold), np.flatnonzero(cold)
+    predicted, map_r2 = predicted_item_vectors(content[np.concatenate([warm_rows, cold_rows])],
+                                               raw[warm_rows])
+    cf_of_cold = np.zeros_like(cf)
+    cf_of_cold[cold_rows] = predicted
+    cold_share = NEW_ITEM_CF_SHARE if new_item_cf_share is None else new_item_cf_share
     counts = np.bincount(train.indices, minlength=n_items)
+    log_popularity = np.log1p(counts).astype(np.float32)
     share = cf_share(counts, hybrid_interactions)
     has_content = np.abs(content).sum(axis=1) > 0
+    if times is not None and times.shape != matrix.shape:
+        raise InvalidInput(f"times of shape {times.shape} for a matrix of {matrix.shape}")
+    order = None if times is None else timelines(times)
+
+    def relevant_for(user: int, item: int) -> np.ndarray:
+        if order is None:
+            relevant = np.asarray(held.indices[held.indptr[user] : held.indptr[user + 1]])
+            others: np.ndarray = relevant[relevant != item]
+            return others
+        line = order[user]
+        at = int(np.flatnonzero(line == item)[0])
+        return line[at + 1 : at + 1 + next_items]
 
     def queries(source: sp.csr_matrix) -> list[tuple[int, np.ndarray]]:
         pairs = []
         for user in range(matrix.shape[0]):
-            relevant = held.indices[held.indptr[user] : held.indptr[user + 1]]
             for item in source.indices[source.indptr[user] : source.indptr[user + 1]]:
-                others = relevant[relevant != item]
+                others = relevant_for(user, int(item))
                 if others.size:
                     pairs.append((int(item), others))
         if len(pairs) > MAX_QUERIES:
@@ -520,21 +601,30 @@ def evaluate_similar_items(matrix: sp.csr_matrix, content: np.ndarray, k_factors
         if method == "random":  # the floor: a seeded order of its own per query item
             return np.random.default_rng((seed, item)).random(n_items, dtype=np.float32)
         if method == "popular":
-            return counts.astype(np.float32)
+            return np.asarray(counts, dtype=np.float32)
+        if method == "popular_content":
+            return np.asarray(log_popularity + content @ content[item])
         if method == "cf":
             return np.asarray(cf @ cf[item])
         if method == "content":
             return np.asarray(content @ content[item])
+        if cold[item]:
+            return fuse(cf @ cf_of_cold[item], content @ content[item], cold_share)
         weight = share[item] if has_content[item] else 1.0
         return fuse(cf @ cf[item], content @ content[item], weight)
 
     top = max(cutoffs)
-    out: dict[str, Any] = {"protocol": {"cold_fraction": cold_fraction, "seed": seed,
-                                        "cold_items": int(cold.sum()), "k": model.factors.k,
-                                        "hybrid_interactions": hybrid_interactions}}
+    out: dict[str, Any] = {"protocol": {
+        "cold_fraction": cold_fraction, "seed": seed, "cold_items": int(cold.sum()),
+        "k": model.factors.k, "hybrid_interactions": hybrid_interactions,
+        "new_item_cf_share": cold_share, "map_r2": round(map_r2, 4),
+        "relevance": "held" if times is None else "next",
+        **({} if times is None else {"next_items": next_items})}}
     for kind, source in (("warm", held), ("cold", hidden)):
         pairs = queries(source)
+        relevant = [r for _, r in pairs]
         out[kind] = {"queries": len(pairs)}
+        per_query = {}
         for method in SIMILAR_METHODS:
             if kind == "cold" and method == "cf":
                 continue  # a cold item has no CF vector
@@ -544,7 +634,14 @@ def evaluate_similar_items(matrix: sp.csr_matrix, content: np.ndarray, k_factors
                 s[item] = -np.inf
                 best = np.argpartition(-s, top)[:top]
                 ranked.append(best[np.argsort(-s[best], kind="stable")])
-            out[kind][method] = ranking_metrics(ranked, [r for _, r in pairs], cutoffs)
+            out[kind][method] = ranking_metrics(ranked, relevant, cutoffs)
+            per_query[method] = ndcg_per_query(ranked, relevant, 10)
+            if categories is not None:
+                out[kind][method]["category_share@10"] = category_share(
+                    [item for item, _ in pairs], ranked, categories)
+        out[kind]["differences"] = {
+            f"{a} - {b}": paired_difference(per_query[a], per_query[b], seed)
+            for a, b in SIMILAR_COMPARISONS if a in per_query and b in per_query}
     return out
 
 

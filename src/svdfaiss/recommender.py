@@ -198,6 +198,10 @@ class Recommender:
             self.new_item_ids = _load_array(version_dir, "new_item_ids.npy")
             self.content_vectors = _load_array(version_dir, "content_vectors.npy")
             self._content = self._space(indexes["content"], self.content_vectors, lambda q: q)
+        # The CF vectors content predicts for catalog-only items (their hybrid neighbours).
+        self.new_item_vectors: np.ndarray | None = None
+        if "new_item_vectors.npy" in manifest["files"]:
+            self.new_item_vectors = _load_array(version_dir, "new_item_vectors.npy")
         self.n_catalog = self.n_items + int(self.new_item_ids.shape[0])
         self._category_sets: dict[str, np.ndarray] | None = None  # built on first use
         self._filter_cache: dict[CatalogFilter, np.ndarray] = {}  # insertion order: oldest first
@@ -632,7 +636,9 @@ class Recommender:
         - hybrid (the default): a * cf + (1 - a) * content over the union of both modes'
           content.hybrid_pool(k) nearest, with a = n / (n + hybrid_interactions) for an
           item with n interactions (content.cf_share). A catalog item with no interactions
-          is pure content; a model built without content answers hybrid as cf.
+          takes its CF part from the vector its content predicts, with a fixed a
+          (content.NEW_ITEM_CF_SHARE; pure content in bundles built before that vector was
+          stored); a model built without content answers hybrid as cf.
 
         Answered from the neighbours stored at build time when they can; `use_cache=False`
         goes straight to the indexes. Business filters run inside the indexes (an
@@ -640,10 +646,11 @@ class Recommender:
         """
         mode = self.resolve_mode(mode)
         position = self.catalog_index(item_id)
-        if position >= self.n_items:  # in the catalog, never in the log: content only
+        if position >= self.n_items:  # in the catalog, never in the log
             if mode == "cf":
                 raise NotInMode(item_id, "cf")
-            mode = "content"
+            if self.new_item_vectors is None:
+                mode = "content"
         elif mode == "hybrid" and not self._has_content(position):
             mode = "cf"
         with_new = mode != "cf"
@@ -667,14 +674,23 @@ class Recommender:
         if mode == "content":
             return self._items_result(scores, idx, reason="content")
         in_model = None if allowed is None else allowed[allowed < self.n_items]
-        _, by_cf = self._top_k(self._items, np.asarray(self.item_vectors[position],
-                                                      dtype=np.float32),
-                               pool, in_model, excluded[excluded < self.n_items])
+        assert self.content is not None
+        if position < self.n_items:
+            cf_query = np.asarray(self.item_vectors[position], dtype=np.float32)
+            share: np.ndarray | float = cf_share(
+                self._popularity()[0][position : position + 1],
+                float(self.content["hybrid_interactions"]))
+        else:  # new_item_vectors is set: the mode would be content otherwise
+            cf_query = np.asarray(
+                self.new_item_vectors[position - self.n_items],  # type: ignore[index]
+                dtype=np.float32)
+            share = float(self.content["new_items_in_similar"]["cf_share"])
+        _, by_cf = self._top_k(self._items, cf_query, pool, in_model,
+                               excluded[excluded < self.n_items])
         candidates = np.union1d(idx, by_cf)
-        share = cf_share(self._popularity()[0][position : position + 1],
-                         float(self.content["hybrid_interactions"]))  # type: ignore[index]
         fused = hybrid_scores(np.array([position]), candidates[None, :], self.item_vectors,
-                              self.content_vectors, share)[0]  # type: ignore[arg-type]
+                              self.content_vectors, share,  # type: ignore[arg-type]
+                              cf_queries=cf_query[None, :])[0]
         top = np.argsort(-fused, kind="stable")[:k]
         top = top[np.isfinite(fused[top])]
         return self._items_result(fused[top], candidates[top], reason="hybrid")
