@@ -1,7 +1,9 @@
 """What content vectors cost a build: the same log and catalog built with --content off and
 on, side by side, with the content stage and the hybrid neighbours timed; then what the
 catalog-only items in the recommendation index cost a query: recommendations in mode hybrid
-(with them) against mode cf (without), interleaved on the content-on bundle.
+(with them) against mode cf (without), interleaved on the content-on bundle; and the similar
+items of a catalog-only item in mode hybrid (content plus the CF vector its content predicts)
+against mode content, interleaved.
 
     python scripts/bench_content.py --items 200000 --json docs/results/content-build-200k.json
 
@@ -49,6 +51,24 @@ def recommend_latency(rec: Recommender, users: int, rounds: int) -> dict[str, An
     return out
 
 
+def new_item_similar_latency(rec: Recommender, items: int, rounds: int) -> dict[str, Any]:
+    """p50 and p99 milliseconds of `similar_items` (k 10) for catalog-only items in mode
+    hybrid (two index searches and the fusion) and content (one search), interleaved."""
+    rng = np.random.default_rng(1)
+    new = rec.new_item_ids[rng.choice(rec.new_item_ids.shape[0], items, replace=False)]
+    ids = [i.decode() for i in new]
+    timings: dict[str, list[float]] = {"hybrid": [], "content": []}
+    for _ in range(rounds):
+        for mode, times in timings.items():
+            for item_id in ids:
+                start = time.perf_counter()
+                rec.similar_items(item_id, 10, mode=mode)
+                times.append(1e3 * (time.perf_counter() - start))
+    return {mode: {"p50_ms": round(float(np.percentile(t, 50)), 3),
+                   "p99_ms": round(float(np.percentile(t, 99)), 3)}
+            for mode, t in timings.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=Path("/tmp/svdfaiss-bench"))
@@ -73,8 +93,10 @@ def main() -> None:
                              "stages_s": report.seconds,
                              "items": report.manifest["counts"]["items"],
                              "content": report.manifest["content"]}
-        latency = recommend_latency(Recommender.load(Path(tmp), "content-on"), args.users,
-                                    args.rounds)
+        rec = Recommender.load(Path(tmp), "content-on")
+        latency = recommend_latency(rec, args.users, args.rounds)
+        similar = new_item_similar_latency(rec, args.users, args.rounds)
+        del rec
     stages = list(dict.fromkeys([*runs["off"]["stages_s"], *runs["on"]["stages_s"]]))
     print(f"{runs['on']['items']:,} items; catalog {catalog}")
     print(f"{'stage':<20} {'content off':>12} {'content on':>12}")
@@ -88,7 +110,12 @@ def main() -> None:
         print(f"  mode {mode:<7} p50 {latency[mode]['p50_ms']:.3f} ms  "
               f"p99 {latency[mode]['p99_ms']:.3f} ms")
     print(f"  new items' share of the hybrid top 10: {latency['new_items_share_of_top10']:.3f}")
-    write_result(args.json, runs=runs, recommend=latency)
+    print(f"similar items of catalog-only items, {args.users} items x {args.rounds} rounds "
+          "interleaved:")
+    for mode in ("hybrid", "content"):
+        print(f"  mode {mode:<7} p50 {similar[mode]['p50_ms']:.3f} ms  "
+              f"p99 {similar[mode]['p99_ms']:.3f} ms")
+    write_result(args.json, runs=runs, recommend=latency, new_item_similar=similar)
 
 
 if __name__ == "__main__":
