@@ -12,7 +12,9 @@ content vectors exactly as `svdfaiss build --items` does, then:
   user rated next (the protocol is in docs/evaluation.md);
 - `evaluation.evaluate_new_items`: recommendations that reach cold items through vectors
   predicted from their content, against category popularity and against CF alone.
-Prints a table and writes the JSON.
+Prints a table and writes the JSON. `--tune-new-items` instead sweeps the settings of a
+catalog-only item's hybrid similar items on other splits, and `--seeds` compares them with
+popularity on more splits.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from svdfaiss.builder import auto_k, read_catalog
 from svdfaiss.content import (
     DEFAULT_HYBRID_INTERACTIONS,
     DEFAULT_NEW_ITEM_WEIGHT,
+    NEW_ITEM_CF_SHARE,
     ContentParams,
     cf_share,
     content_vectors,
@@ -68,33 +71,61 @@ def top_neighbours(vectors: np.ndarray, k: int, score: Any = None) -> np.ndarray
     return out
 
 
-# The cold-item CF share of similar items is chosen on other seeds than the reported split's
-# 42: the highest NDCG@10 over both relevance definitions whose genre share stays >= 0.99.
+# A catalog-only item's hybrid similar items, tuned on other seeds than the reported split's
+# 42: first the CF share (no prior), the best NDCG@10 over both relevance definitions whose
+# genre share stays >= 0.99; then the popularity prior at that share, genre share >= 0.98.
 TUNING_SEEDS = (1, 2)
 TUNING_SHARES = (0.0, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+TUNING_PRIORS = (0.03, 0.06, 0.1, 0.2)
 
 
-def tune_new_item_share(matrix: Any, times: Any, vectors: np.ndarray,
-                        categories: list[set[str]], k: int, scheme: str,
-                        hybrid_interactions: float) -> list[dict[str, Any]]:
-    """Cold items' hybrid similar items for each candidate share, on the tuning seeds."""
+def tune_new_items(matrix: Any, times: Any, vectors: np.ndarray, categories: list[set[str]],
+                   k: int, scheme: str, hybrid_interactions: float) -> list[dict[str, Any]]:
+    """Cold items' hybrid similar items for each candidate setting, on the tuning seeds."""
+    settings = [(share, 0.0) for share in TUNING_SHARES]
+    settings += [(NEW_ITEM_CF_SHARE, prior) for prior in TUNING_PRIORS]
     rows = []
-    print(f"{'seed':>4} {'share':>5}  held: hybrid  genre  popular   next: hybrid  genre  popular")
+    print(f"{'seed':>4} {'share':>5} {'prior':>5}  held: hybrid  genre  popular   "
+          "next: hybrid  genre  popular")
     for seed in TUNING_SEEDS:
-        for share in TUNING_SHARES:
-            row: dict[str, Any] = {"seed": seed, "new_item_cf_share": share}
+        for share, prior in settings:
+            row: dict[str, Any] = {"seed": seed, "new_item_cf_share": share,
+                                   "new_item_prior": prior}
             for relevance, relevance_times in (("held", None), ("next", times)):
                 cold = evaluate_similar_items(matrix, vectors, k, scheme, hybrid_interactions,
                                               seed=seed, times=relevance_times,
                                               categories=categories,
-                                              new_item_cf_share=share)["cold"]
+                                              new_item_cf_share=share,
+                                              new_item_prior=prior)["cold"]
                 row[relevance] = {"hybrid_ndcg@10": cold["hybrid"]["ndcg@10"],
                                   "hybrid_genre_share@10": cold["hybrid"]["category_share@10"],
-                                  "popular_ndcg@10": cold["popular"]["ndcg@10"]}
-            print(f"{seed:>4} {share:>5.1f}  " + "   ".join(
+                                  "popular_ndcg@10": cold["popular"]["ndcg@10"],
+                                  "hybrid - popular": cold["differences"]["hybrid - popular"]}
+            print(f"{seed:>4} {share:>5.1f} {prior:>5.2f}  " + "   ".join(
                 f"{row[r]['hybrid_ndcg@10']:>11.4f} {row[r]['hybrid_genre_share@10']:>6.3f} "
                 f"{row[r]['popular_ndcg@10']:>8.4f}" for r in ("held", "next")), flush=True)
             rows.append(row)
+    return rows
+
+
+def cold_against_popularity(matrix: Any, times: Any, vectors: np.ndarray,
+                            categories: list[set[str]], k: int, scheme: str,
+                            hybrid_interactions: float, seeds: list[int]
+                            ) -> list[dict[str, Any]]:
+    """Cold items' hybrid similar items against popularity (relevant = the next 10) on more
+    splits, with the service's settings."""
+    rows = []
+    print(f"{'seed':>4}  hybrid  popular  difference (95% CI)          genre share")
+    for seed in seeds:
+        cold = evaluate_similar_items(matrix, vectors, k, scheme, hybrid_interactions,
+                                      seed=seed, times=times, categories=categories)["cold"]
+        d = cold["differences"]["hybrid - popular"]
+        rows.append({"seed": seed, "hybrid_ndcg@10": cold["hybrid"]["ndcg@10"],
+                     "popular_ndcg@10": cold["popular"]["ndcg@10"], "hybrid - popular": d,
+                     "hybrid_genre_share@10": cold["hybrid"]["category_share@10"]})
+        print(f"{seed:>4}  {cold['hybrid']['ndcg@10']:.4f}  {cold['popular']['ndcg@10']:.4f}"
+              f"   {d['mean']:+.4f} ({d['low']:+.4f} to {d['high']:+.4f})"
+              f"   {cold['hybrid']['category_share@10']:.3f}", flush=True)
     return rows
 
 
@@ -105,9 +136,12 @@ def main() -> None:
     parser.add_argument("--hybrid-interactions", type=float,
                         default=DEFAULT_HYBRID_INTERACTIONS)
     parser.add_argument("--new-item-weight", type=float, default=DEFAULT_NEW_ITEM_WEIGHT)
-    parser.add_argument("--tune-new-item-share", action="store_true",
-                        help="only sweep the cold-item CF share of similar items, on seeds "
-                             f"{TUNING_SEEDS}")
+    parser.add_argument("--tune-new-items", action="store_true",
+                        help="only sweep the CF share and popularity prior of catalog-only "
+                             f"items' similar items, on seeds {TUNING_SEEDS}")
+    parser.add_argument("--seeds", type=int, nargs="+",
+                        help="only compare cold items' hybrid similar items with popularity "
+                             "(relevant = the next 10) on these splits")
     args = parser.parse_args()
     started = time.perf_counter()
     log = read_log(args.dataset / "ratings.csv", ReadOptions())
@@ -118,10 +152,17 @@ def main() -> None:
     scheme = "none" if inter.feedback == "explicit" else "log"
 
     categories = category_sets(table[content_info["category_column"]].to_pylist())
-    if args.tune_new_item_share:
-        rows = tune_new_item_share(inter.matrix, last_times(log, inter), vectors, categories,
+    if args.tune_new_items:
+        rows = tune_new_items(inter.matrix, last_times(log, inter), vectors, categories,
                                    k, scheme, args.hybrid_interactions)
         write_result(args.json, dataset=str(args.dataset), tuning=rows,
+                     seconds=round(time.perf_counter() - started, 1))
+        return
+    if args.seeds:
+        rows = cold_against_popularity(inter.matrix, last_times(log, inter), vectors,
+                                       categories, k, scheme, args.hybrid_interactions,
+                                       args.seeds)
+        write_result(args.json, dataset=str(args.dataset), cold_next_by_seed=rows,
                      seconds=round(time.perf_counter() - started, 1))
         return
     has = np.array([bool(c) for c in categories])

@@ -21,6 +21,7 @@ from svdfaiss.content import (
     DEFAULT_HYBRID_INTERACTIONS,
     DEFAULT_NEW_ITEM_WEIGHT,
     NEW_ITEM_CF_SHARE,
+    NEW_ITEM_POPULARITY_PRIOR,
     NEW_ITEM_RIDGE,
     ContentParams,
     cf_share,
@@ -368,9 +369,12 @@ def build(config: BuildConfig, stage_hook: StageHook | None = None) -> BuildRepo
             new_vectors, similar_r2 = predicted_item_vectors(
                 content[0], factors.item_factors * (s ** np.float32(config.gamma)))
             new_similar = {"items": int(new_vectors.shape[0]), "cf_share": NEW_ITEM_CF_SHARE,
+                           "popularity_prior": NEW_ITEM_POPULARITY_PRIOR,
                            "ridge": NEW_ITEM_RIDGE, "r2": round(similar_r2, 4),
-                           "hybrid": "a * cf + (1 - a) * content, a = cf_share, cf the "
-                                     "cosine of the CF vector the item's content predicts"}
+                           "hybrid": "a * cf + (1 - a) * content + popularity_prior * "
+                                     "log(1 + n), a = cf_share, cf the cosine of the CF "
+                                     "vector the item's content predicts, n the candidate's "
+                                     "training interactions"}
             if config.new_item_weight > 0:
                 weights, r2 = map_content(content[0][: inter.n_items], embedding.items)
                 new_factors = (np.float32(config.new_item_weight)

@@ -532,7 +532,8 @@ def evaluate_similar_items(matrix: sp.csr_matrix, content: np.ndarray, k_factors
                            times: sp.csr_matrix | None = None,
                            next_items: int = NEXT_ITEMS,
                            categories: Sequence[set[str]] | None = None,
-                           new_item_cf_share: float | None = None) -> dict[str, Any]:
+                           new_item_cf_share: float | None = None,
+                           new_item_prior: float | None = None) -> dict[str, Any]:
     """Similar items for warm and cold query items against popularity (docs/evaluation.md).
 
     A random `cold_fraction` of the items with interactions turns cold: every interaction
@@ -550,10 +551,20 @@ def evaluate_similar_items(matrix: sp.csr_matrix, content: np.ndarray, k_factors
     the NDCG@10 of the SIMILAR_COMPARISONS pairs is compared on the same queries. With
     `categories` (a set per item), each method also reports the share of its top 10 that
     shares a category with the query item: how similar its similar items are. A cold
-    item's hybrid weighs its predicted CF vector by `new_item_cf_share` (default: the
-    service's content.NEW_ITEM_CF_SHARE).
+    item's hybrid is the service's for a catalog-only item: its predicted CF vector weighed
+    by `new_item_cf_share`, a popularity prior of weight `new_item_prior` (defaults:
+    content.NEW_ITEM_CF_SHARE and NEW_ITEM_POPULARITY_PRIOR), over the union of each part's
+    content.HYBRID_POOL nearest.
     """
-    from svdfaiss.content import NEW_ITEM_CF_SHARE, cf_share, fuse, predicted_item_vectors
+    from svdfaiss.content import (
+        HYBRID_POOL,
+        NEW_ITEM_CF_SHARE,
+        NEW_ITEM_POPULARITY_PRIOR,
+        cf_share,
+        fuse,
+        popularity_prior,
+        predicted_item_vectors,
+    )
     from svdfaiss.index import normalize_rows
 
     rng, split, model = _cold_model(matrix, content, k_factors, scheme, cold_fraction, seed)
@@ -569,8 +580,10 @@ def evaluate_similar_items(matrix: sp.csr_matrix, content: np.ndarray, k_factors
     cf_of_cold = np.zeros_like(cf)
     cf_of_cold[cold_rows] = predicted
     cold_share = NEW_ITEM_CF_SHARE if new_item_cf_share is None else new_item_cf_share
+    cold_prior = NEW_ITEM_POPULARITY_PRIOR if new_item_prior is None else new_item_prior
     counts = np.bincount(train.indices, minlength=n_items)
     log_popularity = np.log1p(counts).astype(np.float32)
+    prior_of_cold = popularity_prior(counts, cold_prior)
     share = cf_share(counts, hybrid_interactions)
     has_content = np.abs(content).sum(axis=1) > 0
     if times is not None and times.shape != matrix.shape:
@@ -608,8 +621,15 @@ def evaluate_similar_items(matrix: sp.csr_matrix, content: np.ndarray, k_factors
             return np.asarray(cf @ cf[item])
         if method == "content":
             return np.asarray(content @ content[item])
-        if cold[item]:
-            return fuse(cf @ cf_of_cold[item], content @ content[item], cold_share)
+        if cold[item]:  # as the service: the pools of both searches, fused, plus the prior
+            by_cf, by_content = cf @ cf_of_cold[item], content @ content[item]
+            by_content[item] = -np.inf  # the searches leave the item out
+            pool = np.union1d(np.argpartition(-by_cf, HYBRID_POOL)[:HYBRID_POOL],
+                              np.argpartition(-by_content, HYBRID_POOL)[:HYBRID_POOL])
+            fused = np.full(n_items, -np.inf, dtype=np.float32)
+            fused[pool] = (fuse(by_cf[pool], by_content[pool], cold_share)
+                           + prior_of_cold[pool])
+            return fused
         weight = share[item] if has_content[item] else 1.0
         return fuse(cf @ cf[item], content @ content[item], weight)
 
@@ -617,7 +637,7 @@ def evaluate_similar_items(matrix: sp.csr_matrix, content: np.ndarray, k_factors
     out: dict[str, Any] = {"protocol": {
         "cold_fraction": cold_fraction, "seed": seed, "cold_items": int(cold.sum()),
         "k": model.factors.k, "hybrid_interactions": hybrid_interactions,
-        "new_item_cf_share": cold_share, "map_r2": round(map_r2, 4),
+        "new_item_cf_share": cold_share, "new_item_prior": cold_prior, "map_r2": round(map_r2, 4),
         "relevance": "held" if times is None else "next",
         **({} if times is None else {"next_items": next_items})}}
     for kind, source in (("warm", held), ("cold", hidden)):

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 import scipy.sparse as sp
 
 from svdfaiss import bundle
-from svdfaiss.content import cf_share, hybrid_pool, hybrid_scores
+from svdfaiss.content import cf_share, hybrid_pool, hybrid_scores, popularity_prior
 from svdfaiss.data import decode_ids, lookup, lookup_one
 from svdfaiss.errors import (
     InvalidBundle,
@@ -637,8 +637,9 @@ class Recommender:
           content.hybrid_pool(k) nearest, with a = n / (n + hybrid_interactions) for an
           item with n interactions (content.cf_share). A catalog item with no interactions
           takes its CF part from the vector its content predicts, with a fixed a
-          (content.NEW_ITEM_CF_SHARE; pure content in bundles built before that vector was
-          stored); a model built without content answers hybrid as cf.
+          (content.NEW_ITEM_CF_SHARE), and adds a popularity prior (content.popularity_prior;
+          pure content in bundles built before that vector was stored); a model built
+          without content answers hybrid as cf.
 
         Answered from the neighbours stored at build time when they can; `use_cache=False`
         goes straight to the indexes. Business filters run inside the indexes (an
@@ -691,6 +692,12 @@ class Recommender:
         fused = hybrid_scores(np.array([position]), candidates[None, :], self.item_vectors,
                               self.content_vectors, share,  # type: ignore[arg-type]
                               cf_queries=cf_query[None, :])[0]
+        if position >= self.n_items:
+            counts = np.zeros(candidates.size, dtype=np.float32)
+            in_log = candidates < self.n_items
+            counts[in_log] = self._popularity()[0][candidates[in_log]]
+            fused += popularity_prior(
+                counts, float(self.content["new_items_in_similar"].get("popularity_prior", 0)))
         top = np.argsort(-fused, kind="stable")[:k]
         top = top[np.isfinite(fused[top])]
         return self._items_result(fused[top], candidates[top], reason="hybrid")
