@@ -7,10 +7,14 @@ import pytest
 import scipy.sparse as sp
 
 from svdfaiss.evaluation import (
+    category_share,
     coverage,
     evaluate_topn,
     holdout_split,
+    ndcg_per_query,
+    paired_difference,
     ranking_metrics,
+    timelines,
     top_n_from_scores,
 )
 
@@ -149,3 +153,29 @@ def test_build_with_evaluate_stores_it_and_the_service_shows_it(sample, tmp_path
         assert body["parameters"]["k"] == 32 and body["indexes"]["items"]["type"] == "flat"
     plain = build(BuildConfig(input=sample.events, model="plain", index_dir=tmp_path, k=8))
     assert plain.manifest["evaluation"] is None
+
+
+def test_per_query_ndcg_averages_to_the_metric_and_pairs_are_bootstrapped():
+    rng = np.random.default_rng(5)
+    ranked = [rng.permutation(50)[:10] for _ in range(200)]
+    relevant = [rng.choice(50, rng.integers(1, 6), replace=False) for _ in range(200)]
+    per_query = ndcg_per_query(ranked, relevant, 10)
+    assert per_query.mean() == pytest.approx(ranking_metrics(ranked, relevant, (10,))["ndcg@10"])
+    assert ndcg_per_query([np.array([3, 1])], [np.array([1])], 10)[0] == pytest.approx(
+        1 / np.log2(3))
+    same = paired_difference(per_query, per_query)
+    assert same == {"mean": 0.0, "low": 0.0, "high": 0.0}
+    better = paired_difference(per_query + 0.1, per_query)
+    assert better["mean"] == pytest.approx(0.1) and better["low"] == pytest.approx(0.1)
+    noisy = paired_difference(per_query, rng.permutation(per_query))
+    assert noisy["low"] < 0 < noisy["high"]  # a shuffle of itself: no measurable difference
+
+
+def test_timelines_order_each_users_items_by_time_and_category_share_counts_overlaps():
+    times = sp.csr_matrix(np.array([[30.0, 0, 10.0, 20.0], [0, 5.0, 5.0, 0]]))
+    lines = timelines(times)
+    assert lines[0].tolist() == [2, 3, 0] and lines[1].tolist() == [1, 2]  # ties: by item
+    categories = [{"a"}, {"a", "b"}, {"c"}, set()]
+    share = category_share([0, 3, 2], [np.array([1, 2]), np.array([0, 1]),
+                                       np.array([0, 1])], categories, k=2)
+    assert share == pytest.approx((0.5 + 0.0) / 2)  # item 3 has no category: left out

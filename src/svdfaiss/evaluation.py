@@ -431,9 +431,8 @@ def evaluate_for_manifest(matrix: sp.csr_matrix, k_factors: int, scheme: str, be
 COLD_FRACTION = 0.1
 MAX_QUERIES = 3000
 SIMILAR_METHODS = ("random", "popular", "popular_content", "cf", "content", "hybrid")
-# The relevant items of a similar-items query: the user's other held-out items ("held"), or
-# the NEXT_ITEMS items the user turned to after the query item, by time ("next").
-RELEVANCE = ("held", "next")
+# With times, the relevant items of a similar-items query are the NEXT_ITEMS items the user
+# turned to after the query item ("next"); without, the user's other held-out items ("held").
 NEXT_ITEMS = 10
 BOOTSTRAP_ROUNDS = 2000
 # NDCG@10 differences reported on the same queries, with a paired bootstrap interval.
