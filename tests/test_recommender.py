@@ -104,7 +104,7 @@ def test_exactly_k_through_an_approximate_index_with_a_harsh_filter(sample, tmp_
     assert model.manifest["indexes"]["items"]["type"] == "hnsw"
     all_ids = decode_ids(model.item_ids)
     query, remaining = all_ids[0], all_ids[-15:]
-    monkeypatch.setattr("svdfaiss.recommender.EXACT_CANDIDATES", 0)  # force the ANN path
+    monkeypatch.setattr("svdfaiss.query.retrieval.EXACT_CANDIDATES", 0)  # force the ANN path
     for result in (model.similar_items(query, 10, filter_items=all_ids[1:-15], mode="cf"),
                    model.similar_items(query, 10, items=remaining, mode="cf"),
                    model.recommend(decode_ids(model.user_ids[:1])[0], 10, items=remaining)):

@@ -1,0 +1,42 @@
+"""Which history items make a recommendation: exact shares of its score."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from svdfaiss.data import decode_ids
+from svdfaiss.query.model import LoadedModel
+from svdfaiss.weighting import weight_rows
+
+EXPLAIN_TOP = 3  # history items named per recommended item
+
+
+def explain(model: LoadedModel, row: sp.csr_matrix,
+            idx: np.ndarray) -> list[list[dict[str, Any]]]:
+    """For each recommended item, the history items that add most to its score.
+
+    The score is q . v_i with q = sum_j w_j fold_j over the weighted history row w, so
+    item j adds exactly w_j (fold_j . v_i); the largest positive shares are named.
+    """
+    weighted = weight_rows(row, model.weighting, model.item_scale)
+    history = weighted.indices.astype(np.int64)
+    if history.size == 0 or idx.size == 0:
+        return [[] for _ in idx]
+    shares = (np.asarray(model.fold_factors[history]) * weighted.data[:, None]) @ np.asarray(
+        model.recommendation_vectors(idx)).T
+    titles = model.catalog.get("title")
+    out = []
+    for column in shares.T:
+        top = np.argsort(-column, kind="stable")[:EXPLAIN_TOP]
+        top = top[column[top] > 0]
+        named = []
+        for ext, j in zip(decode_ids(model.item_ids[history[top]]), top, strict=True):
+            entry: dict[str, Any] = {"item_id": ext, "contribution": float(column[j])}
+            if titles is not None:
+                entry["title"] = titles[history[j]]
+            named.append(entry)
+        out.append(named)
+    return out

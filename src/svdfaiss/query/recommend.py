@@ -1,0 +1,170 @@
+"""Recommendations for users and baskets, similar users, and single scores.
+
+Recommendations rank q . v over the recommendation index: the model's items, and in hybrid
+mode also the catalog-only items through vectors predicted from their content.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+
+import numpy as np
+import scipy.sparse as sp
+
+from svdfaiss.data import decode_ids, lookup
+from svdfaiss.errors import InvalidInput, UnknownItem, UnknownItems, UnknownUser
+from svdfaiss.index import normalize_rows
+from svdfaiss.query.explain import explain
+from svdfaiss.query.filters import NO_FILTER, CatalogFilter
+from svdfaiss.query.model import LoadedModel
+from svdfaiss.query.results import Results
+from svdfaiss.query.retrieval import NONE, top_k
+from svdfaiss.query.vectors import (
+    basket_row,
+    basket_vector,
+    live_row,
+    row_vector,
+    similarity_vector,
+    user_vector,
+)
+
+# Recommendations: cf ranks the model's items; hybrid adds catalog-only items scored through
+# their content-predicted vectors (content.map_content).
+RECOMMEND_MODES = ("cf", "hybrid")
+
+
+def ranks_new_items(model: LoadedModel, mode: str) -> bool:
+    """Whether recommendations in `mode` rank catalog-only items too."""
+    if mode not in RECOMMEND_MODES:
+        raise InvalidInput(f"mode {mode!r}: recommendations take "
+                           f"{' or '.join(RECOMMEND_MODES)}")
+    return mode == "hybrid" and model.new_item_factors is not None
+
+
+def popular(model: LoadedModel, k: int, items: Iterable[str] | None,
+            filter_items: Iterable[str] | None, catalog_filter: CatalogFilter,
+            exclude: np.ndarray | None) -> Results:
+    """The most popular items passing the filters: the fallback for a cold user."""
+    if k < 1:
+        raise InvalidInput(f"k must be at least 1, got {k}")
+    allowed = model._allowed(items, catalog_filter)
+    keep = np.ones(model.n_items, dtype=bool)
+    if allowed is not None:
+        keep[:] = False
+        keep[allowed] = True
+    for excluded in (model._item_set(filter_items), exclude):
+        if excluded is not None:
+            keep[excluded] = False
+    counts, idx = model.popularity.top(k, keep)
+    result = model.items_result(counts, idx)
+    return Results(result.ids, result.scores, idx, result.fields, reason="popular")
+
+
+def _item_reasons(model: LoadedModel, idx: np.ndarray, reason: str) -> list[str] | None:
+    """Per-item reasons when catalog-only items (ranked by content) are among `idx`."""
+    new = idx >= model.n_items
+    if not new.any():
+        return None
+    return ["content" if is_new else reason for is_new in new.tolist()]
+
+
+def rank_for_vector(
+    model: LoadedModel, query: np.ndarray, seen: np.ndarray | None, k: int,
+    items: Iterable[str] | None, filter_items: Iterable[str] | None,
+    catalog_filter: CatalogFilter = NO_FILTER, with_new: bool = False,
+) -> Results:
+    """The k items of the highest q . v passing the lists and filters, minus `seen`."""
+    parts = [p for p in (seen, model._item_set(filter_items, with_new)) if p is not None]
+    excluded = np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
+    scores, idx = top_k(model._mips, query, k,
+                        model._allowed(items, catalog_filter, with_new), excluded,
+                        limit=None if with_new else model.n_items)
+    return model.items_result(scores, idx)
+
+
+def recommend(
+    model: LoadedModel, user_id: str, k: int, exclude_seen: bool,
+    items: Iterable[str] | None, filter_items: Iterable[str] | None,
+    catalog_filter: CatalogFilter, fallback: str, explain_items: bool,
+    live: Mapping[str, float] | None, mode: str,
+) -> Results:
+    """Recommendations for a known user or a user known by live events (Recommender.recommend)."""
+    with_new = ranks_new_items(model, mode)
+    try:
+        user = model.user_index(user_id)
+    except UnknownUser:
+        user = -1
+    row = live_row(model, user, live) if live else None
+    if user < 0 and (row is None or row.nnz == 0):
+        if fallback == "popular":
+            return popular(model, k, items, filter_items, catalog_filter, None)
+        raise UnknownUser(user_id)
+    if row is None:
+        row = model.rows[user : user + 1]
+        query = user_vector(model, user)
+    else:
+        query = row_vector(model, row)
+    seen = np.asarray(row.indices, dtype=np.int64) if exclude_seen else None
+    result = rank_for_vector(model, query, seen, k, items, filter_items, catalog_filter,
+                             with_new)
+    return _with_reasons(model, result, row, "cf" if model.rating_model is None else "rating",
+                         explain_items)
+
+
+def _with_reasons(model: LoadedModel, result: Results, row: sp.csr_matrix | None, reason: str,
+                  explain_items: bool, unknown: list[str] | None = None) -> Results:
+    """The result with its reason, per-item reasons and, when asked, explanations of `row`."""
+    because = (explain(model, row, result.indexes)
+               if explain_items and row is not None and model.rating_model is None else None)
+    return Results(result.ids, result.scores, result.indexes, result.fields, unknown or [],
+                   reason=reason, because=because,
+                   reasons=_item_reasons(model, result.indexes, reason))
+
+
+def recommend_for_items(
+    model: LoadedModel, item_ids: Sequence[str], k: int, exclude_given: bool,
+    items: Iterable[str] | None, filter_items: Iterable[str] | None,
+    catalog_filter: CatalogFilter, explain_items: bool, mode: str,
+) -> Results:
+    """Recommendations for an anonymous basket by fold-in; unknown ids are reported."""
+    with_new = ranks_new_items(model, mode)
+    found = lookup(model.item_ids, list(item_ids))
+    unknown = [i for i, f in zip(item_ids, found, strict=True) if f < 0]
+    known = found[found >= 0]
+    if known.size == 0:
+        if not item_ids:
+            raise InvalidInput("item_ids is empty; give at least one item id")
+        raise UnknownItem(unknown[0]) if len(unknown) == 1 else UnknownItems(unknown)
+    result = rank_for_vector(model, basket_vector(model, known),
+                             known if exclude_given else None, k, items, filter_items,
+                             catalog_filter, with_new)
+    row = basket_row(model, known) if explain_items else None
+    return _with_reasons(model, result, row, "basket", explain_items, unknown)
+
+
+def similar_users(model: LoadedModel, user_id: str, k: int, users: Iterable[str] | None,
+                  filter_users: Iterable[str] | None) -> Results:
+    """Users closest by cosine of their embeddings (never the user itself)."""
+    if model._users is None:
+        raise InvalidInput(f"model {model.model!r} was built without a users index "
+                           "(--user-index none, or --objective rating with --rating-k 0)")
+    user = model.user_index(user_id)
+    denied = model._user_set(filter_users)
+    excluded = np.append(NONE if denied is None else denied, user)
+    query = normalize_rows(similarity_vector(model, user)[None, :].astype(np.float32))[0]
+    scores, idx = top_k(model._users, query, k, model._user_set(users), excluded)
+    return Results(decode_ids(model.user_ids[idx]), [float(s) for s in scores], idx)
+
+
+def score(model: LoadedModel, user_id: str, item_id: str) -> float:
+    """The ranking score q . v (rating model: the clipped predicted rating)."""
+    user = model.user_index(user_id)
+    item = model.catalog_index(item_id)
+    if item >= model.n_items and model.new_item_factors is None:
+        raise UnknownItem(item_id)
+    vector = model.recommendation_vectors(np.array([item]))[0]
+    value = float(np.dot(user_vector(model, user), vector))
+    if model.rating_model is None or model.rating_user_bias is None:
+        return value
+    predicted = model.rating_model["mu"] + float(model.rating_user_bias[user]) + value
+    return float(min(max(predicted, model.rating_model["low"]), model.rating_model["high"]))

@@ -1,0 +1,84 @@
+"""Top-k over one searchable set of vectors: allow/deny lists, retries, exact fallback.
+
+Every search returns exactly k results whenever at least k candidates pass the lists: a
+small allow-list is scored exactly with numpy, a short deny-list is over-fetched, and an
+approximate index that returns fewer is asked again with more effort, then replaced by
+exact scoring of every candidate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from svdfaiss.errors import InvalidInput
+from svdfaiss.index import exact_top_k, search, selector_for
+
+# Allow-lists up to this many candidates are scored exactly with numpy: faster than a
+# filtered ANN walk and exact by construction.
+EXACT_CANDIDATES = 8192
+RETRY_EFFORTS = (4, 16)
+OVERFETCH_MAX = 32
+NONE = np.empty(0, dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class Space:
+    """One searchable set of vectors: its index, and exact scoring over candidate rows."""
+
+    index: Any  # faiss.Index (SWIG, untyped)
+    kind: str
+    size: int
+    query_transform: Callable[[np.ndarray], np.ndarray]
+    exact_vectors: Callable[[np.ndarray | None], np.ndarray]
+
+
+def top_k(
+    space: Space,
+    query: np.ndarray,
+    k: int,
+    allowed: np.ndarray | None,
+    excluded: np.ndarray,
+    limit: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The k best rows of `space` for `query` among `allowed` (None: all) minus
+    `excluded`; `limit` keeps positions below it (cf recommendations skip the new items
+    after the model's), with `allowed`, if given, already below it."""
+    if k < 1:
+        raise InvalidInput(f"k must be at least 1, got {k}")
+    if excluded.size > 1:
+        excluded = np.unique(excluded)
+    size = space.size if limit is None else min(limit, space.size)
+    if allowed is not None:
+        candidates: np.ndarray | None = np.setdiff1d(allowed, excluded, assume_unique=True)
+        n_candidates = int(candidates.size)  # type: ignore[union-attr]
+    else:
+        candidates = None
+        n_candidates = size - int(np.count_nonzero(excluded < size))
+    k = min(k, n_candidates)
+    if k <= 0:
+        return np.empty(0, dtype=np.float32), np.empty(0, dtype=np.int64)
+    if candidates is not None and n_candidates <= EXACT_CANDIDATES:
+        return exact_top_k(space.exact_vectors(candidates), query, k, candidates)
+    q = space.query_transform(query[None, :])
+    if allowed is None and excluded.size <= OVERFETCH_MAX:
+        # A few ids to skip (the query item, a short deny-list): fetch that many more and
+        # drop them, cheaper than building an IDSelector per request.
+        scores, ids = search(space.index, q, k + int(excluded.size), kind=space.kind)
+        keep = (ids[0] >= 0) & (ids[0] < size) & ~np.isin(ids[0], excluded)
+        if int(keep.sum()) >= k:
+            return scores[0][keep][:k], ids[0][keep][:k].astype(np.int64)
+    selector = selector_for(allowed, excluded, space.size,
+                            None if allowed is not None or size == space.size else size)
+    for effort in (1, *RETRY_EFFORTS):
+        scores, ids = search(space.index, q, k, selector, effort, space.kind)
+        keep = ids[0] >= 0
+        if int(keep.sum()) >= k:
+            return scores[0][keep], ids[0][keep].astype(np.int64)
+    # The approximate index could not reach k candidates: score every candidate exactly.
+    if candidates is None:
+        candidates = np.setdiff1d(np.arange(size), excluded, assume_unique=True)
+    return exact_top_k(space.exact_vectors(candidates), query, k, candidates)

@@ -1,0 +1,192 @@
+"""Similar items, one small strategy per mode, and the neighbours stored at build time.
+
+- cf: cosine of the SVD item vectors (the items' audiences);
+- content: cosine of the catalog's content vectors (text and categories);
+- hybrid: a * cf + (1 - a) * content over the union of both modes' nearest
+  (content.hybrid_pool), with a = n / (n + hybrid_interactions) for an item with n
+  interactions (content.cf_share); a catalog-only item takes its CF part from the vector its
+  content predicts, with a fixed share, and adds a popularity prior.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from svdfaiss.content import cf_share, hybrid_pool, hybrid_scores, popularity_prior
+from svdfaiss.errors import InvalidInput, NotInMode
+from svdfaiss.index import search
+from svdfaiss.query.filters import CatalogFilter
+from svdfaiss.query.model import LoadedModel
+from svdfaiss.query.results import Results
+from svdfaiss.query.retrieval import NONE, top_k
+
+MODES = ("cf", "content", "hybrid")  # similar items: collaborative, catalog content, a blend
+
+
+@dataclass(frozen=True)
+class SimilarQuery:
+    """One similar-items question in positions: the item, k, and the candidate lists."""
+
+    item_id: str
+    position: int
+    k: int
+    allowed: np.ndarray | None
+    excluded: np.ndarray
+
+
+def resolve_mode(model: LoadedModel, mode: str) -> str:
+    """The similar-items mode a request gets: hybrid is cf for a model without content."""
+    if mode not in MODES:
+        raise InvalidInput(f"mode {mode!r}: choose one of {', '.join(MODES)}")
+    if mode == "hybrid" and model._content is None:
+        return "cf"
+    return mode
+
+
+def mode_for_item(model: LoadedModel, item_id: str, position: int, mode: str) -> str:
+    """The mode that can answer for this item: a catalog-only item has no cf vector (and
+    answers content where no predicted vector was stored); an item without content is cf."""
+    if position >= model.n_items:  # in the catalog, never in the log
+        if mode == "cf":
+            raise NotInMode(item_id, "cf")
+        if model.new_item_vectors is None:
+            return "content"
+    elif mode == "hybrid" and not model.has_content(position):
+        return "cf"
+    return mode
+
+
+def by_cf(model: LoadedModel, query: SimilarQuery) -> Results:
+    """Nearest item vectors by cosine."""
+    vector = np.asarray(model.item_vectors[query.position], dtype=np.float32)
+    scores, idx = top_k(model._items, vector, query.k, query.allowed, query.excluded)
+    return model.items_result(scores, idx, reason="cf")
+
+
+def _content_nearest(model: LoadedModel, query: SimilarQuery, pool: int,
+                     mode: str) -> tuple[np.ndarray, np.ndarray]:
+    """The `pool` nearest content vectors; NotInMode for an item without content."""
+    if not model.has_content(query.position) or model._content is None:
+        raise NotInMode(query.item_id, mode)
+    vector = np.asarray(model.content_vectors[query.position],  # type: ignore[index]
+                        dtype=np.float32)
+    return top_k(model._content, vector, pool, query.allowed, query.excluded)
+
+
+def by_content(model: LoadedModel, query: SimilarQuery) -> Results:
+    """Nearest content vectors by cosine."""
+    scores, idx = _content_nearest(model, query, query.k, "content")
+    return model.items_result(scores, idx, reason="content")
+
+
+def by_hybrid(model: LoadedModel, query: SimilarQuery) -> Results:
+    """The cf and content blend over the union of both modes' nearest."""
+    position, k = query.position, query.k
+    pool = hybrid_pool(k)
+    _, by_content_idx = _content_nearest(model, query, pool, "hybrid")
+    allowed, excluded = query.allowed, query.excluded
+    in_model = None if allowed is None else allowed[allowed < model.n_items]
+    assert model.content is not None
+    if position < model.n_items:
+        cf_query = np.asarray(model.item_vectors[position], dtype=np.float32)
+        share: np.ndarray | float = cf_share(
+            model.popularity.counts[position : position + 1],
+            float(model.content["hybrid_interactions"]))
+    else:  # new_item_vectors is set: the mode would be content otherwise
+        cf_query = np.asarray(
+            model.new_item_vectors[position - model.n_items],  # type: ignore[index]
+            dtype=np.float32)
+        share = float(model.content["new_items_in_similar"]["cf_share"])
+    _, by_cf_idx = top_k(model._items, cf_query, pool, in_model,
+                         excluded[excluded < model.n_items])
+    candidates = np.union1d(by_content_idx, by_cf_idx)
+    fused = hybrid_scores(np.array([position]), candidates[None, :], model.item_vectors,
+                          model.content_vectors, share,  # type: ignore[arg-type]
+                          cf_queries=cf_query[None, :])[0]
+    if position >= model.n_items:
+        counts = np.zeros(candidates.size, dtype=np.float32)
+        in_log = candidates < model.n_items
+        counts[in_log] = model.popularity.counts[candidates[in_log]]
+        fused += popularity_prior(
+            counts, float(model.content["new_items_in_similar"].get("popularity_prior", 0)))
+    top = np.argsort(-fused, kind="stable")[:k]
+    top = top[np.isfinite(fused[top])]
+    return model.items_result(fused[top], candidates[top], reason="hybrid")
+
+
+STRATEGIES: dict[str, Callable[[LoadedModel, SimilarQuery], Results]] = {
+    "cf": by_cf, "content": by_content, "hybrid": by_hybrid,
+}
+
+
+def similar_items(
+    model: LoadedModel, item_id: str, k: int, items: Iterable[str] | None,
+    filter_items: Iterable[str] | None, use_cache: bool, catalog_filter: CatalogFilter,
+    mode: str,
+) -> Results:
+    """Items closest to an item (never the item itself) by `mode` (see the module)."""
+    mode = resolve_mode(model, mode)
+    position = model.catalog_index(item_id)
+    mode = mode_for_item(model, item_id, position, mode)
+    with_new = mode != "cf"
+    denied = model._item_set(filter_items, with_new)
+    if use_cache and not catalog_filter.active and position < model.n_items:
+        cached = stored_neighbours(model, position, k, items, denied, mode)
+        if cached is not None:
+            return cached
+    excluded = np.append(NONE if denied is None else denied, position)
+    allowed = model._allowed(items, catalog_filter, with_new)
+    return STRATEGIES[mode](model, SimilarQuery(item_id, position, k, allowed, excluded))
+
+
+def stored_neighbours(
+    model: LoadedModel, item: int, k: int, items: Iterable[str] | None,
+    denied: np.ndarray | None, mode: str,
+) -> Results | None:
+    """The answer from neighbours stored at build time, or None when they cannot give it
+    (no cache, another mode, an allow-list, k beyond the cache, or a deny-list that
+    leaves too few). No FAISS call: cheap enough to run on an event loop."""
+    if model.similar_ids is None or model.similar_scores is None or items is not None:
+        return None
+    if mode != model.similar_mode:
+        return None
+    if k < 1:
+        raise InvalidInput(f"k must be at least 1, got {k}")
+    row = np.asarray(model.similar_ids[item])
+    keep = row >= 0
+    if denied is not None and denied.size:
+        keep &= ~np.isin(row, denied)
+    chosen = np.flatnonzero(keep)[:k]
+    if chosen.size < min(k, model.n_items - 1):
+        return None
+    idx = row[chosen].astype(np.int64)
+    return model.items_result(np.asarray(model.similar_scores[item])[chosen], idx, reason=mode)
+
+
+def similar_items_batch(model: LoadedModel, item_ids: Sequence[str],
+                        ks: Sequence[int]) -> list[Results]:
+    """Unfiltered cf similar items for many ids (with a k each) in one FAISS call; a row
+    the single search cannot fill (a near-empty IVF probe) falls back to the single query."""
+    if len(item_ids) != len(ks):
+        raise InvalidInput(f"{len(item_ids)} ids but {len(ks)} values of k")
+    if any(k < 1 for k in ks):
+        raise InvalidInput(f"k must be at least 1, got {min(ks)}")
+    rows = np.array([model.item_index(i) for i in item_ids], dtype=np.int64)
+    if rows.size == 0:
+        return []
+    want = min(max(ks), model.n_items - 1)
+    queries = np.asarray(model.item_vectors[rows], dtype=np.float32)
+    scores, ids = search(model._items.index, queries, want + 1, kind=model._items.kind)
+    out = []
+    for n, (item_id, k) in enumerate(zip(item_ids, ks, strict=True)):
+        keep = (ids[n] >= 0) & (ids[n] != rows[n])
+        k = min(k, model.n_items - 1)
+        if int(keep.sum()) >= k:
+            out.append(model.items_result(scores[n][keep][:k],
+                                          ids[n][keep][:k].astype(np.int64), reason="cf"))
+        else:
+            out.append(similar_items(model, item_id, k, None, None, False, CatalogFilter(), "cf"))
+    return out
