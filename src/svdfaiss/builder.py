@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from svdfaiss import __version__, bundle
+from svdfaiss import __version__, bundle, evidence
 from svdfaiss.content import (
     DEFAULT_HYBRID_INTERACTIONS,
     DEFAULT_NEW_ITEM_WEIGHT,
@@ -317,6 +317,9 @@ def build(config: BuildConfig, stage_hook: StageHook | None = None) -> BuildRepo
         x = weight_rows(inter.matrix, weighting, scale)
     with timer.stage("factorize"):
         factors = truncated_svd(x, k, config.solver, config.seed)
+    with timer.stage("evidence"):
+        components = evidence.item_components(inter.matrix)
+        explained = evidence.explained_share(x, factors.item_factors, factors.singular_values)
         del x
     rating = None
     if config.objective == "rating":
@@ -347,6 +350,9 @@ def build(config: BuildConfig, stage_hook: StageHook | None = None) -> BuildRepo
             user_vectors = factors.user_factors  # U S F = X V F: each user's own query
             user_vectors *= s * embedding.component_weights
             normalize_rows(user_vectors, in_place=True)
+            # A user without evidence has a vector of rounding noise: 0, never a neighbour
+            # with a confident score (svdfaiss.evidence).
+            user_vectors[~evidence.users_with_evidence(components, inter.matrix)] = 0
     catalog, content = None, None
     if config.catalog is not None:
         with timer.stage("catalog"):
@@ -406,7 +412,8 @@ def build(config: BuildConfig, stage_hook: StageHook | None = None) -> BuildRepo
                 similar = precompute_hybrid(items_index, item_vectors, content_index,
                                             content[0], cf_share(counts,
                                                                  config.hybrid_interactions),
-                                            cache_k)
+                                            cache_k, components)
+            similar = keep_evidence(similar, components, explained, content_index is not None)
 
     directory = bundle.model_dir(Path(config.index_dir), config.model)
     with bundle.model_lock(directory):
@@ -428,6 +435,8 @@ def build(config: BuildConfig, stage_hook: StageHook | None = None) -> BuildRepo
                     writer.save_array("rating_users.npy", rating.user_vectors())
                     writer.save_array("rating_user_bias.npy",
                                       rating.user_bias.astype(np.float32))
+                writer.save_array("item_component.npy", components)
+                writer.save_array("item_explained.npy", explained)
                 if similar is not None:
                     writer.save_array("similar_ids.npy", similar[0])
                     writer.save_array("similar_scores.npy", similar[1])
@@ -448,6 +457,7 @@ def build(config: BuildConfig, stage_hook: StageHook | None = None) -> BuildRepo
                                  embedding, indexes, catalog[1] if catalog else None,
                                  timer.seconds)
             manifest["evaluation"] = evaluation
+            manifest["evidence"] = evidence.summary(components, explained, inter.matrix)
             manifest["input"]["events"] = events_info
             manifest["rating_model"] = None if rating is None else {
                 "mu": rating.mu, "k": config.rating_k, "reg": config.rating_reg,
@@ -488,10 +498,12 @@ def _content(config: BuildConfig, table: pa.Table,
 
 def precompute_hybrid(cf_index: Any, cf_vectors: np.ndarray, content_index: Any,
                       content: np.ndarray, share: np.ndarray, k: int,
+                      components: np.ndarray | None = None,
                       batch: int = 4096) -> tuple[np.ndarray, np.ndarray]:
     """Each model item's k hybrid neighbours (content.fuse) over the union of its
     hybrid_pool(k) nearest by CF and by content, as a query would fuse them; the ids may name
-    catalog-only items (>= the model's items)."""
+    catalog-only items (>= the model's items). A candidate outside the item's
+    co-interaction component (`components`) gets no CF part: the log does not relate them."""
     n = cf_vectors.shape[0]
     pool = hybrid_pool(k) + 1  # the item itself comes back too
     ids_out = np.full((n, k), -1, dtype=np.int32)
@@ -501,7 +513,12 @@ def precompute_hybrid(cf_index: Any, cf_vectors: np.ndarray, content_index: Any,
         _, by_cf = search(cf_index, cf_vectors[rows], min(pool, n))
         _, by_content = search(content_index, content[rows], min(pool, content.shape[0]))
         candidates = np.hstack([by_cf, by_content]).astype(np.int64)
-        scores = hybrid_scores(rows, candidates, cf_vectors, content, share[rows])
+        linked = None
+        if components is not None:
+            model_candidates = np.where((candidates >= 0) & (candidates < n), candidates, 0)
+            linked = components[model_candidates] == components[rows][:, None]
+        scores = hybrid_scores(rows, candidates, cf_vectors, content, share[rows],
+                               cf_linked=linked)
         top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
         ids_out[rows] = np.take_along_axis(candidates, top, axis=1)
         scores_out[rows] = np.take_along_axis(scores, top, axis=1)
@@ -528,6 +545,24 @@ def precompute_neighbours(index: Any, vectors: np.ndarray, k: int,
         scores_out[rows] = scores[~is_self].reshape(rows.size, k)
     scores_out[ids_out < 0] = -np.inf
     return ids_out, scores_out
+
+
+def keep_evidence(similar: tuple[np.ndarray, np.ndarray], components: np.ndarray,
+                  explained: np.ndarray, hybrid: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Stored neighbours under the evidence rule (svdfaiss.evidence): rows of items whose
+    answer is not ranked by the factors (no evidence, or a column the factors explain too
+    little) are emptied, so the query computes their fallback; cf neighbours outside an
+    item's component are dropped (hybrid ones stay: their CF part is already 0), and a row
+    left short is answered by the query too."""
+    ids, scores = similar
+    n = components.size
+    speaks = ~evidence.isolated(components) & (explained >= evidence.MIN_EXPLAINED)
+    safe = np.where((ids >= 0) & (ids < n), ids, 0)
+    crosses = (ids >= 0) & (ids < n) & (components[safe] != components[:, None])
+    drop = ~speaks[:, None] | (np.zeros_like(crosses) if hybrid else crosses)
+    ids = np.where(drop, -1, ids).astype(np.int32)
+    scores = np.where(drop, -np.inf, scores).astype(np.float32)
+    return ids, scores
 
 
 def _write_files(

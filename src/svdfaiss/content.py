@@ -185,11 +185,13 @@ def popularity_prior(interactions: np.ndarray, weight: float) -> np.ndarray:
 
 def hybrid_scores(rows: np.ndarray, candidates: np.ndarray, cf_vectors: np.ndarray,
                   content: np.ndarray, share: np.ndarray | float,
-                  cf_queries: np.ndarray | None = None) -> np.ndarray:
+                  cf_queries: np.ndarray | None = None,
+                  cf_linked: np.ndarray | None = None) -> np.ndarray:
     """Fused scores of candidate items (per row) for query items `rows`; -inf for the item
     itself, repeats and padding. Catalog-only candidates have no CF score (0); a query with
     no content is pure CF. `cf_queries` replaces the rows' own CF vectors (a catalog-only
-    query item's predicted vector)."""
+    query item's predicted vector). Where `cf_linked` is False the log relates the pair by
+    no chain of shared users (svdfaiss.evidence), and the CF part is 0."""
     n_model = cf_vectors.shape[0]
     safe = np.where(candidates >= 0, candidates, 0)
     in_model = (candidates >= 0) & (candidates < n_model)
@@ -197,6 +199,8 @@ def hybrid_scores(rows: np.ndarray, candidates: np.ndarray, cf_vectors: np.ndarr
     cf = np.einsum("rd,rcd->rc", np.asarray(queries, dtype=np.float32),
                    np.asarray(cf_vectors[np.where(in_model, safe, 0)], dtype=np.float32))
     cf[~in_model] = 0.0
+    if cf_linked is not None:
+        cf[~cf_linked] = 0.0
     ct = np.einsum("rd,rcd->rc", np.asarray(content[rows]), np.asarray(content[safe]))
     has_content = np.abs(np.asarray(content[rows])).sum(axis=1) > 0
     weight = np.where(has_content, share, 1.0)[:, None]

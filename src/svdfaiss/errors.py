@@ -48,6 +48,19 @@ class NotInMode(UnknownItem):
                 "model built without content vectors): use mode=cf")
 
 
+class NoEvidence(NotInMode):
+    """An item the log relates to no other item (a 404 in mode cf): nobody who interacted
+    with it interacted with anything else, so the model has no collaborative evidence."""
+
+    def __init__(self, item_id: str) -> None:
+        super().__init__(item_id, "cf")
+
+    def __str__(self) -> str:
+        return (f"item {self.item_id!r} has no collaborative evidence: nobody who interacted "
+                "with it interacted with another item; mode=hybrid answers with content or "
+                "popular items (see reason)")
+
+
 class UnknownItems(InvalidInput):
     """None of several item ids is known (a basket with nothing to fold in)."""
 
@@ -66,3 +79,11 @@ class UnknownUser(SvdfaissError, KeyError):
 
     def __str__(self) -> str:
         return f"unknown user id {self.user_id!r}"
+
+
+class NoUserEvidence(UnknownUser):
+    """A user whose history holds no item with collaborative evidence (similar users: 404)."""
+
+    def __str__(self) -> str:
+        return (f"user {self.user_id!r} has no collaborative evidence: none of their items was "
+                "interacted with together with another item")

@@ -130,11 +130,17 @@ class Recommender(LoadedModel):
     def similar_items_batch(self, item_ids: Sequence[str], ks: Sequence[int]) -> list[Results]:
         """Unfiltered similar items for many ids (with a k each) in one FAISS call.
 
-        Equal to `similar_items(item_id, k, use_cache=False)` per id; a row the single
-        search cannot fill (a near-empty IVF probe) falls back to that call. Raises
-        UnknownItem for the first unknown id.
+        Equal to `similar_items(item_id, k, use_cache=False, mode="cf")` per id; a row the
+        single search cannot fill (a near-empty IVF probe) falls back to that call. Raises
+        UnknownItem for the first unknown id (NoEvidence, a kind of UnknownItem, for an item
+        without evidence). `batchable` says which queries it answers like the default mode.
         """
         return _similar.similar_items_batch(self, item_ids, ks)
+
+    def batchable(self, item_id: str, mode: str = "hybrid") -> bool:
+        """Whether an unfiltered `similar_items(item_id, k, mode=mode)` equals the batch
+        answer: a model item ranked by its factors, in a mode that resolves to cf."""
+        return _similar.batchable(self, item_id, mode)
 
     def cached_similar_items(
         self,

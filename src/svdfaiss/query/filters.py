@@ -11,11 +11,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from svdfaiss.content import CATEGORY_COLUMNS
 from svdfaiss.errors import UnsupportedFilter
 from svdfaiss.query.retrieval import NONE
 
 FILTER_CACHE = 256  # business filters whose item sets are kept
-CATEGORY_COLUMNS = ("category", "categories", "genres", "genre")
 STOCK_COLUMNS = ("in_stock", "instock", "stock")
 TRUE_STOCK = (True, 1, "1", "true", "True", "yes")
 

@@ -6,6 +6,7 @@ serves every thread.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Self
@@ -17,6 +18,7 @@ import scipy.sparse as sp
 from svdfaiss import bundle
 from svdfaiss.data import decode_ids, lookup, lookup_one
 from svdfaiss.errors import InvalidBundle, UnknownItem, UnknownUser
+from svdfaiss.evidence import MIN_EXPLAINED, Evidence
 from svdfaiss.factorize import fold_in
 from svdfaiss.index import check_index, kind_of, mips_query, normalize_rows, read_index
 from svdfaiss.query.filters import NO_FILTER, CatalogFilter, CatalogFilters, combine
@@ -106,6 +108,16 @@ class LoadedModel:
         self.n_catalog = self.n_items + int(self.new_item_ids.shape[0])
         self.filters = CatalogFilters(self.model, self.catalog, self.n_catalog)
         self.popularity = Popularity(self.rows, self.n_items)
+        # Collaborative evidence per item (svdfaiss.evidence); absent in older bundles.
+        files = manifest["files"]
+        self.evidence = Evidence(
+            _load_array(version_dir, "item_component.npy")
+            if "item_component.npy" in files else None,
+            _load_array(version_dir, "item_explained.npy")
+            if "item_explained.npy" in files else None,
+            float((manifest.get("evidence") or {}).get("min_explained", MIN_EXPLAINED)))
+        self._item_users: sp.csc_matrix | None = None  # built on first use
+        self._item_users_lock = threading.Lock()
 
     def _rec_rows_function(self) -> Callable[[np.ndarray | None], np.ndarray]:
         """Rows of the recommendation vectors by catalog position, without stacking the
@@ -248,6 +260,15 @@ class LoadedModel:
         """The vectors recommendations score (q . v) by catalog position: the model's items,
         then the catalog-only items' content-predicted vectors when the model has them."""
         return self._rec_rows(positions)
+
+    def item_users(self) -> sp.csc_matrix:
+        """The interaction rows by item (users of each item), built on first use: only
+        co-occurrence neighbours need them."""
+        if self._item_users is None:
+            with self._item_users_lock:
+                if self._item_users is None:
+                    self._item_users = self.rows.tocsc()
+        return self._item_users
 
     def has_content(self, position: int) -> bool:
         """Whether the catalog gave this position any content (text or categories)."""

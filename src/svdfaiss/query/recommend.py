@@ -1,7 +1,11 @@
 """Recommendations for users and baskets, similar users, and single scores.
 
 Recommendations rank q . v over the recommendation index: the model's items, and in hybrid
-mode also the catalog-only items through vectors predicted from their content.
+mode also the catalog-only items through vectors predicted from their content. A history
+(a user's row, live events, a basket) with no item of collaborative evidence
+(svdfaiss.evidence) folds in to a vector of rounding noise: under the SVD model it gets the
+popular items instead, with reason "popular" (the rating model ranks by item biases, which
+carry evidence of their own).
 """
 
 from __future__ import annotations
@@ -12,7 +16,13 @@ import numpy as np
 import scipy.sparse as sp
 
 from svdfaiss.data import decode_ids, lookup
-from svdfaiss.errors import InvalidInput, UnknownItem, UnknownItems, UnknownUser
+from svdfaiss.errors import (
+    InvalidInput,
+    NoUserEvidence,
+    UnknownItem,
+    UnknownItems,
+    UnknownUser,
+)
 from svdfaiss.index import normalize_rows
 from svdfaiss.query.explain import explain
 from svdfaiss.query.filters import NO_FILTER, CatalogFilter
@@ -68,6 +78,12 @@ def _item_reasons(model: LoadedModel, idx: np.ndarray, reason: str) -> list[str]
     return ["content" if is_new else reason for is_new in new.tolist()]
 
 
+def _without_evidence(model: LoadedModel, history: np.ndarray) -> bool:
+    """Whether an SVD-model history holds no item with collaborative evidence."""
+    return model.rating_model is None and not model.evidence.any_evidence(
+        np.asarray(history, dtype=np.int64))
+
+
 def rank_for_vector(
     model: LoadedModel, query: np.ndarray, seen: np.ndarray | None, k: int,
     items: Iterable[str] | None, filter_items: Iterable[str] | None,
@@ -101,10 +117,10 @@ def recommend(
         raise UnknownUser(user_id)
     if row is None:
         row = model.rows[user : user + 1]
-        query = user_vector(model, user)
-    else:
-        query = row_vector(model, row)
     seen = np.asarray(row.indices, dtype=np.int64) if exclude_seen else None
+    if _without_evidence(model, row.indices):
+        return popular(model, k, items, filter_items, catalog_filter, seen)
+    query = user_vector(model, user) if not live else row_vector(model, row)
     result = rank_for_vector(model, query, seen, k, items, filter_items, catalog_filter,
                              with_new)
     return _with_reasons(model, result, row, "cf" if model.rating_model is None else "rating",
@@ -135,6 +151,11 @@ def recommend_for_items(
         if not item_ids:
             raise InvalidInput("item_ids is empty; give at least one item id")
         raise UnknownItem(unknown[0]) if len(unknown) == 1 else UnknownItems(unknown)
+    if _without_evidence(model, known):
+        result = popular(model, k, items, filter_items, catalog_filter,
+                         known if exclude_given else None)
+        return Results(result.ids, result.scores, result.indexes, result.fields, unknown,
+                       reason="popular")
     result = rank_for_vector(model, basket_vector(model, known),
                              known if exclude_given else None, k, items, filter_items,
                              catalog_filter, with_new)
@@ -149,6 +170,9 @@ def similar_users(model: LoadedModel, user_id: str, k: int, users: Iterable[str]
         raise InvalidInput(f"model {model.model!r} was built without a users index "
                            "(--user-index none, or --objective rating with --rating-k 0)")
     user = model.user_index(user_id)
+    if _without_evidence(model, model.rows.indices[model.rows.indptr[user]:
+                                                   model.rows.indptr[user + 1]]):
+        raise NoUserEvidence(user_id)
     denied = model._user_set(filter_users)
     excluded = np.append(NONE if denied is None else denied, user)
     query = normalize_rows(similarity_vector(model, user)[None, :].astype(np.float32))[0]

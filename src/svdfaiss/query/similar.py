@@ -6,6 +6,13 @@
   (content.hybrid_pool), with a = n / (n + hybrid_interactions) for an item with n
   interactions (content.cf_share); a catalog-only item takes its CF part from the vector its
   content predicts, with a fixed share, and adds a popularity prior.
+
+Evidence first (svdfaiss.evidence): an item the log relates to no other item has no cf
+neighbours (mode cf: NoEvidence); hybrid answers it with content neighbours when it has
+content, else with the popular items of its category, else the popular items. cf neighbours
+stay in the item's co-interaction component (in hybrid, a candidate outside it has no CF
+part), and an item whose column the factors explain too little ranks by co-occurrence
+("co_bought", query.cooccurrence).
 """
 
 from __future__ import annotations
@@ -15,9 +22,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from svdfaiss.content import cf_share, hybrid_pool, hybrid_scores, popularity_prior
-from svdfaiss.errors import InvalidInput, NotInMode
+from svdfaiss.content import (
+    CATEGORY_COLUMNS,
+    cf_share,
+    hybrid_pool,
+    hybrid_scores,
+    popularity_prior,
+)
+from svdfaiss.errors import InvalidInput, NoEvidence, NotInMode
 from svdfaiss.index import search
+from svdfaiss.query.cooccurrence import co_bought
 from svdfaiss.query.filters import CatalogFilter
 from svdfaiss.query.model import LoadedModel
 from svdfaiss.query.results import Results
@@ -46,24 +60,93 @@ def resolve_mode(model: LoadedModel, mode: str) -> str:
     return mode
 
 
-def mode_for_item(model: LoadedModel, item_id: str, position: int, mode: str) -> str:
-    """The mode that can answer for this item: a catalog-only item has no cf vector (and
-    answers content where no predicted vector was stored); an item without content is cf."""
+def mode_for_item(model: LoadedModel, item_id: str, position: int, requested: str) -> str:
+    """The strategy that answers `requested` for this item: a catalog-only item has no cf
+    vector (and answers content where no predicted vector was stored); an item without
+    evidence answers content, else popular (mode cf refuses it); an item without content,
+    or a model without content, answers hybrid as cf."""
+    mode = resolve_mode(model, requested)
     if position >= model.n_items:  # in the catalog, never in the log
         if mode == "cf":
             raise NotInMode(item_id, "cf")
         if model.new_item_vectors is None:
             return "content"
+    elif not model.evidence.has_evidence(position):
+        if mode == "cf" and requested == "cf":
+            raise NoEvidence(item_id)
+        if mode != "content":
+            return "content" if model.has_content(position) else "popular"
     elif mode == "hybrid" and not model.has_content(position):
         return "cf"
     return mode
 
 
+def batchable(model: LoadedModel, item_id: str, requested: str) -> bool:
+    """Whether `similar_items_batch` answers this unfiltered query as `similar_items` would:
+    a model item ranked by its factors in mode cf."""
+    position = model.catalog_index(item_id)
+    return (position < model.n_items and resolve_mode(model, requested) == "cf"
+            and model.evidence.has_evidence(position) and model.evidence.factors_speak(position))
+
+
 def by_cf(model: LoadedModel, query: SimilarQuery) -> Results:
-    """Nearest item vectors by cosine."""
-    vector = np.asarray(model.item_vectors[query.position], dtype=np.float32)
+    """Nearest item vectors by cosine within the item's component; co-occurrence for an
+    item whose vector the factors barely explain."""
+    position, evidence = query.position, model.evidence
+    if not evidence.factors_speak(position):
+        return by_co_bought(model, query)
+    vector = np.asarray(model.item_vectors[position], dtype=np.float32)
     scores, idx = top_k(model._items, vector, query.k, query.allowed, query.excluded)
+    if not evidence.same_component(position, idx).all():
+        members = evidence.members(position)
+        assert members is not None  # same_component is all True without components
+        allowed = members if query.allowed is None else np.intersect1d(
+            members, query.allowed, assume_unique=True)
+        scores, idx = top_k(model._items, vector, query.k, allowed, query.excluded)
     return model.items_result(scores, idx, reason="cf")
+
+
+def by_co_bought(model: LoadedModel, query: SimilarQuery) -> Results:
+    """Items sharing the most users with the item (query.cooccurrence)."""
+    in_model = None if query.allowed is None else query.allowed[query.allowed < model.n_items]
+    scores, idx = co_bought(model, query.position, query.k, in_model, query.excluded)
+    return model.items_result(scores, idx, reason="co_bought")
+
+
+def by_popular(model: LoadedModel, query: SimilarQuery) -> Results:
+    """The most interacted-with items of the item's categories (reason popular_category),
+    or of the whole catalog (popular): the answer for an item without evidence or content.
+    Each score is the item's number of training users."""
+    keep = np.ones(model.n_items, dtype=bool)
+    if query.allowed is not None:
+        keep[:] = False
+        keep[query.allowed[query.allowed < model.n_items]] = True
+    keep[query.excluded[query.excluded < model.n_items]] = False
+    reason = "popular"
+    category = _category_members(model, query.position)
+    if category is not None:
+        in_category = np.zeros(model.n_items, dtype=bool)
+        in_category[category[category < model.n_items]] = True
+        if np.any(keep & in_category):
+            keep &= in_category
+            reason = "popular_category"
+    counts, idx = model.popularity.top(query.k, keep)
+    return model.items_result(counts, idx, reason=reason)
+
+
+def _category_members(model: LoadedModel, position: int) -> np.ndarray | None:
+    """The positions sharing a category with the item, or None (no category known)."""
+    try:
+        sets = model.filters.categories()
+        column = model.filters.column(CATEGORY_COLUMNS, "category")
+    except InvalidInput:
+        return None
+    value = column[position]
+    if value is None:
+        return None
+    names = [n.strip() for n in str(value).split("|")]
+    found = [sets[n] for n in names if n in sets]
+    return np.unique(np.concatenate(found)) if found else None
 
 
 def _content_nearest(model: LoadedModel, query: SimilarQuery, pool: int,
@@ -90,6 +173,8 @@ def by_hybrid(model: LoadedModel, query: SimilarQuery) -> Results:
     allowed, excluded = query.allowed, query.excluded
     in_model = None if allowed is None else allowed[allowed < model.n_items]
     assert model.content is not None
+    if position < model.n_items and not model.evidence.factors_speak(position):
+        return by_co_bought(model, query)
     if position < model.n_items:
         cf_query = np.asarray(model.item_vectors[position], dtype=np.float32)
         share: np.ndarray | float = cf_share(
@@ -103,9 +188,15 @@ def by_hybrid(model: LoadedModel, query: SimilarQuery) -> Results:
     _, by_cf_idx = top_k(model._items, cf_query, pool, in_model,
                          excluded[excluded < model.n_items])
     candidates = np.union1d(by_content_idx, by_cf_idx)
+    linked = None
+    if position < model.n_items:  # the log relates the pair: CF counts
+        linked = np.zeros(candidates.size, dtype=bool)
+        logged = candidates < model.n_items
+        linked[logged] = model.evidence.same_component(position, candidates[logged])
     fused = hybrid_scores(np.array([position]), candidates[None, :], model.item_vectors,
                           model.content_vectors, share,  # type: ignore[arg-type]
-                          cf_queries=cf_query[None, :])[0]
+                          cf_queries=cf_query[None, :],
+                          cf_linked=None if linked is None else linked[None, :])[0]
     if position >= model.n_items:
         counts = np.zeros(candidates.size, dtype=np.float32)
         in_log = candidates < model.n_items
@@ -118,7 +209,7 @@ def by_hybrid(model: LoadedModel, query: SimilarQuery) -> Results:
 
 
 STRATEGIES: dict[str, Callable[[LoadedModel, SimilarQuery], Results]] = {
-    "cf": by_cf, "content": by_content, "hybrid": by_hybrid,
+    "cf": by_cf, "content": by_content, "hybrid": by_hybrid, "popular": by_popular,
 }
 
 
@@ -128,7 +219,6 @@ def similar_items(
     mode: str,
 ) -> Results:
     """Items closest to an item (never the item itself) by `mode` (see the module)."""
-    mode = resolve_mode(model, mode)
     position = model.catalog_index(item_id)
     mode = mode_for_item(model, item_id, position, mode)
     with_new = mode != "cf"
@@ -169,7 +259,9 @@ def stored_neighbours(
 def similar_items_batch(model: LoadedModel, item_ids: Sequence[str],
                         ks: Sequence[int]) -> list[Results]:
     """Unfiltered cf similar items for many ids (with a k each) in one FAISS call; a row
-    the single search cannot fill (a near-empty IVF probe) falls back to the single query."""
+    the single search cannot fill (a near-empty IVF probe, neighbours outside the item's
+    component, an item not ranked by its factors) falls back to the single query in mode
+    cf."""
     if len(item_ids) != len(ks):
         raise InvalidInput(f"{len(item_ids)} ids but {len(ks)} values of k")
     if any(k < 1 for k in ks):
@@ -181,10 +273,12 @@ def similar_items_batch(model: LoadedModel, item_ids: Sequence[str],
     queries = np.asarray(model.item_vectors[rows], dtype=np.float32)
     scores, ids = search(model._items.index, queries, want + 1, kind=model._items.kind)
     out = []
+    evidence = model.evidence
     for n, (item_id, k) in enumerate(zip(item_ids, ks, strict=True)):
         keep = (ids[n] >= 0) & (ids[n] != rows[n])
+        keep &= evidence.same_component(int(rows[n]), np.where(keep, ids[n], rows[n]))
         k = min(k, model.n_items - 1)
-        if int(keep.sum()) >= k:
+        if int(keep.sum()) >= k and evidence.factors_speak(int(rows[n])):
             out.append(model.items_result(scores[n][keep][:k],
                                           ids[n][keep][:k].astype(np.int64), reason="cf"))
         else:

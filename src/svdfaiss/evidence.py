@@ -1,0 +1,147 @@
+"""How much collaborative evidence the model has for each item and user.
+
+Two measures, both recorded by the builder (bundle files `item_component.npy` and
+`item_explained.npy`):
+
+- the co-interaction component of each item: items are linked when one user interacted
+  with both, and a component is a set of items joined by chains of such links. An item alone
+  in its component (nobody who interacted with it interacted with anything else) has no
+  collaborative evidence at all: nothing relates it to another item. Items in different
+  components are unrelated by the log, so a cf neighbour never crosses components;
+- the share of the item's weighted column that the rank-k factors explain,
+  ||S V_i|| / ||x_i||: near 0, the SVD vector is rounding noise scaled to unit length, and
+  co-occurrence (the users the items share) is the honest measure of similarity instead.
+
+A user has cf evidence when their history holds at least one item with evidence.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+from scipy.sparse.csgraph import connected_components
+
+# Below this explained share an item's SVD vector says too little: its neighbours come
+# from co-occurrence ("co_bought") instead of the factors ("cf").
+MIN_EXPLAINED = 0.1
+# Warn at build time when fewer items than this share have cf evidence.
+WARN_SHARE = 0.5
+
+
+def item_components(matrix: sp.csr_matrix) -> np.ndarray:
+    """Component label per item of the co-interaction graph (int32), labels numbered by
+    the component's first item; items of a single-item component are "isolated"."""
+    n_users, n_items = matrix.shape
+    # The bipartite graph users -> items; undirected components join items through users.
+    size = n_users + n_items
+    graph = sp.csr_matrix((np.ones(matrix.nnz, dtype=np.int8),
+                           np.asarray(matrix.indices, dtype=np.int64) + n_users,
+                           np.append(matrix.indptr, np.full(n_items, matrix.nnz))),
+                          shape=(size, size))
+    _, labels = connected_components(graph, directed=False)
+    items = labels[n_users:]
+    # Renumber by first appearance among items so labels do not depend on user order.
+    _, first, inverse = np.unique(items, return_index=True, return_inverse=True)
+    order = np.argsort(np.argsort(first, kind="stable"), kind="stable")
+    relabelled: np.ndarray = order[inverse].astype(np.int32)
+    return relabelled
+
+
+def isolated(components: np.ndarray) -> np.ndarray:
+    """Mask of the items alone in their component: no collaborative evidence."""
+    sizes = np.bincount(components)
+    return np.asarray(sizes[components] <= 1)
+
+
+def explained_share(weighted: sp.csr_matrix, item_factors: np.ndarray,
+                    singular_values: np.ndarray) -> np.ndarray:
+    """||S V_i|| / ||x_i|| per item (float32, 0 for an empty column): how much of the
+    item's weighted column the rank-k factorization reproduces."""
+    data = np.asarray(weighted.data, dtype=np.float64)
+    total = np.bincount(weighted.indices, weights=data * data, minlength=weighted.shape[1])
+    kept = (np.asarray(item_factors, dtype=np.float64)
+            * np.asarray(singular_values, dtype=np.float64)) ** 2
+    captured = kept.sum(axis=1)
+    share = np.sqrt(np.divide(captured, total, out=np.zeros_like(total), where=total > 0))
+    result: np.ndarray = np.minimum(share, 1.0).astype(np.float32)
+    return result
+
+
+class Evidence:
+    """Per-item evidence as loaded from a bundle; bundles built before it have none, and
+    every item then counts as having evidence in one component (the old behaviour)."""
+
+    def __init__(self, components: np.ndarray | None, explained: np.ndarray | None,
+                 min_explained: float = MIN_EXPLAINED) -> None:
+        self.components = components
+        self.explained = explained
+        self.min_explained = min_explained
+        self._has = None if components is None else ~isolated(components)
+        self._members: tuple[np.ndarray, np.ndarray] | None = None  # built on first use
+
+    def has_evidence(self, item: int) -> bool:
+        """Whether anything in the log relates this item to another."""
+        return self._has is None or bool(self._has[item])
+
+    def any_evidence(self, items: np.ndarray) -> bool:
+        """Whether a history (item positions) holds an item with evidence."""
+        if self._has is None:
+            return items.size > 0
+        return bool(np.any(self._has[items]))
+
+    def factors_speak(self, item: int) -> bool:
+        """Whether the item's SVD vector explains enough of its column to rank by."""
+        return self.explained is None or float(self.explained[item]) >= self.min_explained
+
+    def same_component(self, item: int, candidates: np.ndarray) -> np.ndarray:
+        """Mask of the candidates in the item's component (all, without components)."""
+        if self.components is None:
+            return np.ones(candidates.shape, dtype=bool)
+        return np.asarray(self.components[candidates] == self.components[item])
+
+    def members(self, item: int) -> np.ndarray | None:
+        """The items of this item's component, ascending (None: no components recorded)."""
+        if self.components is None:
+            return None
+        if self._members is None:
+            order = np.argsort(self.components, kind="stable")
+            starts = np.searchsorted(self.components[order], np.arange(
+                int(self.components.max()) + 2))
+            self._members = (order.astype(np.int64), starts)
+        order, starts = self._members
+        label = int(self.components[item])
+        return order[starts[label] : starts[label + 1]]
+
+
+def users_with_evidence(components: np.ndarray, matrix: sp.csr_matrix) -> np.ndarray:
+    """Mask of the users (rows) whose history holds an item with cf evidence."""
+    has = ~isolated(components)
+    owners = np.repeat(np.arange(matrix.shape[0]), np.diff(matrix.indptr))
+    per_user = np.bincount(owners, weights=has[matrix.indices], minlength=matrix.shape[0])
+    return np.asarray(per_user > 0)
+
+
+def summary(components: np.ndarray, explained: np.ndarray, matrix: sp.csr_matrix,
+            min_explained: float = MIN_EXPLAINED) -> dict[str, Any]:
+    """The manifest's evidence section: how many items and users the model can answer
+    with collaborative evidence, and by which measure."""
+    has = ~isolated(components)
+    users_with = int(np.count_nonzero(users_with_evidence(components, matrix)))
+    sizes = np.bincount(components)
+    return {
+        "items": int(components.size),
+        "items_with_cf_evidence": int(has.sum()),
+        "items_by_factors": int(np.count_nonzero(has & (explained >= min_explained))),
+        "items_by_co_occurrence": int(np.count_nonzero(has & (explained < min_explained))),
+        "users": int(matrix.shape[0]),
+        "users_with_cf_evidence": users_with,
+        "components": int(np.count_nonzero(sizes > 1)),
+        "largest_component_items": int(sizes.max()) if sizes.size else 0,
+        "min_explained": min_explained,
+        "measure": "an item has cf evidence when a user who interacted with it interacted "
+                   "with another item; neighbours stay in its co-interaction component; "
+                   "items whose column the factors explain below min_explained "
+                   "(||S V_i|| / ||x_i||) rank neighbours by co-occurrence",
+    }
