@@ -14,14 +14,26 @@ from svdfaiss.cli.main import clean_errors
 from svdfaiss.cli.options import (
     DEFAULT_INDEX_DIR,
     ComponentsOpt,
+    DelimiterOpt,
+    DuplicatesOpt,
     FeedbackOpt,
     FormatOpt,
+    HeaderOpt,
     IndexDirOpt,
     InputArg,
+    ItemColOpt,
     JsonOpt,
+    MinItemInteractionsOpt,
+    MinUserInteractionsOpt,
     ModelOpt,
     NoValueOpt,
     ShrinkageOpt,
+    StrictOpt,
+    TimestampColOpt,
+    UserColOpt,
+    ValueColOpt,
+    WeightingOpt,
+    read_options,
 )
 from svdfaiss.cli.printing import out, print_summary, stage_status
 from svdfaiss.errors import InvalidInput
@@ -33,23 +45,19 @@ def build(
     model: ModelOpt = "default",
     index_dir: IndexDirOpt = DEFAULT_INDEX_DIR,
     fmt: FormatOpt = "auto",
-    header: Annotated[bool | None, typer.Option("--header/--no-header",
-                                                help="Default: detected.")] = None,
-    delimiter: Annotated[str | None, typer.Option(help="Default: detected (',' or tab).")]
-    = None,
-    user_col: Annotated[str | None, typer.Option(help="Name or 0-based number.")] = None,
-    item_col: Annotated[str | None, typer.Option(help="Name or 0-based number.")] = None,
-    value_col: Annotated[str | None, typer.Option(help="Rating or count column.")] = None,
-    timestamp_col: Annotated[str | None, typer.Option()] = None,
+    header: HeaderOpt = None,
+    delimiter: DelimiterOpt = None,
+    user_col: UserColOpt = None,
+    item_col: ItemColOpt = None,
+    value_col: ValueColOpt = None,
+    timestamp_col: TimestampColOpt = None,
     no_value: NoValueOpt = False,
     feedback: FeedbackOpt = "auto",
-    duplicates: Annotated[str, typer.Option(
-        help="Explicit ratings given twice: last (by timestamp, then file order) or mean. "
-             "Implicit counts always sum.")] = "last",
-    strict: Annotated[bool, typer.Option(help="Any unusable row is an error.")] = False,
-    min_user_interactions: Annotated[int, typer.Option(min=1)] = 1,
-    min_item_interactions: Annotated[int, typer.Option(min=1)] = 1,
-    weighting: Annotated[str, typer.Option(help="auto|none|binary|log|bm25")] = "auto",
+    duplicates: DuplicatesOpt = "last",
+    strict: StrictOpt = False,
+    min_user_interactions: MinUserInteractionsOpt = 1,
+    min_item_interactions: MinItemInteractionsOpt = 1,
+    weighting: WeightingOpt = "auto",
     beta: Annotated[float, typer.Option(help="Item popularity scaling n_j^-beta, in [0, 1].")]
     = 0.0,
     k: ComponentsOpt = None,
@@ -111,7 +119,6 @@ def build(
     from svdfaiss.builder import RECOMMENDATION_INDEX, BuildConfig
     from svdfaiss.builder import build as run_build
     from svdfaiss.content import ContentParams
-    from svdfaiss.data import ReadOptions
     from svdfaiss.index import IndexParams
 
     choices = {"--format": (fmt, ("auto", "csv", "tsv", "parquet")),
@@ -138,11 +145,10 @@ def build(
         input=input_path,
         model=model,
         index_dir=index_dir,
-        read=ReadOptions(format=fmt, header=header, delimiter=delimiter,  # type: ignore[arg-type]
-                         user_col=user_col, item_col=item_col, value_col=value_col,
-                         timestamp_col=timestamp_col, no_value=no_value,
-                         feedback=feedback, duplicates=duplicates,  # type: ignore[arg-type]
-                         strict=strict),
+        read=read_options(fmt, header=header, delimiter=delimiter, user_col=user_col,
+                          item_col=item_col, value_col=value_col,
+                          timestamp_col=timestamp_col, no_value=no_value, feedback=feedback,
+                          duplicates=duplicates, strict=strict),
         min_user_interactions=min_user_interactions,
         min_item_interactions=min_item_interactions,
         weighting=weighting,  # type: ignore[arg-type]

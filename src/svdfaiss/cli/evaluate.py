@@ -17,8 +17,15 @@ from svdfaiss.cli.options import (
     FeedbackOpt,
     FormatOpt,
     InputArg,
+    ItemColOpt,
+    MinItemInteractionsOpt,
+    MinUserInteractionsOpt,
     NoValueOpt,
     ShrinkageOpt,
+    UserColOpt,
+    ValueColOpt,
+    WeightingOpt,
+    read_options,
 )
 from svdfaiss.cli.printing import out
 from svdfaiss.errors import InvalidInput
@@ -28,14 +35,14 @@ from svdfaiss.errors import InvalidInput
 def evaluate(
     input_path: InputArg,
     fmt: FormatOpt = "auto",
-    user_col: Annotated[str | None, typer.Option(help="Name or 0-based number.")] = None,
-    item_col: Annotated[str | None, typer.Option(help="Name or 0-based number.")] = None,
-    value_col: Annotated[str | None, typer.Option(help="Rating or count column.")] = None,
+    user_col: UserColOpt = None,
+    item_col: ItemColOpt = None,
+    value_col: ValueColOpt = None,
     no_value: NoValueOpt = False,
     feedback: FeedbackOpt = "auto",
-    min_user_interactions: Annotated[int, typer.Option(min=1)] = 1,
-    min_item_interactions: Annotated[int, typer.Option(min=1)] = 1,
-    weighting: Annotated[str, typer.Option(help="auto|none|binary|log|bm25")] = "auto",
+    min_user_interactions: MinUserInteractionsOpt = 1,
+    min_item_interactions: MinItemInteractionsOpt = 1,
+    weighting: WeightingOpt = "auto",
     beta: Annotated[float, typer.Option(help="Item popularity scaling n_j^-beta.")] = 0.0,
     k: ComponentsOpt = None,
     shrinkage: ShrinkageOpt = 30.0,
@@ -61,12 +68,11 @@ def evaluate(
 ) -> None:
     """Hold out 20% of each user's interactions and score svdfaiss and baselines on them."""
     from svdfaiss.builder import BuildConfig
-    from svdfaiss.data import ReadOptions, build_interactions, read_log
+    from svdfaiss.data import build_interactions, read_log
     from svdfaiss.evaluation import evaluate_topn, last_times, leave_last_out_split
 
-    read = ReadOptions(format=fmt, user_col=user_col, item_col=item_col,  # type: ignore[arg-type]
-                       value_col=value_col, no_value=no_value,
-                       feedback=feedback)  # type: ignore[arg-type]
+    read = read_options(fmt, user_col=user_col, item_col=item_col, value_col=value_col,
+                        no_value=no_value, feedback=feedback)
     config = BuildConfig(input=input_path, model="evaluate", index_dir=Path("."),
                          weighting=weighting, beta=beta, k=k,  # type: ignore[arg-type]
                          shrinkage=shrinkage)
@@ -174,12 +180,11 @@ def tune(
 ) -> None:
     """Choose --k, --weighting, --beta and --shrinkage on a validation split carved from
     train."""
-    from svdfaiss.data import ReadOptions, build_interactions, read_log
+    from svdfaiss.data import build_interactions, read_log
     from svdfaiss.evaluation import TUNE_GRID, tune_svd
     from svdfaiss.weighting import check_scheme
 
-    read = ReadOptions(format=fmt, no_value=no_value,  # type: ignore[arg-type]
-                       feedback=feedback)  # type: ignore[arg-type]
+    read = read_options(fmt, no_value=no_value, feedback=feedback)
     inter = build_interactions(read_log(input_path, read), 1, 1, "last")
     grid = {"k": tuple(ks or TUNE_GRID["k"]),
             "weighting": tuple(weightings or TUNE_GRID["weighting"]),
