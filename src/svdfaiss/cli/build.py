@@ -1,0 +1,184 @@
+"""`svdfaiss build`: turns the build flags into a BuildConfig, runs the pipeline and prints
+the summary (or the manifest as JSON)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from svdfaiss.cli.main import clean_errors
+from svdfaiss.cli.options import (
+    DEFAULT_INDEX_DIR,
+    ComponentsOpt,
+    DelimiterOpt,
+    DuplicatesOpt,
+    FeedbackOpt,
+    FormatOpt,
+    HeaderOpt,
+    IndexDirOpt,
+    InputArg,
+    ItemColOpt,
+    JsonOpt,
+    MinItemInteractionsOpt,
+    MinUserInteractionsOpt,
+    ModelOpt,
+    NoValueOpt,
+    ShrinkageOpt,
+    StrictOpt,
+    TimestampColOpt,
+    UserColOpt,
+    ValueColOpt,
+    WeightingOpt,
+    read_options,
+)
+from svdfaiss.cli.printing import out, print_summary, stage_status
+from svdfaiss.errors import InvalidInput
+
+
+@clean_errors
+def build(
+    input_path: InputArg,
+    model: ModelOpt = "default",
+    index_dir: IndexDirOpt = DEFAULT_INDEX_DIR,
+    fmt: FormatOpt = "auto",
+    header: HeaderOpt = None,
+    delimiter: DelimiterOpt = None,
+    user_col: UserColOpt = None,
+    item_col: ItemColOpt = None,
+    value_col: ValueColOpt = None,
+    timestamp_col: TimestampColOpt = None,
+    no_value: NoValueOpt = False,
+    feedback: FeedbackOpt = "auto",
+    duplicates: DuplicatesOpt = "last",
+    strict: StrictOpt = False,
+    min_user_interactions: MinUserInteractionsOpt = 1,
+    min_item_interactions: MinItemInteractionsOpt = 1,
+    weighting: WeightingOpt = "auto",
+    beta: Annotated[float, typer.Option(help="Item popularity scaling n_j^-beta, in [0, 1].")]
+    = 0.0,
+    k: ComponentsOpt = None,
+    shrinkage: ShrinkageOpt = 30.0,
+    gamma: Annotated[float, typer.Option(help="Item vectors for similarity: V S^gamma.")] = 1.0,
+    solver: Annotated[str, typer.Option(help="arpack|randomized")] = "arpack",
+    index: Annotated[str, typer.Option("--index", help="auto|flat|hnsw|ivf (similar items).")]
+    = "auto",
+    rec_index: Annotated[str, typer.Option(
+        help="auto|flat|hnsw|ivf (recommendations; auto never picks HNSW, see docs).")] = "auto",
+    user_index: Annotated[str, typer.Option(help="auto|flat|hnsw|ivf|none (similar users).")]
+    = "auto",
+    hnsw_m: int = 32,
+    hnsw_ef_construction: int = 64,
+    hnsw_ef_search: int = 128,
+    ivf_nlist: Annotated[int, typer.Option(help="0: about sqrt(rows).")] = 0,
+    ivf_nprobe: int = 32,
+    items_catalog: Annotated[Path | None, typer.Option(
+        "--items", help="Catalog CSV/Parquet with item_id, title, category, price.")] = None,
+    content: Annotated[str, typer.Option(
+        help="auto|on|off: content vectors (TF-IDF of the catalog's text and categories) "
+             "for content and hybrid similar items; auto builds them when the catalog has "
+             "such columns.")] = "auto",
+    text_columns: Annotated[str | None, typer.Option(
+        help="Comma-separated catalog columns of text (default: title, name, description "
+             "found).")] = None,
+    category_column: Annotated[str | None, typer.Option(
+        help="The catalog column of categories, 'a|b' for several (default: category or "
+             "genres found).")] = None,
+    content_dim: Annotated[int, typer.Option(help="Size of the content vectors.")] = 64,
+    events: Annotated[list[Path] | None, typer.Option(
+        "--events", help="An events log written by the service (POST /events) to fold into "
+        "the training data; repeatable.")] = None,
+    hybrid_interactions: Annotated[float, typer.Option(
+        help="Hybrid similar items: an item with n interactions weighs CF by n / (n + this) "
+             "and content by the rest.")] = 5.0,
+    new_item_weight: Annotated[float, typer.Option(
+        help="Catalog items the log never mentions join recommendations with a vector "
+             "predicted from their content, scaled by this (0: keep them out).")] = 1.0,
+    similar_cache: Annotated[int | None, typer.Option(
+        min=0, help="Neighbours precomputed per item (default: 50 up to 200k items; 0: off).")]
+    = None,
+    objective: Annotated[str, typer.Option(
+        help="topn: rank by the SVD's scores; rating: by the predicted rating of a biased "
+             "MF model (explicit ratings only).")] = "topn",
+    rating_k: Annotated[int, typer.Option(min=0, help="Factors of the rating model.")] = 8,
+    rating_reg: Annotated[float, typer.Option(help="Regularization of the rating model.")]
+    = 0.2,
+    evaluate_model: Annotated[bool, typer.Option(
+        "--evaluate", help="Also score this configuration on a 20% holdout (docs/"
+        "evaluation.md) and store the result in the manifest (GET /model shows it).")]
+    = False,
+    seed: int = 0,
+    version: Annotated[str | None, typer.Option(help="Version name (default: UTC time).")]
+    = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Build a bundle from an interaction log and publish it as the model's CURRENT version."""
+    from svdfaiss.builder import RECOMMENDATION_INDEX, BuildConfig
+    from svdfaiss.builder import build as run_build
+    from svdfaiss.content import ContentParams
+    from svdfaiss.index import IndexParams
+
+    choices = {"--format": (fmt, ("auto", "csv", "tsv", "parquet")),
+               "--feedback": (feedback, ("auto", "explicit", "implicit")),
+               "--duplicates": (duplicates, ("last", "mean")),
+               "--weighting": (weighting, ("auto", "none", "binary", "log", "bm25")),
+               "--solver": (solver, ("arpack", "randomized")),
+               "--objective": (objective, ("topn", "rating")),
+               "--content": (content, ("auto", "on", "off")),
+               "--index": (index, ("auto", "flat", "hnsw", "ivf")),
+               "--rec-index": (rec_index, ("auto", "flat", "hnsw", "ivf")),
+               "--user-index": (user_index, ("auto", "flat", "hnsw", "ivf", "none"))}
+    for flag, (value, allowed) in choices.items():
+        if value not in allowed:
+            raise InvalidInput(f"{flag} {value!r}: choose one of {', '.join(allowed)}")
+
+    def index_params(kind: str, base: IndexParams = IndexParams()) -> IndexParams:
+        return replace(base, kind=kind, hnsw_m=hnsw_m,  # type: ignore[arg-type]
+                           hnsw_ef_construction=hnsw_ef_construction,
+                           hnsw_ef_search=hnsw_ef_search, ivf_nlist=ivf_nlist,
+                           ivf_nprobe=ivf_nprobe)
+
+    config = BuildConfig(
+        input=input_path,
+        model=model,
+        index_dir=index_dir,
+        read=read_options(fmt, header=header, delimiter=delimiter, user_col=user_col,
+                          item_col=item_col, value_col=value_col,
+                          timestamp_col=timestamp_col, no_value=no_value, feedback=feedback,
+                          duplicates=duplicates, strict=strict),
+        min_user_interactions=min_user_interactions,
+        min_item_interactions=min_item_interactions,
+        weighting=weighting,  # type: ignore[arg-type]
+        beta=beta,
+        k=k,
+        shrinkage=shrinkage,
+        gamma=gamma,
+        solver=solver,  # type: ignore[arg-type]
+        item_index=index_params(index),
+        rec_index=index_params(rec_index, RECOMMENDATION_INDEX),
+        user_index=None if user_index == "none" else index_params(user_index),
+        catalog=items_catalog,
+        seed=seed,
+        version=version,
+        similar_cache=similar_cache,
+        evaluate=evaluate_model,
+        objective=objective,  # type: ignore[arg-type]
+        rating_k=rating_k,
+        rating_reg=rating_reg,
+        content=content,  # type: ignore[arg-type]
+        content_params=ContentParams(
+            text_columns=None if text_columns is None else tuple(
+                c.strip() for c in text_columns.split(",") if c.strip()),
+            category_column=category_column, dim=content_dim),
+        hybrid_interactions=hybrid_interactions,
+        new_item_weight=new_item_weight,
+        events=tuple(events or ()),
+    )
+    report = run_build(config, stage_status)
+    if json_out:
+        out.print_json(json.dumps({"path": str(report.path), **report.manifest}))
+    else:
+        print_summary(report.path, report.manifest)

@@ -1,0 +1,128 @@
+"""What the command line shows: its two consoles, the stage spinner, the build summary and
+the query results table, shared by several commands."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+@contextlib.contextmanager
+def stage_status(name: str) -> Iterator[None]:
+    """A spinner naming the running stage, only when stderr is a terminal."""
+    if err.is_terminal:
+        with err.status(f"{name}..."):
+            yield
+    else:
+        yield
+
+
+def fmt_int(n: Any) -> str:
+    """A count with thousands separators."""
+    return f"{int(n):,}"
+
+
+def print_summary(path: Path, manifest: dict[str, Any]) -> None:
+    """One screen: rows, reasons, shape, factorization, indexes, stage times, path."""
+    rows, counts = manifest["rows"], manifest["counts"]
+    fact, params = manifest["factorization"], manifest["parameters"]
+    table = Table(title=f"svdfaiss build: model {manifest['model']}, version "
+                        f"{manifest['version']}", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    table.add_row("input", f"{manifest['input']['path']} ({manifest['input']['feedback']}, "
+                           f"columns {', '.join(f'{k}={v}' for k, v in manifest['input']['columns'].items() if v and k != 'feedback')})")  # noqa: E501
+    table.add_row("rows read", fmt_int(rows["read"]))
+    table.add_row("rows used", f"{fmt_int(rows['used'])} ({fmt_int(rows['duplicates_merged'])}"
+                               f" duplicates merged, {fmt_int(rows['removed_by_filters'])} "
+                               "removed by minimum-interaction filters)")
+    table.add_row("rows rejected", fmt_int(rows["rejected"]))
+    for reason, count in rows["rejected_by_reason"].items():
+        where = [str(e["line"]) for e in rows["rejected_examples"] if e["reason"] == reason]
+        table.add_row("", f"  {reason}: {fmt_int(count)} (line {', '.join(where)}"
+                          f"{', ...' if count > len(where) else ''})")
+    table.add_row("users x items", f"{fmt_int(counts['users'])} x {fmt_int(counts['items'])},"
+                                   f" {fmt_int(counts['interactions'])} interactions, density "
+                                   f"{counts['density']:.2e}")
+    w = params["weighting"]
+    table.add_row("factorization", f"k={fact['k']}, weighting {w['scheme']}, beta {w['beta']},"
+                                   f" shrinkage {params.get('shrinkage', 0):g}, explained "
+                                   f"energy {fact['explained_energy']:.1%}")
+    for name, meta in manifest["indexes"].items():
+        table.add_row(f"index {name}", f"{meta['type']} over {fmt_int(meta['rows'])} x "
+                                       f"{meta['dim']} ({meta['metric']})")
+    if manifest.get("catalog"):
+        cat = manifest["catalog"]
+        table.add_row("catalog", f"{cat['matched_items']:,} of {counts['items']:,} items matched"
+                                 f" ({cat['path']})")
+    content = manifest.get("content")
+    if content:
+        columns = [*content["text_columns"], *filter(None, [content["category_column"]])]
+        table.add_row("content", f"{content['dim']}-d from {', '.join(columns)} "
+                                 f"({fmt_int(content['features'])} features); "
+                                 f"{fmt_int(content['new_items'])} catalog items without "
+                                 "interactions get content neighbours")
+        similar = content.get("new_items_in_similar")
+        if similar:
+            table.add_row("new items", f"their hybrid neighbours use CF vectors predicted from "
+                                       f"their content (map R^2 {similar['r2']:.2f}, CF share "
+                                       f"{similar['cf_share']:g})")
+        mapped = content.get("new_items_in_recommendations")
+        if mapped:
+            table.add_row("new items", f"{fmt_int(mapped['items'])} join recommendations "
+                                       "through vectors predicted from their content (map "
+                                       f"R^2 {mapped['r2']:.2f}, weight {mapped['weight']:g})")
+    for events in manifest["input"].get("events", []):
+        table.add_row("events", f"{fmt_int(events['events'])} folded in from {events['path']}"
+                                f" ({fmt_int(events['rejected'])} unusable lines)")
+    timings = manifest["timings_seconds"]
+    table.add_row("seconds", ", ".join(f"{k} {v:.2f}" for k, v in timings.items())
+                  + f"; total {sum(timings.values()):.2f}")
+    evaluation = manifest.get("evaluation") or {}
+    if "topn" in evaluation:
+        topn = evaluation["topn"]
+        table.add_row("evaluation", "NDCG@10 " + ", ".join(
+            f"{name} {m['ndcg@10']:.4f}" for name, m in topn.items()
+            if name != "svdfaiss (ANN index)") + f" (20% holdout of "
+            f"{evaluation['protocol']['test_users']:,} users)")
+    elif "skipped" in evaluation:
+        table.add_row("evaluation", f"skipped: {evaluation['skipped']}")
+    table.add_row("bundle", str(path))
+    out.print(table)
+
+
+def print_results(rec: Any, results: Any, json_out: bool, id_key: str = "item_id",
+                  extra: dict[str, Any] | None = None) -> None:
+    """Query results as a table, or with --json one JSON line (model, version, the results
+    under "items" or "users", and `extra`)."""
+    records = results.records(id_key)
+    if json_out:
+        payload: dict[str, Any] = {"model": rec.model, "version": rec.version}
+        payload.update(extra or {})
+        payload["users" if id_key == "user_id" else "items"] = records
+        sys.stdout.write(json.dumps(payload, ensure_ascii=False) + "\n")
+        return
+    columns = list(records[0].keys()) if records else [id_key, "score"]
+    table = Table("#", *columns, title=f"model {rec.model}, version {rec.version}",
+                  title_justify="left")
+
+    def cell(key: str, value: Any) -> str:
+        if key == "score":
+            return f"{value:.4f}"
+        if key == "because":
+            return ", ".join(f"{b['item_id']} ({b['contribution']:.3f})" for b in value)
+        return str(value)
+
+    for rank, r in enumerate(records, 1):
+        table.add_row(str(rank), *[cell(k, v) for k, v in r.items()])
+    out.print(table)

@@ -1,0 +1,165 @@
+"""`svdfaiss serve` and `svdfaiss demo`: run the HTTP service with uvicorn, the demo after
+generating the sample and building it."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from svdfaiss.cli.main import clean_errors
+from svdfaiss.cli.options import DEFAULT_INDEX_DIR, IndexDirOpt, ModelOpt
+from svdfaiss.cli.printing import out, print_summary, stage_status
+from svdfaiss.errors import InvalidInput
+
+
+def _serve(settings_env: dict[str, str], host: str, port: int, workers: int) -> None:
+    """Run uvicorn on the app factory; settings travel as SVDFAISS_* variables so that every
+    worker process builds the same app."""
+    import os
+
+    os.environ.update(settings_env)
+    if workers == 1 and os.environ.get("SVDFAISS_VERIFY_CHECKSUMS", "true").lower() not in (
+            "0", "false", "no", "off"):
+        # Hash the bundle while the service's modules import (about a second); the load
+        # at start-up then finds the digests ready. Problems are reported by that load.
+        with contextlib.suppress(Exception):
+            from svdfaiss import bundle
+
+            directory = bundle.model_dir(Path(settings_env["SVDFAISS_INDEX_DIR"]),
+                                         settings_env["SVDFAISS_MODEL"])
+            bundle.prefetch_bundle(*bundle.current_bundle(directory))
+    import uvicorn
+
+    from svdfaiss.config import Settings
+
+    # One request is one query: OpenMP teams per search only add threads that spin after each
+    # search and starve the server (measured: p50 7.7 ms instead of sub-ms under wrk). libgomp
+    # reads this when faiss first loads, which happens below, inside uvicorn.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    Settings().resolved_experiment()  # refuse bad settings before forking workers
+    uvicorn.run("svdfaiss.service.app:create_app", factory=True, host=host, port=port,
+                workers=workers, log_level="info", access_log=False)
+
+
+@clean_errors
+def serve(
+    index_dir: IndexDirOpt = DEFAULT_INDEX_DIR,
+    model: Annotated[list[str] | None, typer.Option(
+        "--model", help="Model name; repeat it to serve an A/B test of several models "
+        "(env SVDFAISS_MODEL for one).")] = None,
+    weight: Annotated[list[float] | None, typer.Option(
+        "--weight", help="Each --model's share of users, in the same order (default: "
+        "equal).")] = None,
+    experiment: Annotated[str, typer.Option(
+        envvar="SVDFAISS_EXPERIMENT", help="The A/B experiment's name (hashed with each "
+        "user id).")] = "default",
+    experiment_file: Annotated[Path | None, typer.Option(
+        envvar="SVDFAISS_EXPERIMENT_FILE", help="JSON {name, variants: [{name, model, "
+        "weight}]}, instead of --model/--weight.")] = None,
+    host: Annotated[str, typer.Option(envvar="SVDFAISS_HOST",
+                                      help="Bind address; 0.0.0.0 exposes the service.")]
+    = "127.0.0.1",
+    port: Annotated[int, typer.Option(envvar="SVDFAISS_PORT", min=1, max=65_535)] = 8000,
+    workers: Annotated[int, typer.Option(envvar="SVDFAISS_WORKERS", min=1, max=64)] = 1,
+    poll_seconds: Annotated[float, typer.Option(
+        envvar="SVDFAISS_POLL_SECONDS", min=0.0,
+        help="Reload when CURRENT changes, checked this often (0: off).")] = 0.0,
+    max_k: Annotated[int, typer.Option(envvar="SVDFAISS_MAX_K", min=1)] = 1000,
+    events_log: Annotated[Path | None, typer.Option(
+        envvar="SVDFAISS_EVENTS_LOG",
+        help="Where POST /events appends (default: INDEX_DIR/events/MODEL.jsonl).")] = None,
+    live_users: Annotated[int, typer.Option(
+        envvar="SVDFAISS_LIVE_USERS", min=0,
+        help="Users whose live events stay in memory (LRU); 0 turns POST /events off.")]
+    = 100_000,
+) -> None:
+    """Serve the model's CURRENT bundle over HTTP (admin token: SVDFAISS_ADMIN_TOKEN)."""
+    import os
+
+    from pydantic import ValidationError
+
+    models = model or [os.environ.get("SVDFAISS_MODEL", "default")]
+    env = {"SVDFAISS_INDEX_DIR": str(index_dir), "SVDFAISS_MODEL": models[0],
+           "SVDFAISS_HOST": host, "SVDFAISS_PORT": str(port), "SVDFAISS_WORKERS": str(workers),
+           "SVDFAISS_POLL_SECONDS": str(poll_seconds), "SVDFAISS_MAX_K": str(max_k),
+           "SVDFAISS_LIVE_USERS": str(live_users), "SVDFAISS_EXPERIMENT": experiment,
+           "SVDFAISS_MODELS": json.dumps(models), "SVDFAISS_WEIGHTS": json.dumps(weight or [])}
+    if experiment_file is not None:
+        env["SVDFAISS_EXPERIMENT_FILE"] = str(experiment_file)
+    if events_log is not None:
+        env["SVDFAISS_EVENTS_LOG"] = str(events_log)
+    try:
+        _serve(env, host, port, workers)
+    except ValidationError as exc:
+        raise InvalidInput(f"bad settings: {exc}") from None
+
+
+# ---------------------------------------------------------------------------- demo
+
+
+@clean_errors
+def demo(
+    workdir: Annotated[Path, typer.Option(help="Where the sample data goes.")] = Path("data"),
+    index_dir: IndexDirOpt = DEFAULT_INDEX_DIR,
+    model: ModelOpt = "sample",
+    serve_after: Annotated[bool, typer.Option("--serve/--no-serve",
+                                              help="Start the service after building.")] = True,
+    host: Annotated[str, typer.Option(help="Bind address of the service.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65_535)] = 8000,
+) -> None:
+    """Generate the built-in sample, build a bundle, serve it and show how to query it."""
+    from svdfaiss.builder import BuildConfig
+    from svdfaiss.builder import build as run_build
+    from svdfaiss.recommender import Recommender
+    from svdfaiss.synthetic import SampleSpec, write_sample
+
+    files = write_sample(SampleSpec(), workdir / "sample")
+    out.print(f"sample data: {files.events} ({files.rows:,} events), {files.catalog}")
+    report = run_build(BuildConfig(input=files.events, model=model, index_dir=index_dir,
+                                   catalog=files.catalog), stage_status)
+    print_summary(report.path, report.manifest)
+    rec = Recommender.load(index_dir, model)
+    user = _first_user(rec)
+    item = rec.recommend(user, 1, mode="cf").ids[0]  # an item with interactions
+    base = f"{_program()} query {{}} --model {model} --index-dir {index_dir}"
+    out.print("\nFrom the command line:")
+    out.print(f"  {base.format('similar ' + item)} --k 5")
+    out.print(f"  {base.format('recommend ' + user)} --k 5")
+    if not serve_after:
+        out.print(f"  {base.format('basket ' + item)} --json")
+        return
+    url = f"http://{host}:{port}"
+    out.print(f"\nServing on {url} (API docs: {url}/docs); stop with Ctrl+C.")
+    out.print(f"Open {url}/demo in a browser: search the catalog, compare similar items by "
+              "cf, content and hybrid, and see a user's recommendations explained. Or try:")
+    out.print(f"  curl '{url}/items/{item}/similar?k=5'")
+    out.print(f"  curl '{url}/items/{item}/similar?k=5&mode=content'")
+    out.print(f"  curl '{url}/users/{user}/recommendations?k=5&explain=true'")
+    out.print(f"  curl -X POST {url}/recommendations -H 'content-type: application/json' "
+              f"-d '{{\"item_ids\": [\"{item}\"], \"k\": 5}}'")
+    out.print(f"  curl -X POST {url}/events -H 'content-type: application/json' "
+              f"-d '{{\"user_id\": \"{user}\", \"item_id\": \"{item}\"}}'")
+    sys.stdout.flush()
+    _serve({"SVDFAISS_INDEX_DIR": str(index_dir), "SVDFAISS_MODEL": model}, host, port, 1)
+
+
+def _program() -> str:
+    """How the user invoked us (`.venv/bin/svdfaiss` when the venv is not activated)."""
+    invoked = Path(sys.argv[0])
+    if invoked.name == "svdfaiss" and invoked.parent != Path(""):
+        on_path = shutil.which("svdfaiss")
+        if on_path is None or Path(on_path).resolve() != invoked.resolve():
+            return str(invoked)
+    return "svdfaiss"
+
+
+def _first_user(rec: Any) -> str:
+    from svdfaiss.data import decode_ids
+
+    return decode_ids(rec.user_ids[:1])[0]
