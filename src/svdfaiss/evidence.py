@@ -130,6 +130,14 @@ def summary(components: np.ndarray, explained: np.ndarray, matrix: sp.csr_matrix
     has = ~isolated(components)
     users_with = int(np.count_nonzero(users_with_evidence(components, matrix)))
     sizes = np.bincount(components)
+    share = float(has.mean()) if has.size else 1.0
+    warning = None
+    if share < WARN_SHARE:
+        warning = (f"only {share:.0%} of items have collaborative evidence (a user who "
+                   "interacted with them and with another item); the rest get content "
+                   "neighbours with --items CATALOG, else popular items. A longer log "
+                   "(--events LOG) adds evidence; --min-item-interactions 2 keeps items "
+                   "with one user out of the model")
     return {
         "items": int(components.size),
         "items_with_cf_evidence": int(has.sum()),
@@ -140,6 +148,7 @@ def summary(components: np.ndarray, explained: np.ndarray, matrix: sp.csr_matrix
         "components": int(np.count_nonzero(sizes > 1)),
         "largest_component_items": int(sizes.max()) if sizes.size else 0,
         "min_explained": min_explained,
+        "warning": warning,
         "measure": "an item has cf evidence when a user who interacted with it interacted "
                    "with another item; neighbours stay in its co-interaction component; "
                    "items whose column the factors explain below min_explained "

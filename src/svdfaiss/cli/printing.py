@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 out = Console(highlight=False, soft_wrap=True)
@@ -82,6 +83,14 @@ def print_summary(path: Path, manifest: dict[str, Any]) -> None:
             table.add_row("new items", f"{fmt_int(mapped['items'])} join recommendations "
                                        "through vectors predicted from their content (map "
                                        f"R^2 {mapped['r2']:.2f}, weight {mapped['weight']:g})")
+    evidence = manifest.get("evidence")
+    if evidence:
+        table.add_row("evidence", f"{fmt_int(evidence['items_with_cf_evidence'])} of "
+                                  f"{fmt_int(evidence['items'])} items and "
+                                  f"{fmt_int(evidence['users_with_cf_evidence'])} of "
+                                  f"{fmt_int(evidence['users'])} users have cf evidence "
+                                  f"({fmt_int(evidence['items_by_co_occurrence'])} items rank "
+                                  "neighbours by co-occurrence)")
     for events in manifest["input"].get("events", []):
         table.add_row("events", f"{fmt_int(events['events'])} folded in from {events['path']}"
                                 f" ({fmt_int(events['rejected'])} unusable lines)")
@@ -99,6 +108,8 @@ def print_summary(path: Path, manifest: dict[str, Any]) -> None:
         table.add_row("evaluation", f"skipped: {evaluation['skipped']}")
     table.add_row("bundle", str(path))
     out.print(table)
+    if evidence and evidence.get("warning"):
+        err.print(f"[bold yellow]warning:[/] {escape(evidence['warning'])}")
 
 
 def print_results(rec: Any, results: Any, json_out: bool, id_key: str = "item_id",
