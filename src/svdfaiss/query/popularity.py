@@ -31,7 +31,9 @@ class Popularity:
 
     def top(self, k: int, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The k most popular items where `keep` (a mask over the model's items) holds:
-        their counts and positions."""
+        their scores (the share of the model's users who interacted with each, in [0, 1])
+        and positions."""
         counts, order = self.counts_and_order()
         idx = order[keep[order]][:k]
-        return counts[idx], idx
+        users = max(self._rows.shape[0], 1)
+        return (counts[idx] / np.float32(users)).astype(np.float32), idx

@@ -107,23 +107,32 @@ def by_cf(model: LoadedModel, query: SimilarQuery) -> Results:
 
 
 def by_co_bought(model: LoadedModel, query: SimilarQuery) -> Results:
-    """Items sharing the most users with the item (query.cooccurrence)."""
+    """Items sharing the most users with the item (query.cooccurrence); when fewer than k
+    share one, the most popular of the remaining items fill the list (reason popular)."""
     in_model = None if query.allowed is None else query.allowed[query.allowed < model.n_items]
     scores, idx = co_bought(model, query.position, query.k, in_model, query.excluded)
-    return model.items_result(scores, idx, reason="co_bought")
+    if idx.size >= query.k:
+        return model.items_result(scores, idx, reason="co_bought")
+    fill = by_popular(model, SimilarQuery(query.item_id, query.position, query.k - idx.size,
+                                          in_model, np.concatenate([query.excluded, idx])),
+                      by_category=False)
+    both = np.concatenate([idx, fill.indexes]).astype(np.int64)
+    result = model.items_result(np.concatenate([scores, np.asarray(fill.scores)]), both)
+    return Results(result.ids, result.scores, both, result.fields,
+                   reasons=["co_bought"] * idx.size + ["popular"] * len(fill))
 
 
-def by_popular(model: LoadedModel, query: SimilarQuery) -> Results:
+def by_popular(model: LoadedModel, query: SimilarQuery, by_category: bool = True) -> Results:
     """The most interacted-with items of the item's categories (reason popular_category),
     or of the whole catalog (popular): the answer for an item without evidence or content.
-    Each score is the item's number of training users."""
+    Each score is the share of the model's users who interacted with the item."""
     keep = np.ones(model.n_items, dtype=bool)
     if query.allowed is not None:
         keep[:] = False
         keep[query.allowed[query.allowed < model.n_items]] = True
     keep[query.excluded[query.excluded < model.n_items]] = False
     reason = "popular"
-    category = _category_members(model, query.position)
+    category = _category_members(model, query.position) if by_category else None
     if category is not None:
         in_category = np.zeros(model.n_items, dtype=bool)
         in_category[category[category < model.n_items]] = True
