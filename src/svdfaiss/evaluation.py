@@ -131,8 +131,13 @@ def ranking_metrics(ranked: Sequence[np.ndarray], relevant: Sequence[np.ndarray]
 
     Averaged over users with at least one relevant item (others carry no signal). A list
     shorter than k (fewer candidates, or none) counts its missing places as misses:
-    precision divides by k. MAP@k normalises by min(k, relevant); NDCG's ideal puts
-    min(k, relevant) hits first.
+    precision divides by k. NDCG's ideal puts min(k, relevant) hits first. MAP@k is
+    trec_eval's map_cut_k (and ranx's map@k), dividing by every relevant item, not
+    min(k, relevant):
+
+        AP@k = (1 / |R|) * sum over ranks r <= k with item_r in R of precision@r
+
+    so a user with more relevant items than k cannot reach 1.
     """
     sums = {f"{m}@{k}": 0.0 for k in cutoffs for m in METRICS}
     counted = 0
@@ -154,8 +159,7 @@ def ranking_metrics(ranked: Sequence[np.ndarray], relevant: Sequence[np.ndarray]
             sums[f"f1@{k}"] += (2 * precision * recall / (precision + recall)
                                 if n_hits else 0.0)
             sums[f"ndcg@{k}"] += float(np.sum(hits / np.log2(ranks + 1)) / ideal)
-            sums[f"map@{k}"] += float(np.sum(np.cumsum(hits) / ranks * hits)
-                                      / min(k, len(rel)))
+            sums[f"map@{k}"] += float(np.sum(np.cumsum(hits) / ranks * hits) / len(rel))
             sums[f"hit_rate@{k}"] += 1.0 if n_hits else 0.0
             sums[f"mrr@{k}"] += 1.0 / (first[0] + 1) if first.size else 0.0
     return {name: (value / counted if counted else 0.0) for name, value in sums.items()}
