@@ -220,3 +220,90 @@ def test_timelines_order_each_users_items_by_time_and_category_share_counts_over
                                        np.array([0, 1])], categories, k=2)
     assert share == pytest.approx((0.5 + 0.0) / 2)  # item 3 has no category: left out
 
+
+# ------------------------------------------------ similar items on a sparse purchase log
+
+
+def _planted() -> sp.csr_matrix:
+    # Items 0-2 co-bought (users 0-2), items 3-4 co-bought (user 3), item 5 bought alone by
+    # two single-item users, item 6 never bought.
+    rows = [0, 0, 1, 1, 2, 2, 3, 3, 4, 5]
+    cols = [0, 1, 1, 2, 0, 2, 3, 4, 5, 5]
+    return sp.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(6, 7))
+
+
+def test_item_evidence_counts_co_buyers_and_isolated_items_get_zero():
+    from svdfaiss.evidence import co_item_counts, item_evidence
+
+    m = _planted()
+    assert item_evidence(m).tolist() == [2, 2, 2, 1, 1, 0, 0]
+    assert co_item_counts(m).tolist() == [2, 2, 2, 1, 1, 0, 0]
+    doubled = m.copy()
+    doubled.data[:] = 3.0  # counts and ratings weigh nothing: a purchase is a purchase
+    assert item_evidence(doubled).tolist() == item_evidence(m).tolist()
+
+
+def test_components_label_disconnected_blocks_apart():
+    from svdfaiss.evidence import components
+
+    labels = components(_planted())
+    assert labels.tolist() == [0, 0, 0, 1, 1, 2, 3]
+    assert components(sp.csr_matrix((0, 3))).tolist() == [0, 1, 2]
+
+
+def test_next_item_queries_hold_out_the_last_and_ask_about_the_one_before():
+    from svdfaiss.evaluation import next_item_queries
+
+    m = _planted()
+    times = m.copy()
+    times.data = np.arange(1, m.nnz + 1, dtype=np.float64)  # row order is time order
+    times.data[0], times.data[1] = 5.0, 1.0  # user 0 bought item 1 first, then item 0
+    protocol = next_item_queries(m, times)
+    assert protocol.split.test_users.tolist() == [0, 1, 2, 3]
+    assert protocol.targets.tolist() == [0, 2, 2, 4]
+    assert protocol.queries.tolist() == [1, 1, 0, 3]
+    assert protocol.split.train[0].toarray().ravel().tolist() == [0, 1, 0, 0, 0, 0, 0]
+
+
+def test_cooccurrence_similarity_is_cosine_at_half_and_conditional_share_at_zero():
+    from svdfaiss.evaluation import cooccurrence_similarity
+
+    m = sp.csr_matrix(np.array([[1, 1, 0], [1, 0, 1], [1, 0, 1], [0, 0, 1]], dtype=float))
+    cos = cooccurrence_similarity(m, np.array([0]))
+    assert cos[0].tolist() == pytest.approx([0, 1 / math.sqrt(3 * 1), 2 / math.sqrt(3 * 3)])
+    share = cooccurrence_similarity(m, np.array([0]), exponent=0.0)
+    assert share[0].tolist() == pytest.approx([0, 1 / 3, 2 / 3])
+
+
+def test_rank_rows_breaks_ties_by_popularity_and_fill_lists_tops_up():
+    from svdfaiss.evaluation import fill_lists, hits_per_query, rank_rows
+
+    scores = np.array([[0.5, 0.0, 0.0, -np.inf, 0.0]])
+    ranked = rank_rows(scores, 3, tiebreak=np.array([0, 1, 5, 9, 5]))
+    assert ranked[0].tolist() == [0, 2, 4]  # -inf never ranks; equal ties: lower index
+    assert fill_lists([np.array([3])], [np.array([3, 1, 2])], 3)[0].tolist() == [3, 1, 2]
+    hit, ndcg = hits_per_query([np.array([4, 2]), np.array([1])], np.array([2, 7]), 10)
+    assert hit.tolist() == [1.0, 0.0] and ndcg.tolist() == pytest.approx([1 / math.log2(3), 0])
+
+
+def test_other_component_share_counts_neighbours_outside_the_querys_component():
+    from svdfaiss.evaluation import other_component_share
+
+    labels = np.array([0, 0, 1, 2])
+    share = other_component_share(np.array([0, 2]), [np.array([1, 2]), np.array([0, 1, 3])],
+                                  labels)
+    assert share == pytest.approx((0.5 + 1.0) / 2)
+
+
+@pytest.mark.shared_data
+def test_amazon_sample_has_the_reported_share_of_items_without_co_buyers():
+    from svdfaiss.data import ReadOptions, build_interactions, read_log
+    from svdfaiss.evidence import components, item_evidence
+
+    path = shared_file("amazon-electronics-sample", "ratings_Electronics.csv")
+    matrix = build_interactions(read_log(path, ReadOptions()), 1, 1, "last").matrix
+    co_users = item_evidence(matrix)
+    assert np.mean(co_users == 0) == pytest.approx(0.563, abs=0.005)
+    labels = components(matrix)
+    # every item without a co-buyer is a component of its own
+    assert np.bincount(labels)[labels[co_users == 0]].max() == 1
