@@ -5,6 +5,8 @@ import math
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from svdfaiss.evaluation import (
     category_share,
@@ -40,6 +42,44 @@ def test_a_late_first_hit_and_a_cutoff_below_it():
     assert m["mrr@4"] == pytest.approx(1 / 4)
     assert m["ndcg@4"] == pytest.approx(1 / math.log2(5))
     assert m["map@4"] == pytest.approx(1 / 4)
+
+
+def test_map_divides_by_every_relevant_item_as_trec_eval_map_cut():
+    # Ranked a, x, b with relevant {a, b, c, d}: precision 1/1 at rank 1, 2/3 at rank 3,
+    # over the 4 relevant items (not min(k, 4) = 3).
+    a, x, b, c, d = 0, 1, 2, 3, 4
+    m = ranking_metrics([np.array([a, x, b])], [np.array([a, b, c, d])], cutoffs=[3])
+    assert m["map@3"] == pytest.approx((1 / 1 + 2 / 3) / 4)
+    # More relevant items than k: a perfect list cannot reach 1.
+    m = ranking_metrics([np.array([0, 1])], [np.array([0, 1, 2, 3, 4])], cutoffs=[2])
+    assert m["map@2"] == pytest.approx(2 / 5)
+    # Hits past k count nothing; a miss-only list scores 0.
+    m = ranking_metrics([np.array([9, 8, 0]), np.array([7])], [np.array([0]), np.array([1])],
+                        cutoffs=[2, 3])
+    assert m["map@2"] == 0.0 and m["map@3"] == pytest.approx((1 / 3) / 2)
+
+
+def _reference_map(ranked: list[int], relevant: set[int], k: int) -> float:
+    """trec_eval's map_cut_k for one query, written independently of ranking_metrics."""
+    total, hits = 0.0, 0
+    for rank, item in enumerate(ranked[:k], start=1):
+        if item in relevant:
+            hits += 1
+            total += hits / rank
+    return total / len(relevant)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.lists(st.integers(0, 30), max_size=25, unique=True),
+                          st.sets(st.integers(0, 30), min_size=1, max_size=15)),
+                min_size=1, max_size=6),
+       st.integers(1, 20))
+def test_map_agrees_with_an_independent_loop(queries, k):
+    expected = sum(_reference_map(r, rel, k) for r, rel in queries) / len(queries)
+    m = ranking_metrics([np.array(r, dtype=np.int64) for r, _ in queries],
+                        [np.array(sorted(rel), dtype=np.int64) for _, rel in queries],
+                        cutoffs=[k])
+    assert m[f"map@{k}"] == pytest.approx(expected, abs=1e-12)
 
 
 def test_users_without_test_items_are_not_averaged_and_empty_lists_score_zero():
@@ -204,11 +244,11 @@ def test_item_evidence_counts_co_buyers_and_isolated_items_get_zero():
 
 
 def test_components_label_disconnected_blocks_apart():
-    from svdfaiss.evidence import components
+    from svdfaiss.evidence import item_components
 
-    labels = components(_planted())
+    labels = item_components(_planted())
     assert labels.tolist() == [0, 0, 0, 1, 1, 2, 3]
-    assert components(sp.csr_matrix((0, 3))).tolist() == [0, 1, 2]
+    assert item_components(sp.csr_matrix((0, 3))).tolist() == [0, 1, 2]
 
 
 def test_next_item_queries_hold_out_the_last_and_ask_about_the_one_before():
@@ -253,3 +293,17 @@ def test_other_component_share_counts_neighbours_outside_the_querys_component():
     share = other_component_share(np.array([0, 2]), [np.array([1, 2]), np.array([0, 1, 3])],
                                   labels)
     assert share == pytest.approx((0.5 + 1.0) / 2)
+
+
+@pytest.mark.shared_data
+def test_amazon_sample_has_the_reported_share_of_items_without_co_buyers():
+    from svdfaiss.data import ReadOptions, build_interactions, read_log
+    from svdfaiss.evidence import item_components, item_evidence
+
+    path = shared_file("amazon-electronics-sample", "ratings_Electronics.csv")
+    matrix = build_interactions(read_log(path, ReadOptions()), 1, 1, "last").matrix
+    co_users = item_evidence(matrix)
+    assert np.mean(co_users == 0) == pytest.approx(0.563, abs=0.005)
+    labels = item_components(matrix)
+    # every item without a co-buyer is a component of its own
+    assert np.bincount(labels)[labels[co_users == 0]].max() == 1

@@ -131,8 +131,13 @@ def ranking_metrics(ranked: Sequence[np.ndarray], relevant: Sequence[np.ndarray]
 
     Averaged over users with at least one relevant item (others carry no signal). A list
     shorter than k (fewer candidates, or none) counts its missing places as misses:
-    precision divides by k. MAP@k normalises by min(k, relevant); NDCG's ideal puts
-    min(k, relevant) hits first.
+    precision divides by k. NDCG's ideal puts min(k, relevant) hits first. MAP@k is
+    trec_eval's map_cut_k (and ranx's map@k), dividing by every relevant item, not
+    min(k, relevant):
+
+        AP@k = (1 / |R|) * sum over ranks r <= k with item_r in R of precision@r
+
+    so a user with more relevant items than k cannot reach 1.
     """
     sums = {f"{m}@{k}": 0.0 for k in cutoffs for m in METRICS}
     counted = 0
@@ -154,8 +159,7 @@ def ranking_metrics(ranked: Sequence[np.ndarray], relevant: Sequence[np.ndarray]
             sums[f"f1@{k}"] += (2 * precision * recall / (precision + recall)
                                 if n_hits else 0.0)
             sums[f"ndcg@{k}"] += float(np.sum(hits / np.log2(ranks + 1)) / ideal)
-            sums[f"map@{k}"] += float(np.sum(np.cumsum(hits) / ranks * hits)
-                                      / min(k, len(rel)))
+            sums[f"map@{k}"] += float(np.sum(np.cumsum(hits) / ranks * hits) / len(rel))
             sums[f"hit_rate@{k}"] += 1.0 if n_hits else 0.0
             sums[f"mrr@{k}"] += 1.0 / (first[0] + 1) if first.size else 0.0
     return {name: (value / counted if counted else 0.0) for name, value in sums.items()}
@@ -761,3 +765,102 @@ def evaluate_new_items(matrix: sp.csr_matrix, content: np.ndarray,
             "ndcg@10_cold_relevant": cold_only["ndcg@10"],
             "cold_share@10": float(np.mean([split.cold[r[:10]].mean() for r in ranked]))}
     return out
+
+
+# ------------------------------------------------ similar items on a sparse purchase log
+# The next-purchase protocol (docs/evaluation.md, "Similar items on a sparse purchase
+# log"): each repeat buyer's latest item is held out, and the similar items of the item
+# they bought just before it should name it.
+
+
+@dataclass(frozen=True)
+class NextItemQueries:
+    """The leave-last-out split, and per test user the query (second-to-last) item and the
+    held-out next item."""
+
+    split: Split
+    queries: np.ndarray
+    targets: np.ndarray
+
+
+def next_item_queries(matrix: sp.csr_matrix, times: sp.csr_matrix,
+                      min_interactions: int = 2) -> NextItemQueries:
+    """Hold out each user's latest item (leave_last_out_split); their query is the item of
+    the latest time before it (ties broken as timelines does, by item index)."""
+    split = leave_last_out_split(matrix, times, min_interactions)
+    lines = timelines(times)
+    queries = np.empty(split.test_users.size, dtype=np.int64)
+    for row, user in enumerate(split.test_users.tolist()):
+        line = lines[user]
+        if int(line[-1]) != int(split.test_items[row][0]):
+            raise InvalidInput(f"user {user}: held-out item is not the last of the timeline")
+        queries[row] = line[-2]
+    targets = np.array([int(t[0]) for t in split.test_items], dtype=np.int64)
+    return NextItemQueries(split, queries, targets)
+
+
+def cooccurrence_similarity(train: sp.csr_matrix, items: np.ndarray,
+                            exponent: float = 0.5) -> np.ndarray:
+    """Item-kNN rows: for each query i of `items` and every item j,
+    |B_i & B_j| / (|B_i|^(1 - a) |B_j|^a) with B the binary buyer sets and a = `exponent`:
+    the cosine at a = 0.5, P(j | i) (the share of i's buyers who bought j) at a = 0; an
+    item's own entry 0. Within a query, a only sets how much a candidate's popularity
+    divides its co-buyer count."""
+    binary = (train > 0).astype(np.float64).tocsc()
+    counts = np.asarray(binary.sum(axis=0)).ravel()
+    counts[counts == 0] = 1
+    co = np.asarray((binary[:, items].T @ binary).toarray(), dtype=np.float64)
+    sim = co / (counts[items, None] ** (1 - exponent) * counts[None, :] ** exponent)
+    sim[np.arange(items.size), items] = 0.0
+    return sim
+
+
+def rank_rows(scores: np.ndarray, k: int, tiebreak: np.ndarray | None = None,
+              allowed: np.ndarray | None = None) -> list[np.ndarray]:
+    """Top k columns of each row by score, then `tiebreak` (higher first), then the lower
+    index; -inf scores and columns outside `allowed` (a bool per column) never rank."""
+    scores = np.array(scores, dtype=np.float64)
+    if allowed is not None:
+        scores[:, ~allowed] = -np.inf
+    second = np.zeros(scores.shape[1]) if tiebreak is None else np.asarray(tiebreak, float)
+    out = []
+    for row in scores:
+        finite = np.flatnonzero(np.isfinite(row))
+        order = np.lexsort((finite, -second[finite], -row[finite]))
+        out.append(finite[order[:k]].astype(np.int64))
+    return out
+
+
+def fill_lists(first: Sequence[np.ndarray], then: Sequence[np.ndarray],
+               k: int) -> list[np.ndarray]:
+    """Each list of `first`, topped up to k with the items of `then` not already in it."""
+    out = []
+    for a, b in zip(first, then, strict=True):
+        a = np.asarray(a, dtype=np.int64)[:k]
+        rest = np.asarray(b, dtype=np.int64)
+        rest = rest[~np.isin(rest, a)]
+        out.append(np.concatenate([a, rest[: k - a.size]]))
+    return out
+
+
+def hits_per_query(ranked: Sequence[np.ndarray], targets: np.ndarray,
+                   k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Hit@k (the target in the first k) and NDCG@k (1 / log2(1 + rank) of the single
+    target) of each list."""
+    hit = np.zeros(len(ranked))
+    ndcg = np.zeros(len(ranked))
+    for row, (recs, target) in enumerate(zip(ranked, targets, strict=True)):
+        found = np.flatnonzero(np.asarray(recs)[:k] == target)
+        if found.size:
+            hit[row] = 1.0
+            ndcg[row] = 1.0 / np.log2(found[0] + 2)
+    return hit, ndcg
+
+
+def other_component_share(queries: np.ndarray, ranked: Sequence[np.ndarray],
+                          labels: np.ndarray, k: int = 10) -> float:
+    """Mean share of each list's first k items that lie in another connected component of
+    the co-purchase graph than its query item (lists left empty are skipped)."""
+    shares = [float(np.mean(labels[np.asarray(r[:k])] != labels[q]))
+              for q, r in zip(queries, ranked, strict=True) if len(r)]
+    return float(np.mean(shares)) if shares else 0.0

@@ -13,6 +13,9 @@ Two measures, both recorded by the builder (bundle files `item_component.npy` an
   co-occurrence (the users the items share) is the honest measure of similarity instead.
 
 A user has cf evidence when their history holds at least one item with evidence.
+`item_evidence` (users who bought the item and something else) and `co_item_counts`
+(distinct other items its buyers bought) count the same evidence for evaluation
+(scripts/eval_similar_sparse.py).
 """
 
 from __future__ import annotations
@@ -28,6 +31,34 @@ from scipy.sparse.csgraph import connected_components
 MIN_EXPLAINED = 0.1
 # Warn at build time when fewer items than this share have cf evidence.
 WARN_SHARE = 0.5
+
+
+def _binary(matrix: sp.csr_matrix) -> sp.csr_matrix:
+    """Ones where a user bought an item (explicit zeros and duplicates dropped)."""
+    binary = sp.csr_matrix(matrix)
+    binary.sum_duplicates()
+    coo = binary.tocoo()
+    kept = coo.data != 0
+    return sp.csr_matrix((np.ones(int(kept.sum()), dtype=np.int64),
+                          (coo.row[kept], coo.col[kept])), shape=binary.shape)
+
+
+def item_evidence(matrix: sp.csr_matrix) -> np.ndarray:
+    """Per item, the users who bought it and at least one other item (co-buyers)."""
+    binary = _binary(matrix)
+    multi = np.diff(binary.indptr) >= 2
+    counts: np.ndarray = np.asarray(binary[multi].sum(axis=0)).ravel().astype(np.int64)
+    return counts
+
+
+def co_item_counts(matrix: sp.csr_matrix) -> np.ndarray:
+    """Per item, the number of distinct other items its buyers bought."""
+    binary = _binary(matrix)
+    co = (binary.T @ binary).tocsr()
+    co.setdiag(0)
+    co.eliminate_zeros()
+    counts: np.ndarray = np.diff(co.indptr).astype(np.int64)
+    return counts
 
 
 def item_components(matrix: sp.csr_matrix) -> np.ndarray:
