@@ -5,36 +5,25 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 
 from svdfaiss.recommender import CatalogFilter
-from svdfaiss.service import schemas
+from svdfaiss.service import params, schemas
 from svdfaiss.service.deps import batcher_of, models_of
-from svdfaiss.service.params import (
-    NOT_FOUND,
-    AllowQuery,
-    CategoryQuery,
-    DenyQuery,
-    ItemId,
-    KQuery,
-    ModelQuery,
-    ModeQuery,
-    PriceQuery,
-    StockQuery,
-    ViewerQuery,
-)
 from svdfaiss.service.responses import items_response
 
 router = APIRouter()
 
 
 @router.get("/items/{item_id:path}/similar", response_model=schemas.ItemsResponse,
-            responses=NOT_FOUND, tags=["items"])
-async def similar_items(request: Request, item_id: ItemId, k: KQuery = 10,
-                        items: AllowQuery = None, filter_items: DenyQuery = None,
-                        category: CategoryQuery = None, min_price: PriceQuery = None,
-                        max_price: PriceQuery = None,
-                        in_stock: StockQuery = None,
-                        mode: ModeQuery = "hybrid",
-                        user_id: ViewerQuery = None,
-                        model: ModelQuery = None) -> Response:
+            responses=params.NOT_FOUND, tags=["items"])
+async def similar_items(request: Request, item_id: params.ItemId, k: params.KQuery = 10,
+                        items: params.AllowQuery = None,
+                        filter_items: params.DenyQuery = None,
+                        category: params.CategoryQuery = None,
+                        min_price: params.PriceQuery = None,
+                        max_price: params.PriceQuery = None,
+                        in_stock: params.StockQuery = None,
+                        mode: params.ModeQuery = "hybrid",
+                        user_id: params.ViewerQuery = None,
+                        model: params.ModelQuery = None) -> Response:
     """Items most similar to an item (never the item itself).
 
     `mode`: cf (cosine of the SVD item vectors), content (cosine of the catalog's text

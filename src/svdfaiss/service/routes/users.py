@@ -6,41 +6,27 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
 
 from svdfaiss.recommender import CatalogFilter
-from svdfaiss.service import schemas
+from svdfaiss.service import params, schemas
 from svdfaiss.service.deps import models_of
-from svdfaiss.service.params import (
-    NOT_FOUND,
-    AllowQuery,
-    CategoryQuery,
-    DenyQuery,
-    ItemId,
-    KQuery,
-    ModelQuery,
-    PriceQuery,
-    RecommendModeQuery,
-    StockQuery,
-    UserId,
-    UsersQuery,
-)
 from svdfaiss.service.responses import items_response, json_response
 
 router = APIRouter()
 
 
 @router.get("/users/{user_id:path}/recommendations", response_model=schemas.ItemsResponse,
-            responses=NOT_FOUND, tags=["users"])
-def recommendations(request: Request, user_id: UserId, k: KQuery = 10,
-                    exclude_seen: bool = True, items: AllowQuery = None,
-                    filter_items: DenyQuery = None, category: CategoryQuery = None,
-                    min_price: PriceQuery = None, max_price: PriceQuery = None,
-                    in_stock: StockQuery = None,
+            responses=params.NOT_FOUND, tags=["users"])
+def recommendations(request: Request, user_id: params.UserId, k: params.KQuery = 10,
+                    exclude_seen: bool = True, items: params.AllowQuery = None,
+                    filter_items: params.DenyQuery = None,
+                    category: params.CategoryQuery = None, min_price: params.PriceQuery = None,
+                    max_price: params.PriceQuery = None, in_stock: params.StockQuery = None,
                     fallback: Annotated[Literal["popular", "none"], Query(
                         description="an unknown user gets the most popular items "
                                     "(popular) or a 404 (none)")] = "popular",
                     explain: Annotated[bool, Query(
                         description="name the history items behind each result")] = False,
-                    mode: RecommendModeQuery = "hybrid",
-                    model: ModelQuery = None) -> Response:
+                    mode: params.RecommendModeQuery = "hybrid",
+                    model: params.ModelQuery = None) -> Response:
     """Recommendations for a user (items they interacted with excluded by default); an
     unknown user gets popular items with reason "popular" unless fallback=none. Events
     posted since the bundle (POST /events) are folded in. With content vectors, catalog
@@ -56,10 +42,10 @@ def recommendations(request: Request, user_id: UserId, k: KQuery = 10,
 
 
 @router.get("/users/{user_id:path}/similar", response_model=schemas.UsersResponse,
-            responses=NOT_FOUND, tags=["users"])
-def similar_users(request: Request, user_id: UserId, k: KQuery = 10,
-                  users: UsersQuery = None, filter_users: UsersQuery = None,
-                  model: ModelQuery = None) -> Response:
+            responses=params.NOT_FOUND, tags=["users"])
+def similar_users(request: Request, user_id: params.UserId, k: params.KQuery = 10,
+                  users: params.UsersQuery = None, filter_users: params.UsersQuery = None,
+                  model: params.ModelQuery = None) -> Response:
     """Users most similar to a user (cosine of embeddings; never the user itself)."""
     models = models_of(request)
     rec, variant = models.pick(user_id, model)
@@ -69,9 +55,9 @@ def similar_users(request: Request, user_id: UserId, k: KQuery = 10,
 
 
 @router.get("/users/{user_id:path}/items/{item_id:path}/score",
-            response_model=schemas.ScoreResponse, responses=NOT_FOUND, tags=["users"])
-def score(request: Request, user_id: UserId, item_id: ItemId,
-          model: ModelQuery = None) -> Response:
+            response_model=schemas.ScoreResponse, responses=params.NOT_FOUND, tags=["users"])
+def score(request: Request, user_id: params.UserId, item_id: params.ItemId,
+          model: params.ModelQuery = None) -> Response:
     """The model's score of one item for one user (the ranking score of recommendations)."""
     models = models_of(request)
     rec, variant = models.pick(user_id, model)
