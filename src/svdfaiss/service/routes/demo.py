@@ -1,0 +1,40 @@
+"""The demo page, and the catalog search it finds items with."""
+
+from importlib import resources
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+from fastapi.responses import HTMLResponse, Response
+
+from svdfaiss.service import schemas
+from svdfaiss.service.deps import ModelsDep
+from svdfaiss.service.params import LimitQuery, SearchText
+from svdfaiss.service.responses import json_response
+
+router = APIRouter()
+PAGE = resources.files("svdfaiss.service").joinpath("demo.html").read_bytes()
+
+
+@router.get("/demo", response_class=HTMLResponse, tags=["demo"])
+def demo() -> Response:
+    """A page to look at the model: search the catalog, compare similar items by cf,
+    content and hybrid side by side, and see a user's recommendations explained."""
+    # Everything the page loads comes from this service; its script is inline.
+    return Response(PAGE, media_type="text/html; charset=utf-8", headers={
+        "content-security-policy": "default-src 'self'; script-src 'unsafe-inline'; "
+        "style-src 'unsafe-inline'; img-src 'self' data:; frame-ancestors 'none'"})
+
+
+@router.get("/catalog/search", response_model=schemas.ItemsResponse, tags=["items"],
+            responses={400: {"model": schemas.Problem, "description": "no catalog titles"}})
+def search_catalog(models: ModelsDep, q: SearchText, limit: LimitQuery = 10,
+                   model: Annotated[str | None, Query(min_length=1, max_length=128)]
+                   = None) -> Response:
+    """Catalog items whose title contains q (case-insensitive), the most interacted with
+    first; `score` and `interactions` are the item's training interactions (0 for a
+    catalog item nobody has bought yet)."""
+    rec, variant = models.pick(None, model)
+    items = [{**r, "interactions": int(r["score"])}
+             for r in rec.search_catalog(q, limit).records()]
+    return json_response({"model": rec.model, "version": rec.version, "variant": variant.name,
+                          "items": items}, rec.version)

@@ -1,0 +1,67 @@
+"""The operations routes: liveness, readiness, the serving bundle, Prometheus metrics."""
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from svdfaiss.service import schemas
+from svdfaiss.service.deps import MetricsDep, ModelsDep
+from svdfaiss.service.errors import problem
+
+router = APIRouter()
+
+
+@router.get("/healthz", tags=["operations"])
+def healthz() -> dict[str, str]:
+    """The process is up (whether or not a bundle is loaded)."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", response_model=schemas.Ready, tags=["operations"])
+def readyz(models: ModelsDep) -> Any:
+    """Every served model has a bundle loaded: the control variant's bundle (when, its
+    size), and each variant's model and version; 503 before."""
+    missing = [m for m, h in models.holders.items() if h.current is None]
+    current = models.primary.current
+    if missing or current is None:
+        return problem(503, f"no bundle loaded for model {missing[0]!r}")
+    rec = current.recommender
+    counts = rec.manifest["counts"]
+    variants = [{"variant": v.name, "model": v.model, "weight": v.weight,
+                 "version": models.holders[v.model].version}
+                for v in models.experiment.variants]
+    return {"model": rec.model, "version": rec.version,
+            "loaded_at": current.loaded_at.isoformat(),
+            "load_seconds": round(current.load_seconds, 4),
+            "counts": {"users": counts["users"], "items": counts["items"],
+                       "interactions": counts["interactions"]},
+            "indexes": {k: v["type"] for k, v in rec.manifest["indexes"].items()},
+            "experiment": models.experiment.name, "variants": variants}
+
+
+@router.get("/model", response_model=schemas.ModelInfo, tags=["operations"])
+def model_info(models: ModelsDep, model: Annotated[str | None, Query(
+        min_length=1, max_length=128,
+        description="one of the served models (default: the control's)")] = None) -> Any:
+    """The serving bundle: its parameters, factorization, indexes and the evaluation
+    stored at build time (`svdfaiss build --evaluate`; null without it)."""
+    rec, _ = models.pick(None, model)
+    manifest = rec.manifest
+    return {"model": rec.model, "version": rec.version,
+            "created_at": manifest.get("created_at"),
+            "builder_version": manifest.get("builder_version"),
+            "counts": manifest["counts"], "parameters": manifest["parameters"],
+            "explained_energy": manifest["factorization"]["explained_energy"],
+            "indexes": {k: {"type": v["type"], "rows": v["rows"]}
+                        for k, v in manifest["indexes"].items()},
+            "similar_cache": manifest.get("similar_cache"),
+            "content": manifest.get("content"),
+            "evaluation": manifest.get("evaluation")}
+
+
+@router.get("/metrics", tags=["operations"], response_class=Response)
+def prometheus(metrics: MetricsDep) -> Response:
+    """Prometheus metrics: requests and latency by route and status, bundle, reloads."""
+    return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
