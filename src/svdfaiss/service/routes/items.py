@@ -30,7 +30,13 @@ async def similar_items(request: Request, item_id: params.ItemId, k: params.KQue
     and category vectors) or hybrid, the default: a * cf + (1 - a) * content with
     a = n / (n + hybrid_interactions) for an item with n interactions, so a catalog item
     nobody has bought yet gets content neighbours. A model built without content vectors
-    answers hybrid as cf. Each item's `reason` names the mode that ranked it.
+    answers hybrid as cf. Each item's `reason` names what ranked it.
+
+    Evidence first: an item nobody interacted with together with another item has no cf
+    neighbours (mode cf: 404); hybrid answers it with content neighbours (reason content),
+    else the popular items of its category (popular_category) or of the catalog (popular).
+    cf neighbours stay in the item's co-interaction component, and an item the factors
+    barely explain ranks by shared users (co_bought), filled up with popular items.
 
     Business filters (category, price, stock) run inside the index: k results whenever
     k items pass them."""
@@ -43,8 +49,8 @@ async def similar_items(request: Request, item_id: params.ItemId, k: params.KQue
     result = (None if catalog_filter.active
               else rec.cached_similar_items(item_id, k, items, filter_items, mode))
     plain = items is None and filter_items is None and not catalog_filter.active
-    if (result is None and batcher is not None and plain and rec.resolve_mode(mode) == "cf"
-            and rec.catalog_index(item_id) < rec.n_items):  # unknown: 404 before batching
+    # Unknown ids raise (404) in batchable, before batching.
+    if result is None and batcher is not None and plain and rec.batchable(item_id, mode):
         result = await batcher.similar_items(rec, item_id, k)
     elif result is None:
         result = await run_in_threadpool(rec.similar_items, item_id, k, items, filter_items,
