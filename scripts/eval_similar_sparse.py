@@ -11,7 +11,8 @@ one, and a method's 10 similar items of it should name the held-out item. Hit@10
 NDCG@10 per query, and their paired bootstrap differences against item-kNN (95%).
 
 Methods:
-- svdfaiss: `Recommender.open(bundle).similar_items(item, k=10, mode="cf")`, as served;
+- svdfaiss: `Recommender.open(bundle).similar_items(item, k=10, mode="cf")` (served) and in
+  the default mode (default: the evidence rule's fallbacks included), as served;
 - item-kNN: cosine of binary buyer columns (X^T X normalised), ties by popularity (so an
   item nobody co-bought gets the most popular items);
 - popular: most bought training items, the query left out; random: a seeded order;
@@ -168,14 +169,20 @@ def evaluate(name: str, path: Path, seed: int = SEED) -> dict[str, Any]:
         queries = lookup(inter.item_ids, protocol["queries"])
         targets = lookup(inter.item_ids, protocol["targets"])  # -1: never bought in training
         served: list[np.ndarray] = []
+        served_default: list[np.ndarray] = []
+        reasons: dict[str, int] = {}
         failures = 0
         for item in protocol["queries"]:
             try:
                 result = rec.similar_items(item, k=K, mode="cf")
                 served.append(lookup(inter.item_ids, result.ids))
-            except SvdfaissError:
+            except SvdfaissError:  # NoEvidence: an item nothing relates to another
                 failures += 1
                 served.append(np.empty(0, dtype=np.int64))
+            answer = rec.similar_items(item, k=K)  # the default mode, as the service answers
+            served_default.append(lookup(inter.item_ids, answer.ids))
+            for reason in answer.reasons or [answer.reason or ""]:
+                reasons[reason] = reasons.get(reason, 0) + 1
         build_seconds = report.seconds
     train = inter.matrix
     n_items = train.shape[1]
@@ -230,6 +237,7 @@ def evaluate(name: str, path: Path, seed: int = SEED) -> dict[str, Any]:
 
     methods: dict[str, list[np.ndarray]] = {
         "svdfaiss (served)": served,
+        "svdfaiss (default)": served_default,
         "item-kNN": knn_lists,
         "popular": pop_lists,
         "random": rank_rows(random_rows, K),
@@ -237,6 +245,8 @@ def evaluate(name: str, path: Path, seed: int = SEED) -> dict[str, Any]:
     }
     sources: dict[str, dict[str, float]] = {
         "svdfaiss (served)": {"svd": 1.0},
+        "svdfaiss (default)": {reason: count / max(sum(reasons.values()), 1)
+                               for reason, count in sorted(reasons.items())},
         "item-kNN": {"knn": float(has_evidence.mean()),
                      "popular": float(1 - has_evidence.mean())},
         "popular": {"popular": 1.0}, "random": {"random": 1.0},

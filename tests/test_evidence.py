@@ -17,12 +17,15 @@ import scipy.sparse as sp
 
 from svdfaiss.builder import BuildConfig, build
 from svdfaiss.errors import NoEvidence, NoUserEvidence
-from svdfaiss.evidence import explained_share, isolated, item_components, summary
+from svdfaiss.evidence import MIN_CO_USERS, isolated, item_components, item_evidence, summary
 from svdfaiss.recommender import Recommender
 
 from .helpers import run_cli, server
 
-BLOCK_ITEMS, BLOCK_USERS, ISOLATED = 40, 300, 12
+BLOCK_ITEMS, ISOLATED = 40, 12
+# Block A's items have over MIN_CO_USERS co-users (ranked by the factors: cf), block B's
+# fewer (ranked by shared users: co_bought).
+BLOCK_USERS = {"A": 900, "B": 200}
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +33,7 @@ def planted(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untype
     rng = np.random.default_rng(7)
     lines = ["user_id,item_id"]
     for block in ("A", "B"):
-        for u in range(BLOCK_USERS):
+        for u in range(BLOCK_USERS[block]):
             # Tastes within the block: users like one half more than the other.
             half = rng.integers(2)
             weights = np.where((np.arange(BLOCK_ITEMS) < BLOCK_ITEMS // 2) == half, 4.0, 1.0)
@@ -63,12 +66,10 @@ def test_components_and_isolated_items_on_a_small_matrix():
     assert counts["components"] == 2 and counts["largest_component_items"] == 3
 
 
-def test_explained_share_is_one_at_full_rank_and_zero_for_a_missing_direction():
-    x = sp.csr_matrix(np.array([[1.0, 0, 0], [0, 2.0, 0], [0, 0, 3.0]]))
-    _, s, vt = np.linalg.svd(x.toarray())
-    np.testing.assert_allclose(explained_share(x, vt.T, s), [1, 1, 1], rtol=1e-6)
-    # Rank 2 keeps the two largest singular values: items 2 and 1; item 0 is unexplained.
-    np.testing.assert_allclose(explained_share(x, vt.T[:, :2], s[:2]), [0, 1, 1], atol=1e-6)
+def test_co_users_count_the_users_who_bought_the_item_and_another():
+    # users: u0 {0, 1}, u1 {1, 2}, u2 {3}, u3 {1}
+    matrix = sp.csr_matrix((np.ones(6), ([0, 0, 1, 1, 2, 3], [0, 1, 1, 2, 3, 1])), shape=(4, 4))
+    assert item_evidence(matrix).tolist() == [1, 2, 1, 0]
 
 
 def test_manifest_counts_the_evidence(prec):
@@ -76,7 +77,11 @@ def test_manifest_counts_the_evidence(prec):
     assert evidence["items"] == 2 * BLOCK_ITEMS + ISOLATED
     assert evidence["items_with_cf_evidence"] == 2 * BLOCK_ITEMS
     assert evidence["components"] == 2
-    assert evidence["users_with_cf_evidence"] == 2 * BLOCK_USERS
+    assert evidence["users_with_cf_evidence"] == sum(BLOCK_USERS.values())
+    co_users = np.asarray(prec.evidence.co_users)
+    a_items = [i for i, x in enumerate(prec.item_ids) if x.startswith(b"A")]
+    b_items = [i for i, x in enumerate(prec.item_ids) if x.startswith(b"B")]
+    assert co_users[a_items].min() >= MIN_CO_USERS > co_users[b_items].max()
 
 
 def test_isolated_items_never_get_cf_neighbours(prec):
@@ -96,13 +101,22 @@ def test_every_cf_neighbour_is_in_the_query_items_component(prec):
             for answer in (prec.similar_items(item, 10),
                            prec.similar_items(item, 10, use_cache=False, mode="cf"),
                            *prec.similar_items_batch([item], [10])):
-                assert answer.reason in ("cf", "co_bought")
+                assert answer.reason == ("cf" if block == "A" else "co_bought")
                 assert len(answer) == 10
                 assert all(n.startswith(block) for n in answer.ids), (item, answer.ids)
-            # asked for more than the component holds: only its other items, never B's
+            # Asked for more than the component holds: cf gives only its other items;
+            # co-occurrence fills up with popular items, each labelled so.
             wide = prec.similar_items(item, 60, use_cache=False, mode="cf")
-            assert len(wide) == BLOCK_ITEMS - 1 and not any(n.startswith(other)
-                                                            for n in wide.ids)
+            if block == "A":
+                assert len(wide) == BLOCK_ITEMS - 1 and not any(n.startswith(other)
+                                                                for n in wide.ids)
+            else:
+                records = wide.records()
+                assert len(records) == 60
+                assert all(r["item_id"].startswith(block) for r in records
+                           if r["reason"] == "co_bought")
+                assert all(r["reason"] == "popular" for r in records
+                           if not r["item_id"].startswith(block))
 
 
 def test_users_without_evidence_get_popular_items(prec):

@@ -317,10 +317,10 @@ def build(config: BuildConfig, stage_hook: StageHook | None = None) -> BuildRepo
         x = weight_rows(inter.matrix, weighting, scale)
     with timer.stage("factorize"):
         factors = truncated_svd(x, k, config.solver, config.seed)
+        del x
     with timer.stage("evidence"):
         components = evidence.item_components(inter.matrix)
-        explained = evidence.explained_share(x, factors.item_factors, factors.singular_values)
-        del x
+        co_users = evidence.item_evidence(inter.matrix).astype(np.int32)
     rating = None
     if config.objective == "rating":
         with timer.stage("rating model"):
@@ -413,7 +413,7 @@ def build(config: BuildConfig, stage_hook: StageHook | None = None) -> BuildRepo
                                             content[0], cf_share(counts,
                                                                  config.hybrid_interactions),
                                             cache_k, components)
-            similar = keep_evidence(similar, components, explained, content_index is not None)
+            similar = keep_evidence(similar, components, co_users, content_index is not None)
 
     directory = bundle.model_dir(Path(config.index_dir), config.model)
     with bundle.model_lock(directory):
@@ -436,7 +436,7 @@ def build(config: BuildConfig, stage_hook: StageHook | None = None) -> BuildRepo
                     writer.save_array("rating_user_bias.npy",
                                       rating.user_bias.astype(np.float32))
                 writer.save_array("item_component.npy", components)
-                writer.save_array("item_explained.npy", explained)
+                writer.save_array("item_co_users.npy", co_users)
                 if similar is not None:
                     writer.save_array("similar_ids.npy", similar[0])
                     writer.save_array("similar_scores.npy", similar[1])
@@ -457,7 +457,7 @@ def build(config: BuildConfig, stage_hook: StageHook | None = None) -> BuildRepo
                                  embedding, indexes, catalog[1] if catalog else None,
                                  timer.seconds)
             manifest["evaluation"] = evaluation
-            manifest["evidence"] = evidence.summary(components, explained, inter.matrix)
+            manifest["evidence"] = evidence.summary(components, co_users, inter.matrix)
             manifest["input"]["events"] = events_info
             manifest["rating_model"] = None if rating is None else {
                 "mu": rating.mu, "k": config.rating_k, "reg": config.rating_reg,
@@ -548,15 +548,15 @@ def precompute_neighbours(index: Any, vectors: np.ndarray, k: int,
 
 
 def keep_evidence(similar: tuple[np.ndarray, np.ndarray], components: np.ndarray,
-                  explained: np.ndarray, hybrid: bool) -> tuple[np.ndarray, np.ndarray]:
+                  co_users: np.ndarray, hybrid: bool) -> tuple[np.ndarray, np.ndarray]:
     """Stored neighbours under the evidence rule (svdfaiss.evidence): rows of items whose
-    answer is not ranked by the factors (no evidence, or a column the factors explain too
-    little) are emptied, so the query computes their fallback; cf neighbours outside an
+    answer is not ranked by the factors (no evidence, or fewer than MIN_CO_USERS co-users)
+    are emptied, so the query computes their fallback; cf neighbours outside an
     item's component are dropped (hybrid ones stay: their CF part is already 0), and a row
     left short is answered by the query too."""
     ids, scores = similar
     n = components.size
-    speaks = ~evidence.isolated(components) & (explained >= evidence.MIN_EXPLAINED)
+    speaks = ~evidence.isolated(components) & (co_users >= evidence.MIN_CO_USERS)
     safe = np.where((ids >= 0) & (ids < n), ids, 0)
     crosses = (ids >= 0) & (ids < n) & (components[safe] != components[:, None])
     drop = ~speaks[:, None] | (np.zeros_like(crosses) if hybrid else crosses)

@@ -1,21 +1,22 @@
 """How much collaborative evidence the model has for each item and user.
 
 Two measures, both recorded by the builder (bundle files `item_component.npy` and
-`item_explained.npy`):
+`item_co_users.npy`):
 
 - the co-interaction component of each item: items are linked when one user interacted
   with both, and a component is a set of items joined by chains of such links. An item alone
   in its component (nobody who interacted with it interacted with anything else) has no
   collaborative evidence at all: nothing relates it to another item. Items in different
   components are unrelated by the log, so a cf neighbour never crosses components;
-- the share of the item's weighted column that the rank-k factors explain,
-  ||S V_i|| / ||x_i||: near 0, the SVD vector is rounding noise scaled to unit length, and
-  co-occurrence (the users the items share) is the honest measure of similarity instead.
+- the item's co-users, the users who interacted with it and with at least one other item.
+  Below MIN_CO_USERS the SVD vector summarises too little (most of it is rounding noise
+  scaled to unit length), and co-occurrence, the users the items share, is the honest
+  measure of similarity instead; above it the factors rank as well as co-occurrence
+  (docs/evaluation.md, "Similar items on a sparse purchase log").
 
 A user has cf evidence when their history holds at least one item with evidence.
-`item_evidence` (users who bought the item and something else) and `co_item_counts`
-(distinct other items its buyers bought) count the same evidence for evaluation
-(scripts/eval_similar_sparse.py).
+`co_item_counts` (distinct other items its buyers bought) counts the same evidence another
+way, for evaluation (scripts/eval_similar_sparse.py).
 """
 
 from __future__ import annotations
@@ -26,9 +27,10 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.sparse.csgraph import connected_components
 
-# Below this explained share an item's SVD vector says too little: its neighbours come
-# from co-occurrence ("co_bought") instead of the factors ("cf").
-MIN_EXPLAINED = 0.1
+# Below this many co-users an item's neighbours come from co-occurrence ("co_bought")
+# instead of the factors ("cf"): the one gate of SVD that was level with item-kNN on both
+# the Amazon sample and MovieLens (scripts/eval_similar_sparse.py).
+MIN_CO_USERS = 50
 # Warn at build time when fewer items than this share have cf evidence.
 WARN_SHARE = 0.5
 
@@ -86,29 +88,15 @@ def isolated(components: np.ndarray) -> np.ndarray:
     return np.asarray(sizes[components] <= 1)
 
 
-def explained_share(weighted: sp.csr_matrix, item_factors: np.ndarray,
-                    singular_values: np.ndarray) -> np.ndarray:
-    """||S V_i|| / ||x_i|| per item (float32, 0 for an empty column): how much of the
-    item's weighted column the rank-k factorization reproduces."""
-    data = np.asarray(weighted.data, dtype=np.float64)
-    total = np.bincount(weighted.indices, weights=data * data, minlength=weighted.shape[1])
-    kept = (np.asarray(item_factors, dtype=np.float64)
-            * np.asarray(singular_values, dtype=np.float64)) ** 2
-    captured = kept.sum(axis=1)
-    share = np.sqrt(np.divide(captured, total, out=np.zeros_like(total), where=total > 0))
-    result: np.ndarray = np.minimum(share, 1.0).astype(np.float32)
-    return result
-
-
 class Evidence:
     """Per-item evidence as loaded from a bundle; bundles built before it have none, and
     every item then counts as having evidence in one component (the old behaviour)."""
 
-    def __init__(self, components: np.ndarray | None, explained: np.ndarray | None,
-                 min_explained: float = MIN_EXPLAINED) -> None:
+    def __init__(self, components: np.ndarray | None, co_users: np.ndarray | None,
+                 min_co_users: int = MIN_CO_USERS) -> None:
         self.components = components
-        self.explained = explained
-        self.min_explained = min_explained
+        self.co_users = co_users
+        self.min_co_users = min_co_users
         self._has = None if components is None else ~isolated(components)
         self._members: tuple[np.ndarray, np.ndarray] | None = None  # built on first use
 
@@ -123,8 +111,8 @@ class Evidence:
         return bool(np.any(self._has[items]))
 
     def factors_speak(self, item: int) -> bool:
-        """Whether the item's SVD vector explains enough of its column to rank by."""
-        return self.explained is None or float(self.explained[item]) >= self.min_explained
+        """Whether the item has enough co-users for its SVD vector to rank neighbours."""
+        return self.co_users is None or int(self.co_users[item]) >= self.min_co_users
 
     def same_component(self, item: int, candidates: np.ndarray) -> np.ndarray:
         """Mask of the candidates in the item's component (all, without components)."""
@@ -154,8 +142,8 @@ def users_with_evidence(components: np.ndarray, matrix: sp.csr_matrix) -> np.nda
     return np.asarray(per_user > 0)
 
 
-def summary(components: np.ndarray, explained: np.ndarray, matrix: sp.csr_matrix,
-            min_explained: float = MIN_EXPLAINED) -> dict[str, Any]:
+def summary(components: np.ndarray, co_users: np.ndarray, matrix: sp.csr_matrix,
+            min_co_users: int = MIN_CO_USERS) -> dict[str, Any]:
     """The manifest's evidence section: how many items and users the model can answer
     with collaborative evidence, and by which measure."""
     has = ~isolated(components)
@@ -172,16 +160,16 @@ def summary(components: np.ndarray, explained: np.ndarray, matrix: sp.csr_matrix
     return {
         "items": int(components.size),
         "items_with_cf_evidence": int(has.sum()),
-        "items_by_factors": int(np.count_nonzero(has & (explained >= min_explained))),
-        "items_by_co_occurrence": int(np.count_nonzero(has & (explained < min_explained))),
+        "items_by_factors": int(np.count_nonzero(has & (co_users >= min_co_users))),
+        "items_by_co_occurrence": int(np.count_nonzero(has & (co_users < min_co_users))),
         "users": int(matrix.shape[0]),
         "users_with_cf_evidence": users_with,
         "components": int(np.count_nonzero(sizes > 1)),
         "largest_component_items": int(sizes.max()) if sizes.size else 0,
-        "min_explained": min_explained,
+        "min_co_users": min_co_users,
         "warning": warning,
         "measure": "an item has cf evidence when a user who interacted with it interacted "
                    "with another item; neighbours stay in its co-interaction component; "
-                   "items whose column the factors explain below min_explained "
-                   "(||S V_i|| / ||x_i||) rank neighbours by co-occurrence",
+                   "items with fewer than min_co_users co-users (users who interacted with "
+                   "them and another item) rank neighbours by co-occurrence",
     }

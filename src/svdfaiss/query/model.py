@@ -18,7 +18,7 @@ import scipy.sparse as sp
 from svdfaiss import bundle
 from svdfaiss.data import decode_ids, lookup, lookup_one
 from svdfaiss.errors import InvalidBundle, UnknownItem, UnknownUser
-from svdfaiss.evidence import MIN_EXPLAINED, Evidence
+from svdfaiss.evidence import MIN_CO_USERS, Evidence
 from svdfaiss.factorize import fold_in
 from svdfaiss.index import check_index, kind_of, mips_query, normalize_rows, read_index
 from svdfaiss.query.filters import NO_FILTER, CatalogFilter, CatalogFilters, combine
@@ -113,9 +113,9 @@ class LoadedModel:
         self.evidence = Evidence(
             _load_array(version_dir, "item_component.npy")
             if "item_component.npy" in files else None,
-            _load_array(version_dir, "item_explained.npy")
-            if "item_explained.npy" in files else None,
-            float((manifest.get("evidence") or {}).get("min_explained", MIN_EXPLAINED)))
+            _load_array(version_dir, "item_co_users.npy")
+            if "item_co_users.npy" in files else None,
+            int((manifest.get("evidence") or {}).get("min_co_users", MIN_CO_USERS)))
         self._item_users: sp.csc_matrix | None = None  # built on first use
         self._item_users_lock = threading.Lock()
 

@@ -11,8 +11,8 @@ Evidence first (svdfaiss.evidence): an item the log relates to no other item has
 neighbours (mode cf: NoEvidence); hybrid answers it with content neighbours when it has
 content, else with the popular items of its category, else the popular items. cf neighbours
 stay in the item's co-interaction component (in hybrid, a candidate outside it has no CF
-part), and an item whose column the factors explain too little ranks by co-occurrence
-("co_bought", query.cooccurrence).
+part), and an item with fewer than evidence.MIN_CO_USERS co-users ranks by co-occurrence
+("co_bought", query.cooccurrence), filled up with popular items.
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ def batchable(model: LoadedModel, item_id: str, requested: str) -> bool:
 
 def by_cf(model: LoadedModel, query: SimilarQuery) -> Results:
     """Nearest item vectors by cosine within the item's component; co-occurrence for an
-    item whose vector the factors barely explain."""
+    item with too few co-users for its vector to speak."""
     position, evidence = query.position, model.evidence
     if not evidence.factors_speak(position):
         return by_co_bought(model, query)

@@ -35,8 +35,8 @@ async def similar_items(request: Request, item_id: params.ItemId, k: params.KQue
     Evidence first: an item nobody interacted with together with another item has no cf
     neighbours (mode cf: 404); hybrid answers it with content neighbours (reason content),
     else the popular items of its category (popular_category) or of the catalog (popular).
-    cf neighbours stay in the item's co-interaction component, and an item the factors
-    barely explain ranks by shared users (co_bought), filled up with popular items.
+    cf neighbours stay in the item's co-interaction component, and an item with fewer than
+    50 co-users ranks by shared users (co_bought), filled up with popular items.
 
     Business filters (category, price, stock) run inside the index: k results whenever
     k items pass them."""
