@@ -1,6 +1,7 @@
 """Saturation throughput of the hot routes, with the fast path and without it, side by side.
 
     python scripts/bench_routes.py --seconds 5 --rounds 3 --json docs/results/routes.json
+    python scripts/bench_routes.py --against ../svdfaiss-before   # a checkout of another commit
 
 Builds the built-in sample and serves it twice (one worker each, one after the other on its
 own port): with the fast path (the default) and with SVDFAISS_FAST_PATH=false, so every
@@ -9,6 +10,9 @@ servers interleaved round by round so a slow spell of the VM falls on both. Need
 (apt-get install wrk). Prints each (route, server)'s median round in requests/s and in
 server CPU time per request (from /proc: steal, which swings this shared VM's throughput
 by 4x within an hour, does not count there), with the ratios fast/FastAPI; writes JSON.
+With `--against DIR` (another checkout, e.g. `git worktree add DIR COMMIT`), the same two
+servers run from DIR/src too, interleaved with this tree's, and the ratios after/before are
+printed: the way to show a refactor left the hot routes' cost unchanged.
 """
 
 from __future__ import annotations
@@ -65,6 +69,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=5, help="per route, server, round")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--against", type=Path,
+                        help="another checkout whose src/ serves the same bundle alongside")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed (apt-get install wrk)")
@@ -87,12 +93,17 @@ def main() -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("SVDFAISS_")}
         rows: dict[str, dict[str, Any]] = {}
         try:
-            for server, fast in (("fast path", "true"), ("FastAPI only", "false")):
+            trees = [("", HERE.parent / "src")]
+            if args.against is not None:
+                trees.append(("before: ", args.against.resolve() / "src"))
+            for (prefix, src), (server, fast) in ((t, f) for t in trees for f in (
+                    ("fast path", "true"), ("FastAPI only", "false"))):
+                server = prefix + server
                 port = free_port()
                 proc = subprocess.Popen(
                     [sys.executable, "-m", "svdfaiss", "serve", "--index-dir", str(work / "ix"),
                      "--model", "bench", "--port", str(port)],
-                    env={**env, "SVDFAISS_FAST_PATH": fast},
+                    env={**env, "SVDFAISS_FAST_PATH": fast, "PYTHONPATH": str(src)},
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 servers[server] = (proc, f"http://127.0.0.1:{port}")
                 wait_ready(f"http://127.0.0.1:{port}/readyz", proc)
@@ -124,8 +135,19 @@ def main() -> None:
               f"{fast['requests_per_s'] / slow['requests_per_s']:>6.2f} "
               f"{fast['cpu_us_per_request']:>12.0f} {slow['cpu_us_per_request']:>8.0f} "
               f"{fast['cpu_us_per_request'] / slow['cpu_us_per_request']:>6.2f} {errors}")
+    if args.against is not None:
+        print(f"\n{'route':<38} {'server':<14} {'req/s after':>11} {'before':>8} {'ratio':>6} "
+              f"{'CPU us after':>12} {'before':>8} {'ratio':>6}")
+        for route, by_server in rows.items():
+            for server in ("fast path", "FastAPI only"):
+                after, before = by_server[server], by_server["before: " + server]
+                print(f"{route:<38} {server:<14} {after['requests_per_s']:>11.0f} "
+                      f"{before['requests_per_s']:>8.0f} "
+                      f"{after['requests_per_s'] / before['requests_per_s']:>6.2f} "
+                      f"{after['cpu_us_per_request']:>12.0f} {before['cpu_us_per_request']:>8.0f}"
+                      f" {after['cpu_us_per_request'] / before['cpu_us_per_request']:>6.2f}")
     write_result(args.json, seconds=args.seconds, rounds=args.rounds, wrk="-t1 -c4",
-                 rows=rows)
+                 against=None if args.against is None else str(args.against), rows=rows)
 
 
 if __name__ == "__main__":
