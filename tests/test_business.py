@@ -7,7 +7,7 @@ import pytest
 
 from svdfaiss.builder import BuildConfig, build
 from svdfaiss.data import decode_ids
-from svdfaiss.errors import UnknownUser, UnsupportedFilter
+from svdfaiss.errors import InvalidInput, UnknownUser, UnsupportedFilter
 from svdfaiss.recommender import CatalogFilter, Recommender
 
 from .helpers import server, shared_file
@@ -69,8 +69,9 @@ def test_a_filter_keeping_one_item_in_a_thousand_still_returns_every_match(rec):
     user = rec.user_ids[1].decode()
     got = rec.recommend(user, k=10, items=ids, exclude_seen=False)
     assert sorted(got.indexes) == list(allowed)
-    empty = rec.recommend(user, k=10, catalog_filter=CatalogFilter(category="no such"))
-    assert len(empty) == 0
+    # An unknown category is a mistake to report, not an empty answer (issue 16, item 8).
+    with pytest.raises(InvalidInput, match="unknown category 'no such'"):
+        rec.recommend(user, k=10, catalog_filter=CatalogFilter(category="no such"))
 
 
 def test_cold_users_get_popular_items_and_fallback_none_keeps_the_error(rec):

@@ -12,8 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from svdfaiss.content import CATEGORY_COLUMNS
-from svdfaiss.errors import UnsupportedFilter
-from svdfaiss.query.retrieval import NONE
+from svdfaiss.errors import InvalidInput, UnsupportedFilter
 
 FILTER_CACHE = 256  # business filters whose item sets are kept
 STOCK_COLUMNS = ("in_stock", "instock", "stock")
@@ -85,10 +84,22 @@ class CatalogFilters:
         return cached
 
     def _compute(self, catalog_filter: CatalogFilter) -> np.ndarray:
+        low, high = catalog_filter.min_price, catalog_filter.max_price
+        if low is not None and high is not None and low > high:
+            raise InvalidInput(f"min_price {low:g} is above max_price {high:g}: no item can "
+                               "pass; swap them")
         keep = np.ones(self.n_catalog, dtype=bool)
         if catalog_filter.category is not None:
+            sets = self.categories()
+            if catalog_filter.category not in sets:
+                names = sorted(sets)
+                shown = ", ".join(repr(c) for c in names[:10]) + (", ..." if len(names) > 10
+                                                                  else "")
+                raise InvalidInput(f"unknown category {catalog_filter.category!r}: the "
+                                   f"catalog of model {self.model!r} has {len(names)} "
+                                   f"categories ({shown}); names match exactly, case included")
             in_category = np.zeros(self.n_catalog, dtype=bool)
-            in_category[self.categories().get(catalog_filter.category, NONE)] = True
+            in_category[sets[catalog_filter.category]] = True
             keep &= in_category
         if catalog_filter.min_price is not None or catalog_filter.max_price is not None:
             price = np.asarray(self.column(("price",), "price"), dtype=np.float64)

@@ -9,11 +9,13 @@ at module level while FastAPI still validates and documents the limits the app w
 
 import inspect
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, get_args, get_origin
 
-from fastapi import Body, FastAPI, Path, Query
+from fastapi import Body, FastAPI, Path, Query, Request, Response
+from fastapi.dependencies.models import Dependant
+from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute, APIRouter
 
 from svdfaiss.config import Settings
@@ -36,7 +38,8 @@ UsersQuery = Annotated[list[str] | None, Query(), Bound("users")]
 CategoryQuery = Annotated[str | None, Query(), Bound("category")]
 ViewerQuery = Annotated[str | None, Query(), Bound("viewer")]
 SearchText = Annotated[str, Query(), Bound("search_text")]
-LimitQuery = Annotated[int, Query(), Bound("limit")]
+SearchKQuery = Annotated[int | None, Query(), Bound("search_k")]
+LimitQuery = Annotated[int | None, Query(), Bound("limit")]
 # Bodies bounded by the settings are built at run time: pydantic enforces their shape, so
 # handlers read them as Any.
 BasketBody = Annotated[Any, Body(), Bound("basket")]
@@ -86,7 +89,10 @@ def declarations(settings: Settings) -> dict[str, Any]:
                         "variant)")],
         "search_text": Annotated[str, Query(min_length=1, max_length=max_len,
                                             description="text the title contains")],
-        "limit": Annotated[int, Query(ge=1, le=max_k)],
+        "search_k": Annotated[int | None, Query(
+            ge=1, le=max_k, description="number of results (default 10)")],
+        "limit": Annotated[int | None, Query(ge=1, le=max_k,
+                                             description="an alias of k, kept for old clients")],
         "basket": Annotated[schemas.basket_request(max_ids, max_k, max_len), Body()],
         "similar_batch": Annotated[schemas.batch_request(
             "item_ids", settings.max_batch, max_ids, max_k, max_len, False), Body()],
@@ -94,6 +100,36 @@ def declarations(settings: Settings) -> dict[str, Any]:
             "user_ids", settings.max_batch, max_ids, max_k, max_len, True), Body()],
         "event": Annotated[schemas.event_request(max_len), Body()],
     }
+
+
+class StrictQueryRoute(APIRoute):
+    """A route that answers 422 for a query parameter it does not declare, naming it: a
+    misspelt filter (`in_stok=true`) would otherwise be ignored in silence, while the same
+    typo in a JSON body is already a 422. One set lookup per parameter a request."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+        known = _query_names(self.dependant)
+
+        async def strict(request: Request) -> Response:
+            unknown = [name for name in request.query_params if name not in known]
+            if unknown:
+                raise RequestValidationError([
+                    {"type": "extra_forbidden", "loc": ("query", name),
+                     "msg": f"unknown query parameter {name!r}; this route takes "
+                            f"{', '.join(sorted(known)) or 'none'}",
+                     "input": request.query_params[name]} for name in dict.fromkeys(unknown)])
+            return await handler(request)
+
+        return strict
+
+
+def _query_names(dependant: Dependant) -> frozenset[str]:
+    """The query parameters a route and its dependencies declare."""
+    names = {param.alias for param in dependant.query_params}
+    for sub in dependant.dependencies:
+        names |= _query_names(sub)
+    return frozenset(names)
 
 
 def include(app: FastAPI, router: APIRouter, declared: dict[str, Any]) -> None:
@@ -104,14 +140,15 @@ def include(app: FastAPI, router: APIRouter, declared: dict[str, Any]) -> None:
     """
     for route in router.routes:
         assert isinstance(route, APIRoute)
-        app.add_api_route(
+        app.router.add_api_route(
             route.path, bind(route.endpoint, declared), methods=sorted(route.methods or ()),
             response_model=route.response_model, status_code=route.status_code,
             tags=route.tags, summary=route.summary, description=route.description,
             response_description=route.response_description, responses=route.responses,
             deprecated=route.deprecated, operation_id=route.operation_id,
             include_in_schema=route.include_in_schema, response_class=route.response_class,
-            name=route.name, openapi_extra=route.openapi_extra)
+            name=route.name, openapi_extra=route.openapi_extra,
+            route_class_override=StrictQueryRoute)
 
 
 def bind(endpoint: Callable[..., Any], declared: dict[str, Any]) -> Callable[..., Any]:

@@ -8,7 +8,7 @@ from fastapi.responses import HTMLResponse, Response
 
 from svdfaiss.service import schemas
 from svdfaiss.service.deps import ModelsDep
-from svdfaiss.service.params import LimitQuery, SearchText
+from svdfaiss.service.params import LimitQuery, SearchKQuery, SearchText
 from svdfaiss.service.responses import json_response
 
 router = APIRouter()
@@ -27,14 +27,16 @@ def demo() -> Response:
 
 @router.get("/catalog/search", response_model=schemas.ItemsResponse, tags=["items"],
             responses={400: {"model": schemas.Problem, "description": "no catalog titles"}})
-def search_catalog(models: ModelsDep, q: SearchText, limit: LimitQuery = 10,
+def search_catalog(models: ModelsDep, q: SearchText, k: SearchKQuery = None,
+                   limit: LimitQuery = None,
                    model: Annotated[str | None, Query(min_length=1, max_length=128)]
                    = None) -> Response:
     """Catalog items whose title contains q (case-insensitive), the most interacted with
-    first; `score` and `interactions` are the item's training interactions (0 for a
-    catalog item nobody has bought yet)."""
+    first, k of them (limit is an alias); `score` and `interactions` are the item's training
+    interactions (0 for a catalog item nobody has bought yet)."""
     rec, variant = models.pick(None, model)
+    count = k if k is not None else limit if limit is not None else 10
     items = [{**r, "interactions": int(r["score"])}
-             for r in rec.search_catalog(q, limit).records()]
+             for r in rec.search_catalog(q, count).records()]
     return json_response({"model": rec.model, "version": rec.version, "variant": variant.name,
                           "items": items}, rec.version)
