@@ -87,3 +87,12 @@ class NoUserEvidence(UnknownUser):
     def __str__(self) -> str:
         return (f"user {self.user_id!r} has no collaborative evidence: none of their items was "
                 "interacted with together with another item")
+
+
+class PortInUse(SvdfaissError):
+    """The address the service should listen on is taken (exit code 8)."""
+
+    def __init__(self, host: str, port: int) -> None:
+        super().__init__(f"{host}:{port} is already in use (another svdfaiss, or another "
+                         f"server); choose another port with --port N (or SVDFAISS_PORT)")
+        self.host, self.port = host, port

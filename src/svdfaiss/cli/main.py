@@ -14,7 +14,14 @@ from rich.markup import escape
 
 from svdfaiss import __version__
 from svdfaiss.cli.printing import err, out
-from svdfaiss.errors import InvalidBundle, InvalidInput, NoBundle, UnknownItem, UnknownUser
+from svdfaiss.errors import (
+    InvalidBundle,
+    InvalidInput,
+    NoBundle,
+    PortInUse,
+    UnknownItem,
+    UnknownUser,
+)
 
 app = typer.Typer(
     help="SVD embeddings of an interaction log, served from persisted FAISS indexes.",
@@ -29,6 +36,7 @@ EXIT_CODES: dict[type[Exception], int] = {
     UnknownUser: 3,
     NoBundle: 4,
     InvalidBundle: 5,
+    PortInUse: 8,
 }
 
 F = TypeVar("F", bound=Callable[..., Any])

@@ -4,8 +4,10 @@ generating the sample and building it."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import shutil
+import socket
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -15,7 +17,22 @@ import typer
 from svdfaiss.cli.main import clean_errors
 from svdfaiss.cli.options import DEFAULT_INDEX_DIR, IndexDirOpt, ModelOpt
 from svdfaiss.cli.printing import out, print_summary, stage_status
-from svdfaiss.errors import InvalidInput
+from svdfaiss.errors import InvalidInput, PortInUse
+
+
+def check_port(host: str, port: int) -> None:
+    """Raise PortInUse unless `host:port` can be bound now: checked before anything is
+    printed or built, so a busy port is one clear error, not a traceback after the curl
+    lines."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise PortInUse(host, port) from None
+            raise InvalidInput(f"cannot listen on {host}:{port}: {exc.strerror}") from None
 
 
 def _serve(settings_env: dict[str, str], host: str, port: int, workers: int) -> None:
@@ -94,6 +111,7 @@ def serve(
         env["SVDFAISS_EXPERIMENT_FILE"] = str(experiment_file)
     if events_log is not None:
         env["SVDFAISS_EVENTS_LOG"] = str(events_log)
+    check_port(host, port)
     try:
         _serve(env, host, port, workers)
     except ValidationError as exc:
@@ -119,6 +137,8 @@ def demo(
     from svdfaiss.recommender import Recommender
     from svdfaiss.synthetic import SampleSpec, write_sample
 
+    if serve_after:
+        check_port(host, port)
     files = write_sample(SampleSpec(), workdir / "sample")
     out.print(f"sample data: {files.events} ({files.rows:,} events), {files.catalog}")
     report = run_build(BuildConfig(input=files.events, model=model, index_dir=index_dir,
@@ -146,6 +166,7 @@ def demo(
     out.print(f"  curl -X POST {url}/events -H 'content-type: application/json' "
               f"-d '{{\"user_id\": \"{user}\", \"item_id\": \"{item}\"}}'")
     sys.stdout.flush()
+    check_port(host, port)  # again: the build took a while
     _serve({"SVDFAISS_INDEX_DIR": str(index_dir), "SVDFAISS_MODEL": model}, host, port, 1)
 
 
