@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi_offline import FastAPIOffline
 
 from svdfaiss.config import Settings
 from svdfaiss.events import EventLog, LiveEvents, LiveUsers
@@ -51,7 +52,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if live is not None:
             live.follower.close()
 
-    app = FastAPI(
+    # FastAPIOffline: FastAPI whose /docs and /redoc load Swagger UI and ReDoc from assets
+    # the package ships, served here, instead of a CDN (blank pages offline).
+    app = FastAPIOffline(
         title="svdfaiss",
         summary="Similar items and recommendations from SVD embeddings in FAISS indexes.",
         lifespan=lifespan,
