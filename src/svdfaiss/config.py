@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -14,10 +15,35 @@ from svdfaiss.experiment import ExperimentConfig, Variant, describe, read_experi
 MIN_TOKEN_LENGTH = 16
 
 
+def load_config_file(path: Path) -> tuple[list[str], list[str]]:
+    """Put the SVDFAISS_* settings of a .env-style file (KEY=value lines) into the
+    environment, below what the environment already holds: flags > environment > file >
+    defaults. Returns the keys applied and the keys ignored (not SVDFAISS_*)."""
+    from dotenv import dotenv_values
+
+    if not path.is_file():
+        raise InvalidInput(f"{path}: no such config file")
+    try:
+        values = dotenv_values(path, encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidInput(f"{path}: cannot read the config file ({exc})") from None
+    applied, ignored = [], []
+    for key, value in values.items():
+        if not key.startswith("SVDFAISS_") or value is None:
+            ignored.append(key)
+        elif key not in os.environ:
+            os.environ[key] = value
+            applied.append(key)
+    return applied, ignored
+
+
 class Settings(BaseSettings):
     """Everything `svdfaiss serve` and `create_app` take; unsafe values are refused."""
 
-    model_config = SettingsConfigDict(env_prefix="SVDFAISS_", extra="ignore")
+    # A .env in the working folder counts too (below the environment), for a service
+    # started by uvicorn directly; `svdfaiss` itself loads it first (load_config_file).
+    model_config = SettingsConfigDict(env_prefix="SVDFAISS_", extra="ignore",
+                                      env_file=".env", env_file_encoding="utf-8")
 
     index_dir: Path = Path("indexes")
     model: str = "default"

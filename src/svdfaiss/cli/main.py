@@ -7,6 +7,7 @@ import functools
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -14,6 +15,7 @@ from rich.markup import escape
 
 from svdfaiss import __version__
 from svdfaiss.cli.printing import err, out
+from svdfaiss.config import load_config_file
 from svdfaiss.errors import (
     InvalidBundle,
     InvalidInput,
@@ -73,8 +75,24 @@ def version_callback(value: bool) -> None:
 def main(
     version: Annotated[bool, typer.Option("--version", callback=version_callback,
                                           is_eager=True, help="Print the version.")] = False,
+    config: Annotated[Path | None, typer.Option(
+        "--config", envvar="SVDFAISS_CONFIG",
+        help="A file of SVDFAISS_*=value lines (default: ./.env when there is one). Flags "
+        "win over the environment, the environment over this file, the file over the "
+        "defaults.")] = None,
 ) -> None:
     """svdfaiss: from an interaction log to similar items and recommendations."""
+    path = config if config is not None else Path(".env") if Path(".env").is_file() else None
+    if path is None:
+        return
+    try:
+        _, ignored = load_config_file(path)
+    except InvalidInput as exc:
+        err.print(f"[bold red]error:[/] {escape(str(exc))}")
+        raise typer.Exit(2) from None
+    if ignored:
+        err.print(f"[yellow]note:[/] {escape(str(path))}: ignored {', '.join(ignored)} "
+                  "(only SVDFAISS_* settings are read)")
 
 
 def run() -> None:
