@@ -31,3 +31,19 @@ def test_demo_on_a_busy_port_says_so_before_building(tmp_path, busy_port):
 def test_serve_on_a_busy_port_says_so(tmp_path, busy_port):
     result = run_cli(["serve", "--port", str(busy_port), "--index-dir", str(tmp_path)])
     assert result.returncode == 8 and "already in use" in result.stderr
+
+
+def test_one_default_model_and_a_missing_one_lists_what_exists(tmp_path):
+    """demo builds the model every bare command reads ("default"); asking for a model that
+    is not there names the ones that are."""
+    index_dir = tmp_path / "indexes"
+    built = run_cli(["demo", "--no-serve", "--workdir", str(tmp_path / "data"),
+                     "--index-dir", str(index_dir)], cwd=tmp_path, timeout=300)
+    assert built.returncode == 0, built.stderr
+    assert (index_dir / "default" / "CURRENT").is_file()
+    listed = run_cli(["bundles", "list", "--index-dir", str(index_dir)])
+    assert listed.returncode == 0, listed.stderr
+    missing = run_cli(["bundles", "list", "--index-dir", str(index_dir), "--model", "shop"])
+    assert missing.returncode == 4
+    assert "models in" in missing.stderr and "default" in missing.stderr
+    assert "--model NAME" in missing.stderr

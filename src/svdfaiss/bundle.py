@@ -205,12 +205,24 @@ def set_current(directory: Path, version: str) -> None:
     _fsync(directory)
 
 
+def models_hint(index_dir: Path) -> str:
+    """Which models a folder of bundles holds, for an error about a missing one."""
+    try:
+        names = sorted(p.name for p in index_dir.iterdir() if (p / CURRENT).is_file())
+    except OSError:
+        names = []
+    if not names:
+        return f"{index_dir} holds no published model yet: build one with svdfaiss build"
+    return f"models in {index_dir}: {', '.join(names)} (choose with --model NAME)"
+
+
 def read_current(directory: Path) -> str:
     """The version CURRENT names; NoBundle when there is none."""
     try:
         version = (directory / CURRENT).read_text().strip()
     except FileNotFoundError:
-        raise NoBundle(f"{directory}: no published bundle ({CURRENT} is missing)") from None
+        raise NoBundle(f"{directory}: no published bundle ({CURRENT} is missing); "
+                       f"{models_hint(directory.parent)}") from None
     if not VERSION_NAME.match(version):
         raise InvalidBundle(f"{directory / CURRENT}: does not name a version ({version!r})")
     return version

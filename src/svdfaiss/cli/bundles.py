@@ -33,7 +33,7 @@ def bundles_list(model: ModelOpt = "default", index_dir: IndexDirOpt = DEFAULT_I
                                     "error": b.error} for b in infos]))
         return
     if not infos:
-        raise NoBundle(f"{directory}: no bundles")
+        raise NoBundle(f"{directory}: no bundles; {bundle.models_hint(directory.parent)}")
     table = Table("", "version", "created at", "users", "items", "size")
     for b in infos:
         c = (b.manifest or {}).get("counts", {})

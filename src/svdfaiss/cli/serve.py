@@ -125,7 +125,7 @@ def serve(
 def demo(
     workdir: Annotated[Path, typer.Option(help="Where the sample data goes.")] = Path("data"),
     index_dir: IndexDirOpt = DEFAULT_INDEX_DIR,
-    model: ModelOpt = "sample",
+    model: ModelOpt = "default",
     serve_after: Annotated[bool, typer.Option("--serve/--no-serve",
                                               help="Start the service after building.")] = True,
     host: Annotated[str, typer.Option(help="Bind address of the service.")] = "127.0.0.1",
