@@ -47,3 +47,37 @@ def test_one_default_model_and_a_missing_one_lists_what_exists(tmp_path):
     assert missing.returncode == 4
     assert "models in" in missing.stderr and "default" in missing.stderr
     assert "--model NAME" in missing.stderr
+
+
+def test_tables_wrap_long_ids_instead_of_cutting_them(tmp_path):
+    """At 40 columns an id and a path wrap; nothing is shortened to an ellipsis."""
+    index_dir = tmp_path / "indexes"
+    events = tmp_path / "events.csv"
+    long_ids = [f"SKU-{n:02d}-" + "x" * 30 for n in range(12)]
+    rows = [f"u{u},{long_ids[(u + j) % 12]}" for u in range(60) for j in range(3)]
+    events.write_text("user_id,item_id\n" + "\n".join(rows) + "\n")
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "COLUMNS": "40"}
+    built = subprocess.run([sys.executable, "-m", "svdfaiss", "build", str(events),
+                            "--index-dir", str(index_dir), "--k", "4"], capture_output=True,
+                           text=True, env=env, timeout=120)
+    assert built.returncode == 0, built.stderr
+    assert "…" not in built.stdout
+    query = subprocess.run([sys.executable, "-m", "svdfaiss", "query", "similar", long_ids[0],
+                            "--index-dir", str(index_dir), "--k", "3"], capture_output=True,
+                           text=True, env=env, timeout=120)
+    assert query.returncode == 0, query.stderr
+    assert "…" not in query.stdout
+    # Rebuild each row's item_id cell from its folded lines: the whole id is there.
+    cells: list[str] = []
+    for line in query.stdout.splitlines():
+        parts = line.split("│")
+        if len(parts) < 4:
+            continue
+        if parts[1].strip():  # a rank: a new row starts
+            cells.append("")
+        cells[-1] += parts[2].strip()
+    assert len(cells) == 3 and all(cell in long_ids for cell in cells), cells

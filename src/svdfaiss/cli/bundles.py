@@ -13,7 +13,7 @@ from rich.table import Table
 from svdfaiss import bundle
 from svdfaiss.cli.main import clean_errors
 from svdfaiss.cli.options import DEFAULT_INDEX_DIR, IndexDirOpt, JsonOpt, ModelOpt
-from svdfaiss.cli.printing import fmt_int, out
+from svdfaiss.cli.printing import fmt_int, out, show
 from svdfaiss.errors import NoBundle
 
 bundles_app = typer.Typer(help="List, show, verify, garbage-collect and roll back bundles.",
@@ -40,7 +40,7 @@ def bundles_list(model: ModelOpt = "default", index_dir: IndexDirOpt = DEFAULT_I
         table.add_row("*" if b.current else "", b.version, b.created_at or (b.error or ""),
                       fmt_int(c.get("users", 0)), fmt_int(c.get("items", 0)),
                       f"{b.size_bytes / 1e6:.1f} MB")
-    out.print(table)
+    show(table)
 
 
 def _version_dir(index_dir: Path, model: str, version: str | None) -> Path:

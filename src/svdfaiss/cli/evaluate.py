@@ -27,7 +27,7 @@ from svdfaiss.cli.options import (
     WeightingOpt,
     read_options,
 )
-from svdfaiss.cli.printing import out
+from svdfaiss.cli.printing import out, show
 from svdfaiss.errors import InvalidInput
 
 
@@ -138,7 +138,7 @@ def _print_topn(report: dict[str, Any], title: str) -> None:
         table.add_column(method.replace(" (ANN index)", "\n(ANN)"), justify="right")
     for row in rows:
         table.add_row(row, *(f"{report['topn'][m][row]:.4f}" for m in methods))
-    out.print(table)
+    show(table)
 
 
 def _rating_report(matrix: Any, seed: int) -> dict[str, Any]:
@@ -153,7 +153,7 @@ def _rating_report(matrix: Any, seed: int) -> dict[str, Any]:
         table.add_column(name, justify="right" if name != "method" else "left")
     for name, r in results.items():
         table.add_row(name, f"{r['rmse']:.4f}", f"{r['mae']:.4f}", f"{r['fit_seconds']:.3f}")
-    out.print(table)
+    show(table)
     return results
 
 
@@ -205,7 +205,7 @@ def tune(
     for trial in result["validation"][:5]:
         table.add_row(str(trial["k"]), trial["weighting"], str(trial["beta"]),
                       f"{trial['shrinkage']:g}", f"{trial[result['metric']]:.4f}")
-    out.print(table)
+    show(table)
     test = result["test"]
     out.print(f"winner on test: ndcg@10 {test['ndcg@10']:.4f}, recall@20 "
               f"{test['recall@20']:.4f}")

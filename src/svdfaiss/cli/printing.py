@@ -33,6 +33,14 @@ def fmt_int(n: Any) -> str:
     return f"{int(n):,}"
 
 
+def show(table: Table) -> None:
+    """Print a table whose cells wrap rather than cut: an id or a flag name is never
+    shortened to "…" on a narrow terminal."""
+    for column in table.columns:
+        column.overflow = "fold"
+    out.print(table)
+
+
 def print_summary(path: Path, manifest: dict[str, Any]) -> None:
     """One screen: rows, reasons, shape, factorization, indexes, stage times, path."""
     rows, counts = manifest["rows"], manifest["counts"]
@@ -107,7 +115,7 @@ def print_summary(path: Path, manifest: dict[str, Any]) -> None:
     elif "skipped" in evaluation:
         table.add_row("evaluation", f"skipped: {evaluation['skipped']}")
     table.add_row("bundle", str(path))
-    out.print(table)
+    show(table)
     if evidence and evidence.get("warning"):
         err.print(f"[bold yellow]warning:[/] {escape(evidence['warning'])}")
 
@@ -136,4 +144,4 @@ def print_results(rec: Any, results: Any, json_out: bool, id_key: str = "item_id
 
     for rank, r in enumerate(records, 1):
         table.add_row(str(rank), *[cell(k, v) for k, v in r.items()])
-    out.print(table)
+    show(table)
