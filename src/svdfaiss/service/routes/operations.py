@@ -4,7 +4,6 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 from fastapi.responses import Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from svdfaiss.service import schemas
 from svdfaiss.service.deps import MetricsDep, ModelsDep
@@ -64,4 +63,5 @@ def model_info(models: ModelsDep, model: Annotated[str | None, Query(
 @router.get("/metrics", tags=["operations"], response_class=Response)
 def prometheus(metrics: MetricsDep) -> Response:
     """Prometheus metrics: requests and latency by route and status, bundle, reloads."""
-    return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    body, content_type = metrics.exposition()
+    return Response(body, media_type=content_type)
