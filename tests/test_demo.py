@@ -97,3 +97,47 @@ def test_the_demo_page_in_headless_chromium(sample_index_dir, rec, tmp_path):
         finally:
             browser.close()
     assert errors == []
+
+
+def test_the_demo_page_before_a_search_by_id_with_examples_and_notices(sample_index_dir, rec,
+                                                                        tmp_path):
+    """Issue 16, item 16: no empty boxes before a search, an item opens by id, examples to
+    click, API messages in words, and a notice when a user gets the popular fallback."""
+    from playwright.sync_api import expect, sync_playwright
+
+    executable = _chromium()
+    new_item_id = rec.new_item_ids[0].decode()  # in the catalog, never bought
+    settings = {"SVDFAISS_EVENTS_LOG": str(tmp_path / "events.jsonl")}
+    with server(sample_index_dir, settings=settings) as url, sync_playwright() as playwright:
+        examples = httpx.get(f"{url}/demo/examples").json()
+        assert len(examples["items"]) == 3 and len(examples["users"]) == 3
+        browser = playwright.chromium.launch(executable_path=executable, headless=True,
+                                             args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1000})
+            page.goto(f"{url}/demo")
+            expect(page.locator("#model")).to_contain_text("model sample")
+            expect(page.locator("#similar")).to_be_hidden()  # no empty boxes yet
+            expect(page.locator("#examples button")).to_have_count(6)
+
+            page.locator("#examples button").nth(0).click()  # a popular item
+            expect(page.locator("#similar")).to_be_visible()
+            expect(page.locator("#similar-cf li button")).to_have_count(8)
+
+            page.fill("#item", new_item_id)  # by id, no catalog search needed
+            page.click("#item-form button")
+            expect(page.locator("#item-heading")).to_contain_text(new_item_id)
+            cf_error = page.locator("#similar-cf li.error")
+            expect(cf_error).to_contain_text("Nobody has interacted with this item yet")
+            assert "mode=" not in cf_error.inner_text()
+            expect(page.locator("#similar-content li button")).to_have_count(8)
+
+            page.fill("#user", "nobody-ever")
+            page.click("#user-form button")
+            expect(page.locator("#user-notice")).to_be_visible()
+            expect(page.locator("#user-notice")).to_contain_text("most popular items")
+            page.locator("#examples button").nth(3).click()  # an example user
+            expect(page.locator("#recommendations > li")).to_have_count(8)
+            expect(page.locator("#user-notice")).to_be_hidden()
+        finally:
+            browser.close()

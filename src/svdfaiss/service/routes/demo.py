@@ -1,7 +1,7 @@
 """The demo page, and the catalog search it finds items with."""
 
 from importlib import resources
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
 from fastapi.responses import HTMLResponse, Response
@@ -23,6 +23,21 @@ def demo() -> Response:
     return Response(PAGE, media_type="text/html; charset=utf-8", headers={
         "content-security-policy": "default-src 'self'; script-src 'unsafe-inline'; "
         "style-src 'unsafe-inline'; img-src 'self' data:; frame-ancestors 'none'"})
+
+
+@router.get("/demo/examples", tags=["demo"])
+def demo_examples(models: ModelsDep) -> dict[str, Any]:
+    """Ids to try on the demo page: the most popular items, and users whose history has
+    collaborative evidence."""
+    rec, _ = models.pick(None, None)
+    items = [{"item_id": r["item_id"], "title": r.get("title")} for r in rec.popular(3).records()]
+    users = []
+    for user in range(min(rec.n_users, 200)):
+        if rec.evidence.any_evidence(rec.seen_items(user)):
+            users.append(rec.user_ids[user].decode("utf-8"))
+        if len(users) == 3:
+            break
+    return {"items": items, "users": users}
 
 
 @router.get("/catalog/search", response_model=schemas.ItemsResponse, tags=["items"],
