@@ -120,3 +120,43 @@ def test_filters_on_the_default_bundle_give_exactly_k(shop):
     deny = rec.recommend(user, 200).ids
     result = rec.recommend(user, 20, filter_items=deny)
     assert len(result) == 20 and not set(result.ids) & set(deny)
+
+
+def test_hybrid_items_after_the_models_are_banded_too(sample, tmp_path):
+    """Catalog-only items (content-predicted vectors after the model's) sit in the same
+    banded index: hybrid ranks them with the rest, cf never returns them, both exactly k,
+    and the answer is the brute-force top k (the sample is small: the tail is probed whole)."""
+    build(BuildConfig(input=sample.events, model="h", index_dir=tmp_path, catalog=sample.catalog,
+                      rec_index=IndexParams(kind="ivf", mips_head=256, ivf_nprobe=64)))
+    rec = Recommender.load(tmp_path, "h")
+    meta = rec.manifest["indexes"]["items_mips"]
+    assert meta["type"] == "banded" and meta["rows"] == rec.n_catalog > rec.n_items
+    vectors = np.vstack([np.asarray(rec.item_factors), rec.new_item_factors])
+    reached = 0
+    for user in range(0, rec.n_users, rec.n_users // 30):
+        scores = vectors @ rec.user_vector(user)
+        scores[rec.seen_items(user)] = -np.inf
+        hybrid = rec.recommend(rec.user_ids[user].decode(), 20)
+        assert len(hybrid) == 20
+        np.testing.assert_allclose(hybrid.scores, np.sort(scores)[::-1][:20], rtol=1e-4,
+                                   atol=1e-6)
+        reached += int((hybrid.indexes >= rec.n_items).any())
+        cf = rec.recommend(rec.user_ids[user].decode(), 20, mode="cf")
+        assert len(cf) == 20 and cf.indexes.max() < rec.n_items
+        np.testing.assert_allclose(cf.scores, np.sort(scores[: rec.n_items])[::-1][:20],
+                                   rtol=1e-4, atol=1e-6)
+    assert reached > 0
+
+
+def test_a_bundle_with_one_reduction_still_loads_and_answers(sample, tmp_path):
+    """Bundles built before norm bands hold one IVF over every item: same answers as ever."""
+    build(BuildConfig(input=sample.events, model="old", index_dir=tmp_path,
+                      rec_index=IndexParams(kind="ivf", ivf_nlist=16, ivf_nprobe=16)))
+    rec = Recommender.load(tmp_path, "old")
+    meta = rec.manifest["indexes"]["items_mips"]
+    assert meta["type"] == "ivf" and "head_rows" not in meta
+    factors = np.asarray(rec.item_factors)
+    scores = factors @ rec.user_vector(3)
+    scores[rec.seen_items(3)] = -np.inf
+    got = rec.recommend(rec.user_ids[3].decode(), 10)
+    np.testing.assert_allclose(got.scores, np.sort(scores)[::-1][:10], rtol=1e-4, atol=1e-6)
