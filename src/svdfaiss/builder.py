@@ -74,7 +74,7 @@ MIPS_HEAD = 4096
 # MIPS reduction most items crowd the extra axis and approximate indexes lose the low-norm
 # items a niche user needs: recall@10 on the sample 0.56 for HNSW (ef 128), 0.93 for IVF
 # (32 of 44 lists). Exact search takes 0.19 ms at 10k items and 2 ms at 50k (one thread,
-# scripts/bench_index.py), so auto stays exact up to 25k items and uses IVF above.
+# scripts/bench_index.py), so auto stays exact up to 25k items and uses the banded IVF above.
 RECOMMENDATION_INDEX = IndexParams(kind="auto", flat_max=25_000, hnsw_max=0,
                                    mips_head=MIPS_HEAD)
 
