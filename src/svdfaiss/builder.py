@@ -51,6 +51,7 @@ from svdfaiss.factorize import (
     truncated_svd,
 )
 from svdfaiss.index import (
+    MIPS_HEAD,
     BandedIndex,
     IndexParams,
     build_index,
@@ -67,9 +68,8 @@ from svdfaiss.weighting import WeightingParams, check_scheme, item_column_scale,
 # Above flat_max, recommendations use two norm bands (index.BandedIndex): this many items of
 # the largest norms scored exactly, an IVF over the rest searched only when the norm bound
 # allows a better item, its nprobe raised by the builder until the measured recall@10
-# reaches 0.98 (recall.py; docs/benchmarks.md, "Recommendations at catalog scale").
-MIPS_HEAD = 4096
-
+# reaches 0.98 (recall.py; docs/benchmarks.md, "Recommendations at catalog scale"); the
+# head size is index.MIPS_HEAD.
 # Item factor norms follow popularity (median 0.085 of the largest on the sample), so after the
 # MIPS reduction most items crowd the extra axis and approximate indexes lose the low-norm
 # items a niche user needs: recall@10 on the sample 0.56 for HNSW (ef 128), 0.93 for IVF
