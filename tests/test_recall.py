@@ -1,6 +1,7 @@
 """The banded recommendation index against exact scoring: recall, filters, exactly k, and the
 recall the builder measures and records."""
 
+import copy
 import json
 
 import numpy as np
@@ -160,3 +161,17 @@ def test_a_bundle_with_one_reduction_still_loads_and_answers(sample, tmp_path):
     scores[rec.seen_items(3)] = -np.inf
     got = rec.recommend(rec.user_ids[3].decode(), 10)
     np.testing.assert_allclose(got.scores, np.sort(scores)[::-1][:10], rtol=1e-4, atol=1e-6)
+
+
+def test_the_build_summary_shows_the_recall_and_warns_below_the_target(shop, capsys):
+    from svdfaiss.cli.printing import print_summary
+
+    _, report, _ = shop
+    manifest = copy.deepcopy(report.manifest)
+    print_summary(report.path, manifest)
+    captured = capsys.readouterr()
+    assert "recall@10" in captured.out and "warning: recommendations" not in captured.err
+    manifest["indexes"]["items_mips"].update(recall_at_10=0.9, recall_meets_target=False)
+    print_summary(report.path, manifest)
+    err = " ".join(capsys.readouterr().err.split())
+    assert "recall@10 0.900 against exact scoring, below the target 0.98" in err
