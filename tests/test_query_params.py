@@ -49,3 +49,15 @@ def test_catalog_search_takes_k_and_keeps_limit_as_an_alias(url):
     by_limit = httpx.get(f"{url}/catalog/search", params={"q": "a", "limit": 3}).json()["items"]
     default = httpx.get(f"{url}/catalog/search", params={"q": "a"}).json()["items"]
     assert len(by_k) == 3 and by_k == by_limit and len(default) == 10
+
+
+def test_model_shows_the_recall_the_build_measured_and_the_evidence(url, rec):
+    info = httpx.get(f"{url}/model").json()
+    mips = info["indexes"]["items_mips"]
+    manifest = rec.manifest["indexes"]["items_mips"]
+    for field in ("recall_at_10", "recall_meets_target"):
+        assert (field in mips) == (field in manifest)
+        if field in manifest:
+            assert mips[field] == manifest[field]
+    assert info["evidence"]["items_with_cf_evidence"] == rec.manifest["evidence"][
+        "items_with_cf_evidence"]

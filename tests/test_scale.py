@@ -43,7 +43,7 @@ def _recommend_recall(rec: Recommender, seed: int = 1) -> float:
 def test_auto_chooses_approximate_indexes_at_this_size(medium):
     _, report = medium
     kinds = {name: meta["type"] for name, meta in report.manifest["indexes"].items()}
-    assert kinds == {"items": "hnsw", "items_mips": "ivf", "users": "ivf"}
+    assert kinds == {"items": "hnsw", "items_mips": "banded", "users": "ivf"}
 
 
 def test_recall_against_exact_search(medium):
@@ -61,14 +61,30 @@ def test_recall_against_exact_search(medium):
 
 
 def test_recommendation_recall_with_and_without_shrinkage(medium, medium_data, tmp_path):
-    """The MIPS weak spot (docs/benchmarks.md). PureSVD keeps the 0.9 bar it always had.
-    Shrinkage's longer tail of item norms crowds the IVF lists: 0.875-0.918 here, by the
-    users sampled (0.82 at 412k items), the documented price of its better ranking; the
-    guard keeps it from getting worse."""
+    """The MIPS weak spot (docs/benchmarks.md): one reduction over every item reached
+    0.875-0.918 here with shrinkage; the norm bands reach 0.98 with and without it."""
     build(BuildConfig(input=medium_data.events, model="plain", index_dir=tmp_path,
                       shrinkage=0.0, user_index=None, similar_cache=0))
-    assert _recommend_recall(Recommender.load(tmp_path, "plain")) >= 0.9
-    assert _recommend_recall(medium[0]) >= 0.85
+    assert _recommend_recall(Recommender.load(tmp_path, "plain")) >= 0.98
+    assert _recommend_recall(medium[0]) >= 0.98
+
+
+def test_recall_at_300k_items_is_measured_and_reaches_098(tmp_path):
+    """A skewed shop log of 300k items, default flags: the builder's own figure and an
+    independent sample both reach 0.98 (one reduction gave 0.69 on this shape)."""
+    data = write_sample(SampleSpec(users=600_000, items=300_000, events=3_000_000,
+                                   categories=20), tmp_path / "data")
+    report = build(BuildConfig(input=data.events, model="shop", index_dir=tmp_path / "ix",
+                               user_index=None, similar_cache=0))
+    meta = report.manifest["indexes"]["items_mips"]
+    assert meta["type"] == "banded" and meta["rows"] > 200_000  # 236k after filters
+    assert meta["recall_at_10"] >= 0.98 and meta["recall_meets_target"]
+    rec = Recommender.load(tmp_path / "ix", "shop")
+    assert _recommend_recall(rec, seed=3) >= 0.98
+    user = decode_ids(rec.user_ids[5:6])[0]
+    deny = rec.recommend(user, 100).ids
+    result = rec.recommend(user, 10, filter_items=deny)
+    assert len(result) == 10 and not set(result.ids) & set(deny)
 
 
 def test_filters_return_exactly_k_at_scale(medium):

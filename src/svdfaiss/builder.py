@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from svdfaiss import __version__, bundle, evidence
+from svdfaiss import __version__, bundle, evidence, recall
 from svdfaiss.content import (
     DEFAULT_HYBRID_INTERACTIONS,
     DEFAULT_NEW_ITEM_WEIGHT,
@@ -51,10 +51,12 @@ from svdfaiss.factorize import (
     truncated_svd,
 )
 from svdfaiss.index import (
+    MIPS_HEAD,
+    BandedIndex,
     IndexParams,
     build_index,
+    build_rec_index,
     kind_of,
-    mips_augment,
     normalize_rows,
     search,
     write_index,
@@ -63,12 +65,18 @@ from svdfaiss.rating import DEFAULT_K as DEFAULT_RATING_K
 from svdfaiss.rating import DEFAULT_REG, cross_validate, fit_rating_model
 from svdfaiss.weighting import WeightingParams, check_scheme, item_column_scale, weight_rows
 
+# Above flat_max, recommendations use two norm bands (index.BandedIndex): this many items of
+# the largest norms scored exactly, an IVF over the rest searched only when the norm bound
+# allows a better item, its nprobe raised by the builder until the measured recall@10
+# reaches 0.98 (recall.py; docs/benchmarks.md, "Recommendations at catalog scale"); the
+# head size is index.MIPS_HEAD.
 # Item factor norms follow popularity (median 0.085 of the largest on the sample), so after the
 # MIPS reduction most items crowd the extra axis and approximate indexes lose the low-norm
 # items a niche user needs: recall@10 on the sample 0.56 for HNSW (ef 128), 0.93 for IVF
 # (32 of 44 lists). Exact search takes 0.19 ms at 10k items and 2 ms at 50k (one thread,
-# scripts/bench_index.py), so auto stays exact up to 25k items and uses IVF above.
-RECOMMENDATION_INDEX = IndexParams(kind="auto", flat_max=25_000, hnsw_max=0)
+# scripts/bench_index.py), so auto stays exact up to 25k items and uses the banded IVF above.
+RECOMMENDATION_INDEX = IndexParams(kind="auto", flat_max=25_000, hnsw_max=0,
+                                   mips_head=MIPS_HEAD)
 
 # Similar items change only at rebuild: storing each item's neighbours turns most requests
 # into an array slice. Computing them costs one batch search per item, so auto stops at a size
@@ -342,6 +350,15 @@ def build(config: BuildConfig, stage_hook: StageHook | None = None) -> BuildRepo
         else:  # rows are not folded: every user has [p_u, 1], every item [q_i, b_i]
             augmented = rating.item_vectors()
             embedding = Embedding(augmented, augmented, np.ones(0, dtype=np.float32), 0.0)
+        # Users whose recommendations the builder checks against exact scoring (recall.py),
+        # with their query vectors taken before the similar-users rows overwrite U.
+        sampled = recall.sample_users(evidence.users_with_evidence(components, inter.matrix),
+                                      seed=config.seed)
+        if rating is None:
+            sample_queries = (factors.user_factors[sampled]
+                              * (s * embedding.component_weights)).astype(np.float32)
+        else:
+            sample_queries = rating.user_vectors()[sampled].astype(np.float32)
         user_vectors = None
         if config.user_index is not None and rating is not None:
             if config.rating_k > 0:  # biases alone say nothing about who is alike
@@ -394,8 +411,19 @@ def build(config: BuildConfig, stage_hook: StageHook | None = None) -> BuildRepo
         items_index = build_index(item_vectors, config.item_index, config.seed)
         rec_vectors = (embedding.items if new_factors is None
                        else np.vstack([embedding.items, new_factors]))
-        mips_index = build_index(mips_augment(rec_vectors), config.rec_index, config.seed)
-        del rec_vectors
+        mips_index = build_rec_index(rec_vectors, config.rec_index, config.seed)
+    with timer.stage("measure recall"):
+        rec_kind = ("banded" if isinstance(mips_index, BandedIndex) else kind_of(mips_index))
+        if rec_kind == "flat":
+            rec_recall: dict[str, Any] = {"recall_at_10": 1.0, "meets_target": True,
+                                          "target": recall.RECALL_TARGET,
+                                          "against": "the index is exact (flat)"}
+        else:
+            rec_recall = recall.measure(
+                mips_index, rec_vectors, sample_queries,
+                [inter.matrix.indices[inter.matrix.indptr[u] : inter.matrix.indptr[u + 1]]
+                 .astype(np.int64) for u in sampled.tolist()])
+        del rec_vectors, sample_queries
     users_index = None
     if user_vectors is not None and config.user_index is not None:
         with timer.stage("index users"):
@@ -443,8 +471,7 @@ def build(config: BuildConfig, stage_hook: StageHook | None = None) -> BuildRepo
             indexes = {
                 "items": _index_meta("items.faiss", items_index, config.item_index,
                                      "cosine", "similar items"),
-                "items_mips": _index_meta("items_mips.faiss", mips_index, config.rec_index,
-                                          "inner product (MIPS reduction)", "recommendations"),
+                "items_mips": _rec_index_meta(mips_index, config.rec_index, rec_recall),
             }
             if content_index is not None:
                 indexes["content"] = _index_meta("content.faiss", content_index,
@@ -592,7 +619,11 @@ def _write_files(
     if catalog is not None:
         pq.write_table(catalog[0], writer.path("catalog.parquet"))
     write_index(items_index, writer.path("items.faiss"))
-    write_index(mips_index, writer.path("items_mips.faiss"))
+    if isinstance(mips_index, BandedIndex):
+        write_index(mips_index.tail, writer.path("items_mips.faiss"))
+        writer.save_array("items_mips_head.npy", mips_index.head)
+    else:
+        write_index(mips_index, writer.path("items_mips.faiss"))
     if users_index is not None:
         write_index(users_index, writer.path("users.faiss"))
 
@@ -602,6 +633,34 @@ def _index_meta(file: str, index: Any, params: IndexParams, metric: str,
     resolved = params.resolved(index.ntotal).to_dict()
     return {"file": file, "type": kind_of(index), "metric": metric, "purpose": purpose,
             "rows": int(index.ntotal), "dim": int(index.d), "params": resolved}
+
+
+def _rec_index_meta(index: Any, params: IndexParams, measured: dict[str, Any]
+                    ) -> dict[str, Any]:
+    """The recommendation index's manifest entry, with its measured recall."""
+    recall_fields = {"recall_at_10": measured.get("recall_at_10"),
+                     "recall_meets_target": measured.get("meets_target"), "recall": measured}
+    metric, purpose = "inner product (MIPS reduction)", "recommendations"
+    if not isinstance(index, BandedIndex):
+        meta = _index_meta("items_mips.faiss", index, params, metric, purpose)
+        if meta["type"] == "ivf":
+            meta["params"]["ivf_nprobe"] = int(index.nprobe)  # as tuned (recall.py)
+        return {**meta, **recall_fields}
+    tail = index.tail
+    rows = int(tail.ntotal) + int(index.head.size)
+    resolved = params.resolved(rows).to_dict()
+    resolved.update(mips_head=int(index.head.size), ivf_nlist=int(tail.nlist),
+                    ivf_nprobe=int(tail.nprobe))
+    return {"file": "items_mips.faiss", "type": "banded", "metric": metric,
+            "purpose": purpose, "rows": rows, "dim": int(tail.d),
+            "head_rows": int(index.head.size), "head_file": "items_mips_head.npy",
+            "tail_max_norm": index.tail_max_norm,
+            "bands": "the head_rows items of the largest norms scored exactly; the other "
+                     "rows in an IVF (the file, its own MIPS reduction) searched only when "
+                     "|q| * tail_max_norm exceeds the k-th head score",
+            "tail": {"type": "ivf", "rows": int(tail.ntotal), "nlist": int(tail.nlist),
+                     "nprobe": int(tail.nprobe)},
+            "params": resolved, **recall_fields}
 
 
 def _manifest(

@@ -28,7 +28,9 @@ from svdfaiss.factorize import (
     shrinkage_embedding,
     truncated_svd,
 )
-from svdfaiss.index import IndexParams, build_index, kind_of, mips_augment, mips_query, search
+from svdfaiss.index import MIPS_HEAD, BandedIndex, IndexParams, build_rec_index, kind_of
+from svdfaiss.query.retrieval import top_k
+from svdfaiss.recall import rec_space
 from svdfaiss.weighting import WeightingParams, item_column_scale, weight_rows
 
 DEFAULT_CUTOFFS = (10, 20)
@@ -284,18 +286,18 @@ def ann_lists(model: SvdModel, train: sp.csr_matrix, users: np.ndarray, n: int,
               params: IndexParams, seed: int = 0) -> tuple[list[np.ndarray], dict[str, Any]]:
     """Top-n lists through the recommendation index the builder would make, and its recall
     against exact scoring."""
-    index = build_index(mips_augment(model.item_factors), params, seed)
-    queries = model.queries(train[users])
+    vectors = np.ascontiguousarray(model.item_factors, dtype=np.float32)
+    index = build_rec_index(vectors, params, seed)
+    space = rec_space(index, vectors)
+    queries = np.asarray(model.queries(train[users]), dtype=np.float32)
     start = time.perf_counter()
-    extra = int(np.diff(train.indptr)[users].max(initial=0))
-    _, ids = search(index, mips_query(queries), n + extra, kind=kind_of(index))
-    seconds = time.perf_counter() - start
     out = []
-    for row, user in enumerate(users):
-        seen = train.indices[train.indptr[user] : train.indptr[user + 1]]
-        found = ids[row][(ids[row] >= 0) & ~np.isin(ids[row], seen)]
-        out.append(found[:n].astype(np.int64))
-    return out, {"index": kind_of(index), "ms_per_query": 1e3 * seconds / max(1, users.size)}
+    for row, user in enumerate(users):  # one at a time, through the service's search path
+        seen = train.indices[train.indptr[user] : train.indptr[user + 1]].astype(np.int64)
+        out.append(top_k(space, queries[row], n, None, seen)[1])
+    seconds = time.perf_counter() - start
+    kind = "banded" if isinstance(index, BandedIndex) else kind_of(index)
+    return out, {"index": kind, "ms_per_query": 1e3 * seconds / max(1, users.size)}
 
 
 def evaluate_topn(matrix: sp.csr_matrix, k_factors: int, scheme: str, beta: float,
@@ -344,7 +346,8 @@ def evaluate_topn(matrix: sp.csr_matrix, k_factors: int, scheme: str, beta: floa
         elif wanted:
             skipped.append(f"{name}: over {MAX_DENSE_ITEMS:,} items")
     ann: dict[str, Any] = {}
-    params = rec_index or IndexParams(kind="auto", flat_max=25_000, hnsw_max=0)
+    params = rec_index or IndexParams(kind="auto", flat_max=25_000, hnsw_max=0,
+                                      mips_head=MIPS_HEAD)
     approx, info = ann_lists(model, split.train, users, n, params)
     results["svdfaiss (ANN index)"] = {
         **ranking_metrics(approx, split.test_items, cutoffs),

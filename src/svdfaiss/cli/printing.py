@@ -68,8 +68,10 @@ def print_summary(path: Path, manifest: dict[str, Any]) -> None:
                                    f" shrinkage {params.get('shrinkage', 0):g}, explained "
                                    f"energy {fact['explained_energy']:.1%}")
     for name, meta in manifest["indexes"].items():
+        measured = (f", recall@10 {meta['recall_at_10']:.3f} against exact"
+                    if meta.get("recall_at_10") is not None else "")
         table.add_row(f"index {name}", f"{meta['type']} over {fmt_int(meta['rows'])} x "
-                                       f"{meta['dim']} ({meta['metric']})")
+                                       f"{meta['dim']} ({meta['metric']}){measured}")
     if manifest.get("catalog"):
         cat = manifest["catalog"]
         table.add_row("catalog", f"{cat['matched_items']:,} of {counts['items']:,} items matched"
@@ -118,6 +120,12 @@ def print_summary(path: Path, manifest: dict[str, Any]) -> None:
     show(table)
     if evidence and evidence.get("warning"):
         err.print(f"[bold yellow]warning:[/] {escape(evidence['warning'])}")
+    rec = manifest["indexes"].get("items_mips", {})
+    if rec.get("recall_meets_target") is False:
+        err.print(f"[bold yellow]warning:[/] recommendations reach recall@10 "
+                  f"{rec['recall_at_10']:.3f} against exact scoring, below the target "
+                  f"{rec['recall']['target']:g} (measured on {rec['recall']['queries']} users); "
+                  "--rec-index flat is exact, a larger --ivf-nprobe or --ivf-nlist may help")
 
 
 def print_results(rec: Any, results: Any, json_out: bool, id_key: str = "item_id",

@@ -21,6 +21,7 @@ from svdfaiss.errors import InvalidBundle, UnknownItem, UnknownUser
 from svdfaiss.evidence import MIN_CO_USERS, Evidence
 from svdfaiss.factorize import fold_in
 from svdfaiss.index import check_index, kind_of, mips_query, normalize_rows, read_index
+from svdfaiss.query.banded import Head
 from svdfaiss.query.filters import NO_FILTER, CatalogFilter, CatalogFilters, combine
 from svdfaiss.query.popularity import Popularity
 from svdfaiss.query.results import Results
@@ -147,7 +148,21 @@ class LoadedModel:
         the rows of candidate positions), or, with None, over the users' folded-in rows."""
         path = self.path / meta["file"]
         index = read_index(path)
-        check_index(index, path, meta["rows"], meta["dim"])
+        head: Head | None = None
+        if meta["type"] == "banded":  # the IVF file holds the rows outside the head
+            check_index(index, path, meta["rows"] - meta["head_rows"], meta["dim"])
+            ids = _load_array(self.path, meta["head_file"])
+            if ids.shape != (meta["head_rows"],) or (ids.size and int(ids.max()) >= meta["rows"]):
+                raise InvalidBundle(f"{self.path / meta['head_file']}: not the "
+                                    f"{meta['head_rows']} head rows the manifest promises")
+            ids = np.asarray(ids, dtype=np.int64)
+            rows_of = vectors if callable(vectors) else None
+            head_vectors = (rows_of(ids) if rows_of is not None
+                            else np.asarray(vectors)[ids])
+            head = Head(ids, np.ascontiguousarray(head_vectors, dtype=np.float32),
+                        float(meta["tail_max_norm"]))
+        else:
+            check_index(index, path, meta["rows"], meta["dim"])
         exact: Callable[[np.ndarray | None], np.ndarray]
         if callable(vectors):
             exact = vectors
@@ -166,7 +181,7 @@ class LoadedModel:
             def exact(candidates: np.ndarray | None) -> np.ndarray:
                 chosen = rows if candidates is None else rows[candidates]
                 return normalize_rows(fold_in(weight_rows(chosen, weighting, scale), factors))
-        return Space(index, kind_of(index), int(meta["rows"]), transform, exact)
+        return Space(index, kind_of(index), int(meta["rows"]), transform, exact, head)
 
     # ------------------------------------------------------------------ loading
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from svdfaiss.errors import InvalidInput
 from svdfaiss.index import exact_top_k, search, selector_for
+from svdfaiss.query.banded import Head, merge
 
 # Allow-lists up to this many candidates are scored exactly with numpy: faster than a
 # filtered ANN walk and exact by construction.
@@ -34,6 +35,8 @@ class Space:
     size: int
     query_transform: Callable[[np.ndarray], np.ndarray]
     exact_vectors: Callable[[np.ndarray | None], np.ndarray]
+    # A banded index (index.BandedIndex): `index` is the IVF over the rows outside the head.
+    head: Head | None = None
 
 
 def top_k(
@@ -63,6 +66,27 @@ def top_k(
         return np.empty(0, dtype=np.float32), np.empty(0, dtype=np.int64)
     if candidates is not None and n_candidates <= EXACT_CANDIDATES:
         return exact_top_k(space.exact_vectors(candidates), query, k, candidates)
+    if space.head is None:
+        scores, ids = _approximate(space, query, k, allowed, excluded, size)
+    else:
+        scores, ids = space.head.top_k(query, k, allowed, excluded, size)
+        if scores.size < k or scores[-1] < space.head.tail_bound(query):
+            tail = _approximate(space, query, k, allowed, excluded, size)
+            scores, ids = merge([(scores, ids), tail], k)
+    if scores.size >= k:
+        return scores, ids
+    # The approximate index could not reach k candidates: score every candidate exactly.
+    if candidates is None:
+        candidates = np.setdiff1d(np.arange(size), excluded, assume_unique=True)
+    return exact_top_k(space.exact_vectors(candidates), query, k, candidates)
+
+
+def _approximate(
+    space: Space, query: np.ndarray, k: int, allowed: np.ndarray | None,
+    excluded: np.ndarray, size: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Up to k rows from the approximate index, retried with more effort while a filter
+    leaves fewer than k (fewer only when even the last effort found fewer)."""
     q = space.query_transform(query[None, :])
     if allowed is None and excluded.size <= OVERFETCH_MAX:
         # A few ids to skip (the query item, a short deny-list): fetch that many more and
@@ -78,7 +102,4 @@ def top_k(
         keep = ids[0] >= 0
         if int(keep.sum()) >= k:
             return scores[0][keep], ids[0][keep].astype(np.int64)
-    # The approximate index could not reach k candidates: score every candidate exactly.
-    if candidates is None:
-        candidates = np.setdiff1d(np.arange(size), excluded, assume_unique=True)
-    return exact_top_k(space.exact_vectors(candidates), query, k, candidates)
+    return scores[0][keep], ids[0][keep].astype(np.int64)

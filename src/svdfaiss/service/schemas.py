@@ -117,6 +117,9 @@ class ModelInfo(BaseModel):
     evaluation: dict[str, Any] | None = Field(
         description="top-N metrics of a 20% holdout (docs/evaluation.md), stored by "
         "`svdfaiss build --evaluate`; null when the build did not evaluate")
+    evidence: dict[str, Any] | None = Field(
+        None, description="how many items and users have collaborative evidence, and the "
+        "rule that answers the rest (null for bundles built before it was recorded)")
 
 
 class Problem(BaseModel):

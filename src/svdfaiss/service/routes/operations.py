@@ -40,6 +40,10 @@ def readyz(models: ModelsDep) -> Any:
             "experiment": models.experiment.name, "variants": variants}
 
 
+# What the build measured of an index's recall against exact scoring (svdfaiss.recall).
+RECALL_FIELDS = ("recall_at_10", "recall_meets_target", "recall")
+
+
 @router.get("/model", response_model=schemas.ModelInfo, tags=["operations"])
 def model_info(models: ModelsDep, model: Annotated[str | None, Query(
         min_length=1, max_length=128,
@@ -53,8 +57,10 @@ def model_info(models: ModelsDep, model: Annotated[str | None, Query(
             "builder_version": manifest.get("builder_version"),
             "counts": manifest["counts"], "parameters": manifest["parameters"],
             "explained_energy": manifest["factorization"]["explained_energy"],
-            "indexes": {k: {"type": v["type"], "rows": v["rows"]}
+            "indexes": {k: {"type": v["type"], "rows": v["rows"],
+                            **{f: v[f] for f in RECALL_FIELDS if f in v}}
                         for k, v in manifest["indexes"].items()},
+            "evidence": manifest.get("evidence"),
             "similar_cache": manifest.get("similar_cache"),
             "content": manifest.get("content"),
             "evaluation": manifest.get("evaluation")}
