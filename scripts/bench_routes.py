@@ -12,7 +12,10 @@ server CPU time per request (from /proc: steal, which swings this shared VM's th
 by 4x within an hour, does not count there), with the ratios fast/FastAPI; writes JSON.
 With `--against DIR` (another checkout, e.g. `git worktree add DIR COMMIT`), the same two
 servers run from DIR/src too, interleaved with this tree's, and the ratios after/before are
-printed: the way to show a refactor left the hot routes' cost unchanged.
+printed: the way to show a refactor left the hot routes' cost unchanged. A bare FastAPI
+endpoint answering a constant runs in the same rounds (`GET /bare`), and every route's
+throughput is also given as a ratio to it. `--index-dir DIR --model NAME` serves an existing
+bundle (its first 500 users and items) instead of the built-in sample.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent / "src"), str(HERE)]
 
 from results import write_result  # noqa: E402
-from serving import free_port, sample_bundle, wait_ready  # noqa: E402
+from serving import free_port, sample_bundle, start_bare, wait_ready  # noqa: E402
 
 LUA = """local paths = {%s}
 local n = #paths
@@ -71,15 +74,28 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     parser.add_argument("--against", type=Path,
                         help="another checkout whose src/ serves the same bundle alongside")
+    parser.add_argument("--index-dir", type=Path, help="serve this folder's bundle instead")
+    parser.add_argument("--model", default="bench")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed (apt-get install wrk)")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        _, all_users, all_items = sample_bundle(work)
+        if args.index_dir is None:
+            index_dir, all_users, all_items = sample_bundle(work, args.model)
+        else:
+            from svdfaiss.data import decode_ids
+            from svdfaiss.recommender import Recommender
+
+            index_dir = args.index_dir
+            loaded = Recommender.load(index_dir, args.model, verify=False)
+            all_users = decode_ids(loaded.user_ids[:500])
+            all_items = decode_ids(loaded.item_ids[:500])
+            del loaded
         users = all_users[:500]
         items = all_items[:500]
         routes = {
+            "GET /bare (bare FastAPI)": ["/bare"],
             "GET /healthz": ["/healthz"],
             "GET /items/{id}/similar?k=10": [f"/items/{i}/similar?k=10" for i in items],
             "GET /users/{id}/recommendations?k=10":
@@ -93,6 +109,10 @@ def main() -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("SVDFAISS_")}
         rows: dict[str, dict[str, Any]] = {}
         try:
+            bare_port = free_port()
+            bare = start_bare(work, bare_port, env)
+            servers["bare FastAPI"] = (bare, f"http://127.0.0.1:{bare_port}")
+            wait_ready(f"http://127.0.0.1:{bare_port}/bare", bare)
             trees = [("", HERE.parent / "src")]
             if args.against is not None:
                 trees.append(("before: ", args.against.resolve() / "src"))
@@ -101,8 +121,8 @@ def main() -> None:
                 server = prefix + server
                 port = free_port()
                 proc = subprocess.Popen(
-                    [sys.executable, "-m", "svdfaiss", "serve", "--index-dir", str(work / "ix"),
-                     "--model", "bench", "--port", str(port)],
+                    [sys.executable, "-m", "svdfaiss", "serve", "--index-dir", str(index_dir),
+                     "--model", args.model, "--port", str(port)],
                     env={**env, "SVDFAISS_FAST_PATH": fast, "PYTHONPATH": str(src)},
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 servers[server] = (proc, f"http://127.0.0.1:{port}")
@@ -111,6 +131,8 @@ def main() -> None:
             for _ in range(args.rounds):
                 for route in routes:
                     for server, (proc, url) in servers.items():
+                        if (server == "bare FastAPI") != route.startswith("GET /bare"):
+                            continue  # the bare app has one route, and only it
                         runs.setdefault((route, server), []).append(
                             wrk(url, scripts[route], args.seconds, proc.pid))
             for (route, server), results in runs.items():
@@ -127,18 +149,25 @@ def main() -> None:
                 proc.terminate()
                 proc.wait(15)
     print(f"{'route':<38} {'req/s fast':>10} {'FastAPI':>8} {'ratio':>6} "
-          f"{'CPU us fast':>12} {'FastAPI':>8} {'ratio':>6} non-2xx")
+          f"{'CPU us fast':>12} {'FastAPI':>8} {'ratio':>6} {'fast/bare':>9} non-2xx")
+    bare_rate = rows["GET /bare (bare FastAPI)"]["bare FastAPI"]["requests_per_s"]
+    print(f"{'GET /bare (bare FastAPI)':<38} {bare_rate:>10.0f}")
     for route, by_server in rows.items():
+        if "bare FastAPI" in by_server:
+            continue
         fast, slow = by_server["fast path"], by_server["FastAPI only"]
         errors = sum(s["non_2xx"] for s in by_server.values())
         print(f"{route:<38} {fast['requests_per_s']:>10.0f} {slow['requests_per_s']:>8.0f} "
               f"{fast['requests_per_s'] / slow['requests_per_s']:>6.2f} "
               f"{fast['cpu_us_per_request']:>12.0f} {slow['cpu_us_per_request']:>8.0f} "
-              f"{fast['cpu_us_per_request'] / slow['cpu_us_per_request']:>6.2f} {errors}")
+              f"{fast['cpu_us_per_request'] / slow['cpu_us_per_request']:>6.2f} "
+              f"{fast['requests_per_s'] / bare_rate:>9.2f} {errors}")
     if args.against is not None:
         print(f"\n{'route':<38} {'server':<14} {'req/s after':>11} {'before':>8} {'ratio':>6} "
               f"{'CPU us after':>12} {'before':>8} {'ratio':>6}")
         for route, by_server in rows.items():
+            if "bare FastAPI" in by_server:
+                continue
             for server in ("fast path", "FastAPI only"):
                 after, before = by_server[server], by_server["before: " + server]
                 print(f"{route:<38} {server:<14} {after['requests_per_s']:>11.0f} "

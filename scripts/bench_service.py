@@ -39,16 +39,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parent / "src"), str(HERE)]
 
-from serving import free_port, rss_mb, wait_ready  # noqa: E402
-
-BARE_APP = """
-from fastapi import FastAPI
-app = FastAPI()
-
-@app.get("/bare")
-async def bare() -> dict:
-    return {"model": "bare", "version": "0", "items": [{"item_id": "0", "score": 1.0}]}
-"""
+from serving import BARE_APP, free_port, rss_mb, wait_ready  # noqa: E402
 
 
 def wrk(url: str, connections: int, seconds: int, script: Path | None) -> dict[str, float]:

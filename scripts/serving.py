@@ -9,6 +9,25 @@ import time
 import urllib.request
 from pathlib import Path
 
+# The baseline the HTTP benchmarks compare with: FastAPI answering a constant JSON.
+BARE_APP = """
+from fastapi import FastAPI
+app = FastAPI()
+
+@app.get("/bare")
+async def bare() -> dict:
+    return {"model": "bare", "version": "0", "items": [{"item_id": "0", "score": 1.0}]}
+"""
+
+
+def start_bare(work: Path, port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """uvicorn serving BARE_APP on 127.0.0.1:port (one worker), its file written in `work`."""
+    (work / "bare_app.py").write_text(BARE_APP)
+    return subprocess.Popen([sys.executable, "-m", "uvicorn", "bare_app:app", "--port",
+                             str(port), "--no-access-log", "--log-level", "warning"],
+                            env=env, cwd=work, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+
 
 def free_port() -> int:
     """A port nobody listens on at 127.0.0.1 right now."""
