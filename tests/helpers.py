@@ -79,3 +79,10 @@ def server(index_dir: Path, model: str = "sample", token: str | None = TOKEN,
             proc.kill()
         if log:
             out.close()  # type: ignore[union-attr]
+
+
+def factor_ranked(rec) -> list[int]:  # type: ignore[no-untyped-def]
+    """Positions of the items whose cf neighbours the SVD factors rank (enough co-users,
+    svdfaiss.evidence); the others answer mode cf by co-occurrence."""
+    return [i for i in range(rec.n_items)
+            if rec.evidence.has_evidence(i) and rec.evidence.factors_speak(i)]

@@ -159,3 +159,22 @@ def test_http_cli_and_python_give_the_same_answer_and_reason(planted, prec):
         assert refused.status_code == 404 and "no collaborative evidence" in refused.text
         cli_refused = run_cli(["query", "similar", "I03", "--mode", "cf", *base])
         assert cli_refused.returncode == 3 and "no collaborative evidence" in cli_refused.stderr
+
+
+def test_co_bought_answers_are_the_brute_force_cosine_of_user_columns(rec):
+    """On the generated sample: an item with fewer co-users than the gate answers mode cf
+    with the cosine of binary user columns, computed here independently."""
+    binary = (rec.rows > 0).astype(np.float64).tocsc()
+    sizes = np.asarray(binary.sum(axis=0)).ravel()
+    low = [i for i in range(rec.n_items)
+           if rec.evidence.has_evidence(i) and not rec.evidence.factors_speak(i)]
+    assert low  # the sample has such items
+    for i in low[:: max(1, len(low) // 15)]:
+        answer = rec.similar_items(rec.item_ids[i].decode(), 10, mode="cf")
+        shared = (binary.T @ binary[:, i]).toarray().ravel()
+        cosine = shared / np.sqrt(sizes[i] * sizes)
+        cosine[i] = 0
+        by_cooc = [r for r in answer.records() if r["reason"] == "co_bought"]
+        expected = np.sort(cosine[cosine > 0])[::-1][: len(by_cooc)]
+        np.testing.assert_allclose([r["score"] for r in by_cooc], expected, rtol=1e-5)
+        assert len(answer) == 10

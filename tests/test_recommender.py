@@ -10,6 +10,8 @@ from svdfaiss.errors import InvalidInput, UnknownItem, UnknownUser
 from svdfaiss.index import IndexParams, normalize_rows
 from svdfaiss.recommender import Recommender
 
+from .helpers import factor_ranked
+
 
 @pytest.fixture(scope="module")
 def catalog(sample):
@@ -38,7 +40,8 @@ def test_round_trip_gives_identical_answers(rec, sample_index_dir):
 
 def test_similar_items_match_brute_force_cosine_and_never_the_item_itself(rec):
     vectors = np.asarray(rec.item_vectors)
-    for i in range(0, rec.n_items, 97):
+    ranked = factor_ranked(rec)  # the items mode cf answers from the factors
+    for i in ranked[:: max(1, len(ranked) // 20)]:
         item_id = decode_ids(rec.item_ids[i : i + 1])[0]
         result = rec.similar_items(item_id, 10, mode="cf")
         assert item_id not in result.ids and len(result) == 10
@@ -103,13 +106,15 @@ def test_exactly_k_through_an_approximate_index_with_a_harsh_filter(sample, tmp_
     model = Recommender.load(tmp_path, "hnsw")
     assert model.manifest["indexes"]["items"]["type"] == "hnsw"
     all_ids = decode_ids(model.item_ids)
-    query, remaining = all_ids[0], all_ids[-15:]
+    first = factor_ranked(model)[0]  # an item mode cf answers from the index
+    query, remaining = all_ids[first], all_ids[-15:]
+    others = [i for n, i in enumerate(all_ids[:-15]) if n != first]
     monkeypatch.setattr("svdfaiss.query.retrieval.EXACT_CANDIDATES", 0)  # force the ANN path
-    for result in (model.similar_items(query, 10, filter_items=all_ids[1:-15], mode="cf"),
+    for result in (model.similar_items(query, 10, filter_items=others, mode="cf"),
                    model.similar_items(query, 10, items=remaining, mode="cf"),
                    model.recommend(decode_ids(model.user_ids[:1])[0], 10, items=remaining)):
         assert len(result) == 10 and set(result.ids) <= set(remaining)
-    exact = model.item_vectors[-15:] @ model.item_vectors[0]
+    exact = model.item_vectors[-15:] @ model.item_vectors[first]
     np.testing.assert_allclose(model.similar_items(query, 10, items=remaining, mode="cf").scores,
                                np.sort(exact)[::-1][:10], rtol=1e-5)
     user = decode_ids(model.user_ids[5:6])[0]
@@ -208,11 +213,12 @@ def test_short_deny_lists_take_the_overfetch_path_and_stay_exact(rec, monkeypatc
     """Up to OVERFETCH_MAX denied ids are dropped from an over-fetched list, not a selector."""
     monkeypatch.setattr(rec, "similar_ids", None)  # bypass the stored neighbours: search
     vectors = np.asarray(rec.item_vectors)
-    item_id = decode_ids(rec.item_ids[42:43])[0]
+    item = factor_ranked(rec)[3]  # an item mode cf answers from the index
+    item_id = decode_ids(rec.item_ids[item : item + 1])[0]
     deny = [*rec.similar_items(item_id, 6, mode="cf").ids[::2], "unknown-id"]
     result = rec.similar_items(item_id, 10, filter_items=deny, mode="cf")
-    denied = set(rec._item_set(deny).tolist()) | {42}
-    scores = vectors @ vectors[42]
+    denied = set(rec._item_set(deny).tolist()) | {item}
+    scores = vectors @ vectors[item]
     scores[list(denied)] = -np.inf
     assert len(result) == 10 and not set(result.ids) & set(deny)
     np.testing.assert_allclose(result.scores, np.sort(scores)[::-1][:10], rtol=1e-5, atol=1e-6)

@@ -441,7 +441,8 @@ def build(config: BuildConfig, stage_hook: StageHook | None = None) -> BuildRepo
                                             content[0], cf_share(counts,
                                                                  config.hybrid_interactions),
                                             cache_k, components)
-            similar = keep_evidence(similar, components, co_users, content_index is not None)
+            similar = keep_evidence(similar, components, co_users,
+                                    None if content is None else content[0])
 
     directory = bundle.model_dir(Path(config.index_dir), config.model)
     with bundle.model_lock(directory):
@@ -575,15 +576,21 @@ def precompute_neighbours(index: Any, vectors: np.ndarray, k: int,
 
 
 def keep_evidence(similar: tuple[np.ndarray, np.ndarray], components: np.ndarray,
-                  co_users: np.ndarray, hybrid: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Stored neighbours under the evidence rule (svdfaiss.evidence): rows of items whose
-    answer is not ranked by the factors (no evidence, or fewer than MIN_CO_USERS co-users)
-    are emptied, so the query computes their fallback; cf neighbours outside an
+                  co_users: np.ndarray, content: np.ndarray | None,
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Stored neighbours under the evidence rule (svdfaiss.evidence): rows of items the
+    query answers otherwise (no evidence; or answered as cf with fewer than MIN_CO_USERS
+    co-users) are emptied, so the query computes their answer; cf neighbours outside an
     item's component are dropped (hybrid ones stay: their CF part is already 0), and a row
-    left short is answered by the query too."""
+    left short is answered by the query too. `content`: the content vectors of a hybrid
+    cache (None: a cf cache)."""
     ids, scores = similar
     n = components.size
-    speaks = ~evidence.isolated(components) & (co_users >= evidence.MIN_CO_USERS)
+    hybrid = content is not None
+    # Rows answered by cf at query time (no content: hybrid is cf) with few co-users rank
+    # by co-occurrence there.
+    by_cf = np.ones(n, dtype=bool) if content is None else ~np.any(content[:n] != 0, axis=1)
+    speaks = ~evidence.isolated(components) & ~(by_cf & (co_users < evidence.MIN_CO_USERS))
     safe = np.where((ids >= 0) & (ids < n), ids, 0)
     crosses = (ids >= 0) & (ids < n) & (components[safe] != components[:, None])
     drop = ~speaks[:, None] | (np.zeros_like(crosses) if hybrid else crosses)

@@ -11,8 +11,10 @@ Evidence first (svdfaiss.evidence): an item the log relates to no other item has
 neighbours (mode cf: NoEvidence); hybrid answers it with content neighbours when it has
 content, else with the popular items of its category, else the popular items. cf neighbours
 stay in the item's co-interaction component (in hybrid, a candidate outside it has no CF
-part), and an item with fewer than evidence.MIN_CO_USERS co-users ranks by co-occurrence
-("co_bought", query.cooccurrence), filled up with popular items.
+part), and in mode cf (and hybrid on a model without content) an item with fewer than
+evidence.MIN_CO_USERS co-users ranks by co-occurrence ("co_bought", query.cooccurrence),
+filled up with popular items. Hybrid keeps the SVD cosine as its CF part: the blend was
+measured that way (docs/evaluation.md), a co-occurrence CF part in it was not.
 """
 
 from __future__ import annotations
@@ -182,8 +184,6 @@ def by_hybrid(model: LoadedModel, query: SimilarQuery) -> Results:
     allowed, excluded = query.allowed, query.excluded
     in_model = None if allowed is None else allowed[allowed < model.n_items]
     assert model.content is not None
-    if position < model.n_items and not model.evidence.factors_speak(position):
-        return by_co_bought(model, query)
     if position < model.n_items:
         cf_query = np.asarray(model.item_vectors[position], dtype=np.float32)
         share: np.ndarray | float = cf_share(
