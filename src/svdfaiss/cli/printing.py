@@ -64,7 +64,8 @@ def print_summary(path: Path, manifest: dict[str, Any]) -> None:
                                f" duplicates merged, {fmt_int(rows['removed_by_filters'])} "
                                f"removed by minimum-interaction filters{min_rating})")
     table.add_row("rows rejected", fmt_int(rows["rejected"]))
-    _add_reasons(table, rows["rejected_by_reason"], rows["rejected_examples"], "line")
+    _add_reasons(table, rows["rejected_by_reason"], rows["rejected_examples"], "line",
+                 with_text=False)
     table.add_row("users x items", f"{fmt_int(counts['users'])} x {fmt_int(counts['items'])},"
                                    f" {fmt_int(counts['interactions'])} interactions, density "
                                    f"{counts['density']:.2e}")
@@ -134,12 +135,12 @@ def print_summary(path: Path, manifest: dict[str, Any]) -> None:
 
 
 def _add_reasons(table: Table, counts: dict[str, int], examples: list[dict[str, Any]],
-                 unit: str) -> None:
-    """One row per rejection reason: its count, the first lines and their text."""
+                 unit: str, with_text: bool = True) -> None:
+    """One row per rejection reason: its count, the first lines (and the first's text)."""
     for reason, count in counts.items():
         shown = [e for e in examples if e["reason"] == reason]
         where = ", ".join(str(e["line"]) for e in shown)
-        first = f": {shown[0]['text']}" if shown else ""
+        first = f": {shown[0]['text']}" if shown and with_text else ""
         table.add_row("", f"  {reason}: {fmt_int(count)} ({unit} {where}"
                           f"{', ...' if count > len(shown) else ''}{first})")
 
