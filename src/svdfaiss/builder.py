@@ -6,17 +6,16 @@ import contextlib
 import datetime as dt
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from svdfaiss import __version__, bundle, evidence, recall
+from svdfaiss.catalog import CatalogOptions, read_catalog
 from svdfaiss.content import (
     DEFAULT_HYBRID_INTERACTIONS,
     DEFAULT_NEW_ITEM_WEIGHT,
@@ -36,7 +35,6 @@ from svdfaiss.data import (
     Interactions,
     ReadOptions,
     build_interactions,
-    lookup,
     read_log,
 )
 from svdfaiss.errors import InvalidInput
@@ -119,6 +117,7 @@ class BuildConfig:
     rec_index: IndexParams = field(default_factory=lambda: RECOMMENDATION_INDEX)
     user_index: IndexParams | None = field(default_factory=lambda: IndexParams(kind="auto"))
     catalog: Path | None = None
+    catalog_options: CatalogOptions = field(default_factory=CatalogOptions)  # --items-*
     seed: int = 0
     version: str | None = None
     similar_cache: int | None = None  # neighbours stored per item; None: auto, 0: off
@@ -214,77 +213,15 @@ class _Timer:
         self.seconds[name] = round(time.perf_counter() - start, 3)
 
 
-def read_catalog(path: Path, item_ids: np.ndarray,
-                 keep_new: bool = False) -> tuple[pa.Table, dict[str, Any], np.ndarray]:
-    """Catalog rows aligned to the model's items (nulls where the catalog lacks an item).
-
-    With `keep_new`, the rows of catalog items the log never mentions follow, in the order of
-    the returned sorted id array (they get content neighbours); otherwise they are dropped.
-    """
-    try:
-        if path.suffix.lower() in {".parquet", ".pq"}:
-            table = pq.read_table(path)
-        else:
-            first = path.open("rb").readline().decode("utf-8-sig", "replace")
-            delimiter = "\t" if "\t" in first else ","
-            table = pacsv.read_csv(
-                path,
-                parse_options=pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True),
-                convert_options=pacsv.ConvertOptions(
-                    column_types={"item_id": pa.string(), "price": pa.float64()},
-                ),
-            )
-    except (pa.ArrowInvalid, OSError, UnicodeDecodeError) as exc:
-        raise InvalidInput(f"{path}: cannot read the catalog: {str(exc).splitlines()[0]}") from None
-    names = table.column_names
-    id_col = next((n for n in names if n.lower().replace("_", "") in {"itemid", "item", "id",
-                                                                      "movieid", "asin"}), None)
-    if id_col is None:
-        raise InvalidInput(f"{path}: catalog needs an item_id column (columns: {', '.join(names)})")
-    ids = pc.cast(table[id_col], pa.string()).to_pylist()
-    positions = lookup(item_ids, [i or "" for i in ids])
-    seen = np.zeros(item_ids.size, dtype=bool)
-    take = np.full(item_ids.size, -1, dtype=np.int64)
-    duplicates = 0
-    new_rows: dict[str, int] = {}
-    for row, pos in enumerate(positions):
-        if pos < 0:
-            item = ids[row]
-            if keep_new and item and "\x00" not in item:
-                if item in new_rows:
-                    duplicates += 1
-                else:
-                    new_rows[item] = row
-            continue
-        if seen[pos]:
-            duplicates += 1
-            continue
-        seen[pos] = True
-        take[pos] = row
-    new_ids = sorted(new_rows, key=lambda i: i.encode("utf-8"))
-    take = np.concatenate([take, np.array([new_rows[i] for i in new_ids], dtype=np.int64)])
-    indices = pa.array(take, mask=take < 0)
-    aligned = pa.table({n: table[n].take(indices) for n in names if n != id_col})
-    info = {
-        "path": str(path),
-        "sha256": bundle.sha256_file(path),
-        "rows": table.num_rows,
-        "matched_items": int(seen.sum()),
-        "duplicate_ids": duplicates,
-        "columns": [n for n in names if n != id_col],
-        "new_items": len(new_ids),
-    }
-    width = max([1, *(len(i.encode("utf-8")) for i in new_ids)])
-    return aligned, info, np.array([i.encode("utf-8") for i in new_ids], dtype=f"S{width}")
-
-
 def _input_info(path: Path, inter: Interactions, options: ReadOptions) -> dict[str, Any]:
     return {
         "path": str(path),
         "size": path.stat().st_size,
         "sha256": bundle.sha256_file(path),
-        "columns": asdict(inter.columns),
+        "columns": inter.columns.chosen(),
+        "columns_report": inter.columns.report(),
         "feedback": inter.feedback,
+        "feedback_reason": inter.columns.feedback_reason,
         "duplicates": options.duplicates,
     }
 
@@ -310,7 +247,8 @@ def build(config: BuildConfig, stage_hook: StageHook | None = None) -> BuildRepo
     with timer.stage("filter"):
         duplicates: DuplicatePolicy = config.read.duplicates
         inter = build_interactions(log, config.min_user_interactions,
-                                   config.min_item_interactions, duplicates)
+                                   config.min_item_interactions, duplicates,
+                                   config.read.min_rating)
         del log
         k = config.resolved_k(inter.n_users, inter.n_items)
         check_rank(k, (inter.n_users, inter.n_items))
@@ -374,7 +312,9 @@ def build(config: BuildConfig, stage_hook: StageHook | None = None) -> BuildRepo
     if config.catalog is not None:
         with timer.stage("catalog"):
             table, info, new_ids = read_catalog(Path(config.catalog), inter.item_ids,
-                                                keep_new=config.content != "off")
+                                                keep_new=config.content != "off",
+                                                options=config.catalog_options,
+                                                strict=config.read.strict)
             content = _content(config, table, info)
             if content is None:  # no content: items the log lacks cannot be served
                 table = table.slice(0, inter.n_items)
@@ -697,6 +637,8 @@ def _manifest(
             "rejected_examples": inter.rejected.examples,
             "duplicates_merged": inter.duplicates_merged,
             "removed_by_filters": inter.filtered_rows,
+            "removed_by_min_rating": inter.removed_by_min_rating,
+            "min_rating": config.read.min_rating,
         },
         "parameters": {
             "k": factors.k,

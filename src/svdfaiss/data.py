@@ -11,9 +11,10 @@ import contextlib
 import csv
 import re
 import sys
+import unicodedata
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -33,15 +34,25 @@ DuplicatePolicy = Literal["last", "mean"]
 MAX_ID_BYTES = 256
 EXAMPLES_PER_REASON = 5
 
+# Column names recognised in a header, compared after _norm (lower case, accents and
+# punctuation dropped: "Order-Date" and "order_date" are "orderdate", "Stück" is "stuck").
 USER_NAMES = {"user", "userid", "users", "customer", "customerid", "visitorid", "reviewerid",
-              "member", "memberid", "accountid", "clientid", "uid"}
+              "member", "memberid", "accountid", "clientid", "uid", "client", "username",
+              "kunde", "kundenid", "kundennummer", "kundennr", "nutzer", "benutzer",
+              "benutzerid", "utilisateur", "cliente", "usuario", "utente"}
 ITEM_NAMES = {"item", "itemid", "items", "product", "productid", "movieid", "movie", "asin",
-              "sku", "article", "articleid", "bookid", "isbn", "trackid", "iid"}
-EXPLICIT_NAMES = {"rating", "ratings", "score", "stars", "star", "review", "grade"}
+              "sku", "article", "articleid", "bookid", "isbn", "trackid", "iid",
+              "artikel", "artikelid", "artikelnummer", "artikelnr", "produkt", "produktid",
+              "produit", "producto", "prodotto", "articolo", "articulo", "ean", "gtin"}
+EXPLICIT_NAMES = {"rating", "ratings", "score", "stars", "star", "review", "grade",
+                  "bewertung", "note", "sterne", "valoracion", "voto"}
 IMPLICIT_NAMES = {"quantity", "qty", "count", "counts", "clicks", "purchases", "plays",
-                  "playcount", "views", "weight", "value", "amount", "events"}
+                  "playcount", "views", "weight", "value", "amount", "events", "units",
+                  "menge", "anzahl", "stuck", "stueck", "quantite", "cantidad", "quantita"}
 TIME_NAMES = {"timestamp", "ts", "time", "date", "datetime", "eventtime", "unixtime",
-              "created", "createdat"}
+              "created", "createdat", "orderdate", "orderedat", "purchasedate", "eventdate",
+              "updatedat", "datum", "zeit", "zeitstempel", "bestelldatum", "kaufdatum",
+              "heure", "fecha", "data", "dateheure"}
 
 REASON_MALFORMED = "malformed row (wrong number of fields)"
 REASON_BLANK = "blank line"
@@ -61,7 +72,8 @@ _NON_FINITE_TEXT = re.compile(r"^\s*[+-]?(nan|inf|infinity)\s*$", re.IGNORECASE)
 
 
 def _norm(name: str) -> str:
-    return re.sub(r"[^a-z0-9]", "", name.lower())
+    plain = unicodedata.normalize("NFKD", name.lower()).encode("ascii", "ignore").decode()
+    return re.sub(r"[^a-z0-9]", "", plain)
 
 
 @dataclass(frozen=True)
@@ -79,6 +91,7 @@ class ReadOptions:
     feedback: Literal["auto", "explicit", "implicit"] = "auto"
     duplicates: DuplicatePolicy = "last"
     strict: bool = False
+    min_rating: float | None = None  # explicit ratings below it are dropped (build_interactions)
 
 
 @dataclass
@@ -117,6 +130,22 @@ class Columns:
     value: str | None
     timestamp: str | None
     feedback: Feedback
+    names: tuple[str, ...] = ()  # every column of the input, used or not
+    feedback_reason: str = ""  # why the value column was taken as counts or ratings
+
+    def chosen(self) -> dict[str, str | None]:
+        """The role columns and the feedback kind (the manifest's input.columns)."""
+        return {"user": self.user, "item": self.item, "value": self.value,
+                "timestamp": self.timestamp, "feedback": self.feedback}
+
+    def report(self) -> list[dict[str, str]]:
+        """Every input column and what it was used as ("ignored" when nothing)."""
+        roles = {self.user: "user id", self.item: "item id",
+                 self.timestamp: "timestamp (validated; orders duplicate ratings)"}
+        if self.value is not None:
+            roles[self.value] = ("value: counts, summed" if self.feedback == "implicit"
+                                 else "value: ratings")
+        return [{"column": n, "used_as": roles.get(n, "ignored")} for n in self.names]
 
 
 @dataclass
@@ -151,6 +180,7 @@ class Interactions:
     filtered_users: int
     filtered_items: int
     columns: Columns
+    removed_by_min_rating: int = 0  # rows whose rating was below --min-rating
 
     @property
     def n_users(self) -> int:
@@ -296,15 +326,26 @@ def resolve_columns(names: list[str], header: bool, options: ReadOptions, path: 
 
     feedback: Feedback
     if options.feedback != "auto":
-        feedback = options.feedback
-    elif value is None or (header and _norm(value) in IMPLICIT_NAMES):
+        feedback, reason = options.feedback, f"--feedback {options.feedback}"
+    elif value is None:
         feedback = "implicit"
+        reason = ("--no-value: each row counts as one event" if options.no_value else
+                  "no value column found: each row counts as one event")
+    elif header and _norm(value) in IMPLICIT_NAMES:
+        feedback = "implicit"
+        reason = (f"column {value!r} is named like a count or quantity: counts are summed "
+                  "(--feedback explicit to take it as ratings)")
+    elif header and _norm(value) in EXPLICIT_NAMES:
+        feedback, reason = "explicit", f"column {value!r} is named like a rating"
     else:
         feedback = "explicit"
+        reason = (f"column {value!r} is not named like a count: taken as ratings (pass "
+                  "--feedback implicit if it holds counts or quantities)")
     if feedback == "explicit" and value is None:
         raise InvalidInput(f"{path}: --feedback explicit needs a rating column; none found "
                            f"(columns: {', '.join(names)})")
-    return Columns(user=user, item=item, value=value, timestamp=timestamp, feedback=feedback)
+    return Columns(user=user, item=item, value=value, timestamp=timestamp, feedback=feedback,
+                   names=tuple(names), feedback_reason=reason)
 
 
 # ---------------------------------------------------------------------------- reading
@@ -328,15 +369,32 @@ def _read_csv(path: Path, options: ReadOptions, fmt: str) -> _Parsed:
     except csv.Error as exc:
         raise InvalidInput(f"{path}: line 1 is not valid {fmt.upper()} ({exc})") from None
     header = options.header if options.header is not None else _looks_like_header(fields)
-    if header:
-        names, seen = [], set()
-        for i, name in enumerate(fields):
-            unique = name if name and name not in seen else f"{name or 'column'}_{i}"
-            seen.add(unique)
-            names.append(unique)
-    else:
-        names = [f"column_{i}" for i in range(len(fields))]
+    names = header_names(fields) if header else [f"column_{i}" for i in range(len(fields))]
     columns = resolve_columns(names, header, options, path)
+    include = [c for c in (columns.user, columns.item, columns.value, columns.timestamp)
+               if c is not None]
+    table, malformed, malformed_count = read_text_table(path, fmt, names, header, delimiter,
+                                                        include)
+    return _Parsed(table, columns, malformed, malformed_count, 2 if header else 1, delimiter)
+
+
+def header_names(fields: list[str]) -> list[str]:
+    """A header's fields as distinct column names (a blank or repeated name gets _i)."""
+    names: list[str] = []
+    seen: set[str] = set()
+    for i, name in enumerate(fields):
+        unique = name if name and name not in seen else f"{name or 'column'}_{i}"
+        seen.add(unique)
+        names.append(unique)
+    return names
+
+
+def read_text_table(path: Path, fmt: str, names: list[str], header: bool, delimiter: str,
+                    include: list[str], newlines_in_values: bool = False
+                    ) -> tuple[pa.Table, list[tuple[int, str]], int]:
+    """The columns `include` of a CSV/TSV file as text, with its malformed rows (line number,
+    text) and their count; any line ending, a UTF-8 BOM and quoted fields are handled. The
+    one CSV reader of the log and the catalog."""
 
     def read(use_threads: bool, handler: object) -> pa.Table:
         return pacsv.read_csv(
@@ -348,12 +406,12 @@ def _read_csv(path: Path, options: ReadOptions, fmt: str) -> _Parsed:
                 block_size=16 << 20,
             ),
             parse_options=pacsv.ParseOptions(
-                delimiter=delimiter, invalid_row_handler=handler, ignore_empty_lines=False
+                delimiter=delimiter, invalid_row_handler=handler, ignore_empty_lines=False,
+                newlines_in_values=newlines_in_values,
             ),
             convert_options=pacsv.ConvertOptions(
                 column_types={n: pa.string() for n in names},
-                include_columns=[c for c in (columns.user, columns.item, columns.value,
-                                             columns.timestamp) if c is not None],
+                include_columns=include,
                 strings_can_be_null=False,
                 quoted_strings_can_be_null=False,
             ),
@@ -370,7 +428,7 @@ def _read_csv(path: Path, options: ReadOptions, fmt: str) -> _Parsed:
             elif "UTF8" in message or "utf8" in message.lower():
                 message = "not valid UTF-8 text"
             raise InvalidInput(f"{path}: cannot parse as {fmt.upper()}: {message}") from None
-    return _Parsed(table, columns, malformed, malformed_count, 2 if header else 1, delimiter)
+    return table, malformed, malformed_count
 
 
 @contextlib.contextmanager
@@ -441,7 +499,7 @@ def _read_parquet(path: Path, options: ReadOptions) -> _Parsed:
         elif name == columns.timestamp and pa.types.is_timestamp(col.type):
             col = pc.cast(pc.cast(col, pa.timestamp("s")), pa.int64())
         converted[name] = col
-    return _Parsed(pa.table(converted), columns, [], 0, 0, ",")
+    return _Parsed(pa.table(converted), columns, [], 0, 0, "")
 
 
 # ---------------------------------------------------------------------------- validation
@@ -451,8 +509,16 @@ def _to_numpy_bool(array: pa.ChunkedArray | pa.Array) -> np.ndarray:
     return np.asarray(pc.fill_null(array, False).to_numpy(zero_copy_only=False), dtype=bool)
 
 
-def _parse_numbers(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(values, missing, non_numeric) for a text or numeric column; values NaN where unusable."""
+def parse_numbers(column: pa.ChunkedArray, decimal_comma: bool = False
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(values, missing, non_numeric) for a text or numeric column; values NaN where unusable.
+
+    With `decimal_comma` (a file not separated by commas), "10,99" reads as 10.99.
+    """
+    if decimal_comma and not (pa.types.is_floating(column.type)
+                              or pa.types.is_integer(column.type)):
+        column = pc.replace_substring_regex(pc.utf8_trim_whitespace(column),
+                                            r"^([+-]?[0-9]*),([0-9]+)$", r"\1.\2")
     if pa.types.is_floating(column.type) or pa.types.is_integer(column.type):
         values = pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False)
         missing = np.isnan(values) & _to_numpy_bool(pc.is_null(column))
@@ -485,7 +551,7 @@ def _parse_numbers(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray, np.
 
 def _parse_timestamps(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(seconds, missing, unparseable) accepting epoch numbers or ISO 8601 text."""
-    values, missing, non_numeric = _parse_numbers(column)
+    values, missing, non_numeric = parse_numbers(column)
     if non_numeric.any():
         import pandas as pd
 
@@ -505,20 +571,27 @@ def _row_text(parsed: _Parsed, index: int) -> str:
     cols = parsed.columns
     parts = [str(parsed.table[c][index].as_py()) for c in (cols.user, cols.item, cols.value,
                                                              cols.timestamp) if c]
-    return parsed.delimiter.join(parts)
+    return (parsed.delimiter or ",").join(parts)
 
 
 def _locations(parsed: _Parsed, rows: np.ndarray) -> list[int]:
     """Physical line numbers (CSV) or 1-based row numbers (Parquet) of table rows."""
-    if parsed.first_data_line == 0:
+    return locations(parsed.first_data_line, parsed.malformed, rows)
+
+
+def locations(first_data_line: int, malformed: list[tuple[int, str]],
+              rows: np.ndarray) -> list[int]:
+    """Line numbers of table rows when line `first_data_line` holds row 0 and the malformed
+    lines were skipped; 1-based row numbers when `first_data_line` is 0 (Parquet)."""
+    if first_data_line == 0:
         return [int(r) + 1 for r in rows]
-    skipped = np.sort(np.array([n for n, _ in parsed.malformed], dtype=np.int64))
+    skipped = np.sort(np.array([n for n, _ in malformed], dtype=np.int64))
     out = []
     for r in rows:
-        line = parsed.first_data_line + int(r)
+        line = first_data_line + int(r)
         # Each malformed line at or before this one pushes the row one line further down.
         while True:
-            shifted = parsed.first_data_line + int(r) + int(np.searchsorted(skipped, line, "right"))
+            shifted = first_data_line + int(r) + int(np.searchsorted(skipped, line, "right"))
             if shifted == line:
                 break
             line = shifted
@@ -557,7 +630,8 @@ def _validate(parsed: _Parsed, path: Path, options: ReadOptions) -> tuple[np.nda
 
     values = np.ones(n, dtype=np.float64)
     if cols.value is not None:
-        values, missing, non_numeric = _parse_numbers(table[cols.value])
+        values, missing, non_numeric = parse_numbers(table[cols.value],
+                                                     parsed.delimiter not in (",", ""))
         checks += [(REASON_NO_VALUE, missing), (REASON_NON_NUMERIC, non_numeric)]
         checks.append((REASON_NON_FINITE, ~missing & ~non_numeric & ~np.isfinite(values)))
         if cols.feedback == "implicit":
@@ -687,6 +761,14 @@ def read_log(path: Path, options: ReadOptions | None = None) -> InteractionLog:
     if not ok.any():
         unit = "line" if parsed.first_data_line else "row"
         raise InvalidInput(rejected.describe(str(path), unit) + "\nno usable rows")
+    columns = parsed.columns
+    if columns.feedback == "explicit" and columns.feedback_reason.endswith(
+            "holds counts or quantities)"):
+        used = values[ok]
+        if used.size and np.all(used == np.round(used)) and used.max() > 10:
+            columns = replace(columns, feedback_reason=(
+                f"{columns.feedback_reason}; warning: its values are whole numbers up to "
+                f"{used.max():g}, like counts"))
     mask = pa.array(ok)
     table = parsed.table.filter(mask)
     # pyarrow releases the GIL while hashing and sorting: encode both id columns at once.
@@ -701,8 +783,8 @@ def read_log(path: Path, options: ReadOptions | None = None) -> InteractionLog:
         timestamps=None if timestamps is None else timestamps[ok],
         user_ids=user_ids,
         item_ids=item_ids,
-        feedback=parsed.columns.feedback,
-        columns=parsed.columns,
+        feedback=columns.feedback,
+        columns=columns,
         rows_read=rows_read,
         rejected=rejected,
     )
@@ -750,13 +832,32 @@ def build_interactions(
     min_user_interactions: int = 1,
     min_item_interactions: int = 1,
     duplicates: DuplicatePolicy = "last",
+    min_rating: float | None = None,
 ) -> Interactions:
     """Aggregate duplicates, then drop users and items below the minimum distinct counts.
 
-    The minimums are applied together until both hold (a k-core), since dropping items can
-    push users below their minimum and the other way round.
+    With `min_rating` (explicit ratings only), a user's rating of an item below it (after
+    duplicates are merged: the rating that stands) is no positive signal and is dropped
+    first. The minimums are applied together until both hold (a k-core), since dropping
+    items can push users below their minimum and the other way round.
     """
     matrix, merged = _aggregate(log, duplicates)
+    below_rows = np.zeros(log.user_codes.size, dtype=bool)
+    if min_rating is not None:
+        if log.feedback != "explicit":
+            raise InvalidInput(f"--min-rating {min_rating:g} applies to explicit ratings; this "
+                               f"log holds implicit counts ({log.columns.feedback_reason})")
+        low = matrix.data < min_rating
+        if low.any():
+            coo = matrix.tocoo()
+            low_keys = coo.row[low].astype(np.int64) * matrix.shape[1] + coo.col[low]
+            keys = log.user_codes.astype(np.int64) * matrix.shape[1] + log.item_codes
+            below_rows = np.isin(keys, low_keys)
+            matrix.data[low] = 0
+            matrix.eliminate_zeros()
+        if matrix.nnz == 0:
+            raise InvalidInput(f"--min-rating {min_rating:g}: every rating is below it; "
+                               "lower it")
     keep_users = np.ones(matrix.shape[0], dtype=bool)
     keep_items = np.ones(matrix.shape[1], dtype=bool)
     if min_user_interactions > 1 or min_item_interactions > 1:
@@ -773,7 +874,7 @@ def build_interactions(
             if not keep_users.any() or not keep_items.any():
                 break
         matrix = matrix[keep_users][:, keep_items].tocsr()
-    used = keep_users[log.user_codes] & keep_items[log.item_codes]
+    used = keep_users[log.user_codes] & keep_items[log.item_codes] & ~below_rows
     rows_used = int(used.sum())
     if matrix.nnz == 0:
         raise InvalidInput(
@@ -791,10 +892,11 @@ def build_interactions(
         rows_used=rows_used,
         rejected=log.rejected,
         duplicates_merged=merged,
-        filtered_rows=int(log.user_codes.size - rows_used),
+        filtered_rows=int(log.user_codes.size - rows_used - below_rows.sum()),
         filtered_users=int((~keep_users).sum()),
         filtered_items=int((~keep_items).sum()),
         columns=log.columns,
+        removed_by_min_rating=int(below_rows.sum()),
     )
 
 

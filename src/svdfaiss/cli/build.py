@@ -22,8 +22,14 @@ from svdfaiss.cli.options import (
     IndexDirOpt,
     InputArg,
     ItemColOpt,
+    ItemsDelimiterOpt,
+    ItemsIdColOpt,
+    ItemsOpt,
+    ItemsPriceColOpt,
+    ItemsStockColOpt,
     JsonOpt,
     MinItemInteractionsOpt,
+    MinRatingOpt,
     MinUserInteractionsOpt,
     ModelOpt,
     NoValueOpt,
@@ -33,6 +39,8 @@ from svdfaiss.cli.options import (
     UserColOpt,
     ValueColOpt,
     WeightingOpt,
+    catalog_options,
+    check_choice,
     read_options,
 )
 from svdfaiss.cli.printing import out, print_summary, stage_status
@@ -55,6 +63,7 @@ def build(
     feedback: FeedbackOpt = "auto",
     duplicates: DuplicatesOpt = "last",
     strict: StrictOpt = False,
+    min_rating: MinRatingOpt = None,
     min_user_interactions: MinUserInteractionsOpt = 1,
     min_item_interactions: MinItemInteractionsOpt = 1,
     weighting: WeightingOpt = "auto",
@@ -75,8 +84,11 @@ def build(
     hnsw_ef_search: int = 128,
     ivf_nlist: Annotated[int, typer.Option(help="0: about sqrt(rows).")] = 0,
     ivf_nprobe: int = 32,
-    items_catalog: Annotated[Path | None, typer.Option(
-        "--items", help="Catalog CSV/Parquet with item_id, title, category, price.")] = None,
+    items_catalog: ItemsOpt = None,
+    items_delimiter: ItemsDelimiterOpt = None,
+    items_id_col: ItemsIdColOpt = None,
+    items_price_col: ItemsPriceColOpt = None,
+    items_stock_col: ItemsStockColOpt = None,
     content: Annotated[str, typer.Option(
         help="auto|on|off: content vectors (TF-IDF of the catalog's text and categories) "
              "for content and hybrid similar items; auto builds them when the catalog has "
@@ -121,11 +133,8 @@ def build(
     from svdfaiss.content import ContentParams
     from svdfaiss.index import IndexParams
 
-    choices = {"--format": (fmt, ("auto", "csv", "tsv", "parquet")),
-               "--feedback": (feedback, ("auto", "explicit", "implicit")),
-               "--duplicates": (duplicates, ("last", "mean")),
-               "--weighting": (weighting, ("auto", "none", "binary", "log", "bm25")),
-               "--solver": (solver, ("arpack", "randomized")),
+    check_choice("--weighting", weighting)
+    choices = {"--solver": (solver, ("arpack", "randomized")),
                "--objective": (objective, ("topn", "rating")),
                "--content": (content, ("auto", "on", "off")),
                "--index": (index, ("auto", "flat", "hnsw", "ivf")),
@@ -148,7 +157,7 @@ def build(
         read=read_options(fmt, header=header, delimiter=delimiter, user_col=user_col,
                           item_col=item_col, value_col=value_col,
                           timestamp_col=timestamp_col, no_value=no_value, feedback=feedback,
-                          duplicates=duplicates, strict=strict),
+                          duplicates=duplicates, strict=strict, min_rating=min_rating),
         min_user_interactions=min_user_interactions,
         min_item_interactions=min_item_interactions,
         weighting=weighting,  # type: ignore[arg-type]
@@ -161,6 +170,8 @@ def build(
         rec_index=index_params(rec_index, RECOMMENDATION_INDEX),
         user_index=None if user_index == "none" else index_params(user_index),
         catalog=items_catalog,
+        catalog_options=catalog_options(items_delimiter, items_id_col, items_price_col,
+                                        items_stock_col),
         seed=seed,
         version=version,
         similar_cache=similar_cache,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import shlex
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -14,17 +15,31 @@ from rich.table import Table
 from svdfaiss.cli.main import clean_errors
 from svdfaiss.cli.options import (
     ComponentsOpt,
+    DelimiterOpt,
+    DuplicatesOpt,
     FeedbackOpt,
     FormatOpt,
+    HeaderOpt,
     InputArg,
     ItemColOpt,
+    ItemsDelimiterOpt,
+    ItemsIdColOpt,
+    ItemsPriceColOpt,
+    ItemsStockColOpt,
     MinItemInteractionsOpt,
+    MinRatingOpt,
     MinUserInteractionsOpt,
     NoValueOpt,
     ShrinkageOpt,
+    StrictOpt,
+    TimestampColOpt,
     UserColOpt,
     ValueColOpt,
     WeightingOpt,
+    catalog_flags_text,
+    catalog_options,
+    check_choice,
+    input_flags_text,
     read_options,
 )
 from svdfaiss.cli.printing import out, show
@@ -35,11 +50,17 @@ from svdfaiss.errors import InvalidInput
 def evaluate(
     input_path: InputArg,
     fmt: FormatOpt = "auto",
+    header: HeaderOpt = None,
+    delimiter: DelimiterOpt = None,
     user_col: UserColOpt = None,
     item_col: ItemColOpt = None,
     value_col: ValueColOpt = None,
+    timestamp_col: TimestampColOpt = None,
     no_value: NoValueOpt = False,
     feedback: FeedbackOpt = "auto",
+    duplicates: DuplicatesOpt = "last",
+    strict: StrictOpt = False,
+    min_rating: MinRatingOpt = None,
     min_user_interactions: MinUserInteractionsOpt = 1,
     min_item_interactions: MinItemInteractionsOpt = 1,
     weighting: WeightingOpt = "auto",
@@ -71,8 +92,11 @@ def evaluate(
     from svdfaiss.data import build_interactions, read_log
     from svdfaiss.evaluation import evaluate_topn, last_times, leave_last_out_split
 
-    read = read_options(fmt, user_col=user_col, item_col=item_col, value_col=value_col,
-                        no_value=no_value, feedback=feedback)
+    check_choice("--weighting", weighting)
+    read = read_options(fmt, header=header, delimiter=delimiter, user_col=user_col,
+                        item_col=item_col, value_col=value_col, timestamp_col=timestamp_col,
+                        no_value=no_value, feedback=feedback, duplicates=duplicates,
+                        strict=strict, min_rating=min_rating)
     config = BuildConfig(input=input_path, model="evaluate", index_dir=Path("."),
                          weighting=weighting, beta=beta, k=k,  # type: ignore[arg-type]
                          shrinkage=shrinkage)
@@ -80,7 +104,8 @@ def evaluate(
     if report_dir is not None:
         report_module = _report_module()
     log = read_log(input_path, read)
-    inter = build_interactions(log, min_user_interactions, min_item_interactions, "last")
+    inter = build_interactions(log, min_user_interactions, min_item_interactions,
+                               read.duplicates, read.min_rating)
     scheme = config.resolved_weighting(inter.feedback)
     k = config.resolved_k(inter.n_users, inter.n_items)
     options: dict[str, Any] = {"cutoffs": tuple(at or (10, 20)),
@@ -90,6 +115,7 @@ def evaluate(
                            test_fraction=test_fraction, seed=seed, **options)
     report["protocol"]["input"] = str(input_path)
     report["protocol"]["feedback"] = inter.feedback
+    report["protocol"]["removed_by_min_rating"] = inter.removed_by_min_rating
     title = (f"svdfaiss evaluate: {input_path.name}, {inter.n_users:,} users, "
              f"{inter.n_items:,} items, {report['protocol']['test_users']:,} test users")
     _print_topn(report, title)
@@ -161,8 +187,26 @@ def _rating_report(matrix: Any, seed: int) -> dict[str, Any]:
 def tune(
     input_path: InputArg,
     fmt: FormatOpt = "auto",
+    header: HeaderOpt = None,
+    delimiter: DelimiterOpt = None,
+    user_col: UserColOpt = None,
+    item_col: ItemColOpt = None,
+    value_col: ValueColOpt = None,
+    timestamp_col: TimestampColOpt = None,
     no_value: NoValueOpt = False,
     feedback: FeedbackOpt = "auto",
+    duplicates: DuplicatesOpt = "last",
+    strict: StrictOpt = False,
+    min_rating: MinRatingOpt = None,
+    min_user_interactions: MinUserInteractionsOpt = 1,
+    min_item_interactions: MinItemInteractionsOpt = 1,
+    items_catalog: Annotated[Path | None, typer.Option(
+        "--items", help="The catalog to build with (echoed in the \"build with:\" line).")]
+    = None,
+    items_delimiter: ItemsDelimiterOpt = None,
+    items_id_col: ItemsIdColOpt = None,
+    items_price_col: ItemsPriceColOpt = None,
+    items_stock_col: ItemsStockColOpt = None,
     seed: Annotated[int, typer.Option(help="Seed of the holdout split.")] = 42,
     ks: Annotated[list[int] | None, typer.Option(
         "--k", help="Grid of --k (repeatable; default 32 64 128 256).")] = None,
@@ -184,8 +228,23 @@ def tune(
     from svdfaiss.evaluation import TUNE_GRID, tune_svd
     from svdfaiss.weighting import check_scheme
 
-    read = read_options(fmt, no_value=no_value, feedback=feedback)
-    inter = build_interactions(read_log(input_path, read), 1, 1, "last")
+    read = read_options(fmt, header=header, delimiter=delimiter, user_col=user_col,
+                        item_col=item_col, value_col=value_col, timestamp_col=timestamp_col,
+                        no_value=no_value, feedback=feedback, duplicates=duplicates,
+                        strict=strict, min_rating=min_rating)
+    for scheme in weightings or ():
+        check_choice("--weighting", scheme, allow_auto=False)
+    if items_catalog is not None and not items_catalog.is_file():
+        raise InvalidInput(f"{items_catalog}: catalog file not found")
+    inter = build_interactions(read_log(input_path, read), min_user_interactions,
+                               min_item_interactions, read.duplicates, read.min_rating)
+    given = " ".join(w for w in (
+        shlex.quote(str(input_path)), input_flags_text(read),
+        f"--min-user-interactions {min_user_interactions}" if min_user_interactions > 1 else "",
+        f"--min-item-interactions {min_item_interactions}" if min_item_interactions > 1 else "",
+        catalog_flags_text(items_catalog, catalog_options(items_delimiter, items_id_col,
+                                                          items_price_col, items_stock_col)))
+        if w)
     grid = {"k": tuple(ks or TUNE_GRID["k"]),
             "weighting": tuple(weightings or TUNE_GRID["weighting"]),
             "beta": tuple(betas if betas is not None else TUNE_GRID["beta"]),
@@ -209,7 +268,8 @@ def tune(
     test = result["test"]
     out.print(f"winner on test: ndcg@10 {test['ndcg@10']:.4f}, recall@20 "
               f"{test['recall@20']:.4f}")
-    out.print(f"build with: svdfaiss build {input_path} {result['flags']}")
+    result["build_with"] = f"svdfaiss build {given} {result['flags']}"
+    out.print(f"build with: {result['build_with']}", markup=False)
     if inter.feedback == "explicit" and rating:
         from svdfaiss.rating import tune_rating_model
 
@@ -218,8 +278,8 @@ def tune(
         result["rating"] = tuned
         out.print(f"rating model: best k {best['k']}, reg {best['reg']:g} (validation rmse "
                   f"{best['rmse']:.4f}); 5-fold rmse {cv['rmse']:.4f}, mae {cv['mae']:.4f}")
-        out.print(f"build a rating model with: svdfaiss build {input_path} --objective rating "
-                  f"--rating-k {best['k']} --rating-reg {best['reg']:g}")
+        out.print(f"build a rating model with: svdfaiss build {given} --objective rating "
+                  f"--rating-k {best['k']} --rating-reg {best['reg']:g}", markup=False)
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(result, indent=2) + "\n")

@@ -51,15 +51,21 @@ def print_summary(path: Path, manifest: dict[str, Any]) -> None:
     table.add_column()
     table.add_row("input", f"{manifest['input']['path']} ({manifest['input']['feedback']}, "
                            f"columns {', '.join(f'{k}={v}' for k, v in manifest['input']['columns'].items() if v and k != 'feedback')})")  # noqa: E501
+    report = manifest["input"].get("columns_report") or []
+    if report:
+        table.add_row("columns", ", ".join(f"{c['column']}: {c['used_as']}" for c in report))
+    if manifest["input"].get("feedback_reason"):
+        table.add_row("feedback", f"{manifest['input']['feedback']}: "
+                                  f"{manifest['input']['feedback_reason']}")
     table.add_row("rows read", fmt_int(rows["read"]))
+    min_rating = (f", {fmt_int(rows['removed_by_min_rating'])} removed by --min-rating "
+                  f"{rows['min_rating']:g}" if rows.get("min_rating") is not None else "")
     table.add_row("rows used", f"{fmt_int(rows['used'])} ({fmt_int(rows['duplicates_merged'])}"
                                f" duplicates merged, {fmt_int(rows['removed_by_filters'])} "
-                               "removed by minimum-interaction filters)")
+                               f"removed by minimum-interaction filters{min_rating})")
     table.add_row("rows rejected", fmt_int(rows["rejected"]))
-    for reason, count in rows["rejected_by_reason"].items():
-        where = [str(e["line"]) for e in rows["rejected_examples"] if e["reason"] == reason]
-        table.add_row("", f"  {reason}: {fmt_int(count)} (line {', '.join(where)}"
-                          f"{', ...' if count > len(where) else ''})")
+    _add_reasons(table, rows["rejected_by_reason"], rows["rejected_examples"], "line",
+                 with_text=False)
     table.add_row("users x items", f"{fmt_int(counts['users'])} x {fmt_int(counts['items'])},"
                                    f" {fmt_int(counts['interactions'])} interactions, density "
                                    f"{counts['density']:.2e}")
@@ -76,6 +82,14 @@ def print_summary(path: Path, manifest: dict[str, Any]) -> None:
         cat = manifest["catalog"]
         table.add_row("catalog", f"{cat['matched_items']:,} of {counts['items']:,} items matched"
                                  f" ({cat['path']})")
+        if cat.get("columns_report"):
+            table.add_row("catalog columns", ", ".join(f"{c['column']}: {c['used_as']}"
+                                                       for c in cat["columns_report"]))
+        if "rejected" in cat:
+            table.add_row("catalog rejected", f"{fmt_int(cat['rejected'])} unusable rows left "
+                                              "out")
+            _add_reasons(table, cat["rejected_by_reason"], cat["rejected_examples"],
+                         cat.get("rejected_unit", "line"))
     content = manifest.get("content")
     if content:
         columns = [*content["text_columns"], *filter(None, [content["category_column"]])]
@@ -126,6 +140,17 @@ def print_summary(path: Path, manifest: dict[str, Any]) -> None:
                   f"{rec['recall_at_10']:.3f} against exact scoring, below the target "
                   f"{rec['recall']['target']:g} (measured on {rec['recall']['queries']} users); "
                   "--rec-index flat is exact, a larger --ivf-nprobe or --ivf-nlist may help")
+
+
+def _add_reasons(table: Table, counts: dict[str, int], examples: list[dict[str, Any]],
+                 unit: str, with_text: bool = True) -> None:
+    """One row per rejection reason: its count, the first lines (and the first's text)."""
+    for reason, count in counts.items():
+        shown = [e for e in examples if e["reason"] == reason]
+        where = ", ".join(str(e["line"]) for e in shown)
+        first = f": {shown[0]['text']}" if shown and with_text else ""
+        table.add_row("", f"  {reason}: {fmt_int(count)} ({unit} {where}"
+                          f"{', ...' if count > len(shown) else ''}{first})")
 
 
 def print_results(rec: Any, results: Any, json_out: bool, id_key: str = "item_id",

@@ -16,6 +16,8 @@ from svdfaiss.errors import InvalidInput, UnsupportedFilter
 
 FILTER_CACHE = 256  # business filters whose item sets are kept
 STOCK_COLUMNS = ("in_stock", "instock", "stock")
+# Bundles built since the catalog reader normalises stock (svdfaiss.catalog) store booleans
+# (null: unknown, never in stock); older bundles stored the catalog's text, read as before.
 TRUE_STOCK = (True, 1, "1", "true", "True", "yes")
 
 
@@ -111,7 +113,11 @@ class CatalogFilters:
                 keep &= np.where(known, price, 0) <= catalog_filter.max_price
         if catalog_filter.in_stock is not None:
             stock = self.column(STOCK_COLUMNS, "in_stock")
-            truthy = np.array([v in TRUE_STOCK for v in stock.tolist()])
+            if stock.dtype == np.bool_:
+                truthy = stock.astype(bool)
+            else:  # nulls make an object array; an old bundle's text goes through TRUE_STOCK
+                truthy = np.array([v is True or (not isinstance(v, bool) and v in TRUE_STOCK)
+                                   for v in stock.tolist()], dtype=bool)
             keep &= truthy if catalog_filter.in_stock else ~truthy
         result = np.flatnonzero(keep)
         result.flags.writeable = False  # shared by every query with this filter
