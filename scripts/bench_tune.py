@@ -61,13 +61,14 @@ def main() -> None:
             for _ in range(args.repeat):
                 runs["plain"].append(build_once(log, Path(tmp), tune=False))
                 runs["tuned"].append(build_once(log, Path(tmp), tune=True))
-            plain = statistics.median(r["wall_s"] for r in runs["plain"])
-            tuned = statistics.median(r["wall_s"] for r in runs["tuned"])
+            plain = round(statistics.median(r["wall_s"] for r in runs["plain"]), 2)
+            tuned = round(statistics.median(r["wall_s"] for r in runs["tuned"]), 2)
             last = runs["tuned"][-1]
             row = {"log": str(log), "interactions": last["interactions"],
                    "shape": last["shape"], "plain_wall_s": plain, "tuned_wall_s": tuned,
                    "ratio": round(tuned / plain, 2),
-                   "tune_stage_s": statistics.median(r["tune_s"] for r in runs["tuned"]),
+                   "tune_stage_s": round(statistics.median(r["tune_s"] for r in runs["tuned"]),
+                                         2),
                    "tuning": last["tuning"], "runs": runs}
             rows.append(row)
             print(f"{log.name}: {row['interactions']:,} interactions, plain {plain:.1f} s, "
