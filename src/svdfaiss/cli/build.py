@@ -67,9 +67,10 @@ def build(
     tune: Annotated[bool, typer.Option(
         "--tune/--no-tune", help="Choose --k, --weighting and --shrinkage (those not given) "
         "on a validation split of the log's rows (20% of up to 2,000 users' interactions), "
-        "then build on all rows. Budget: logs up to 1,000,000 interactions (about 2x a plain "
-        "build's time, docs/benchmarks.md); above, the defaults are kept and the reason "
-        "printed. --no-tune: the fixed defaults (k 128, weighting auto, shrinkage 30).")]
+        "then build on all rows. Budget: logs up to 1,000,000 interactions, at most about 2x "
+        "a plain build's time (1.05-1.5x measured, docs/benchmarks.md); above, the defaults "
+        "are kept and the reason printed. --no-tune: the fixed defaults (k 128, weighting "
+        "auto, shrinkage 30).")]
     = True,
     gamma: Annotated[float, typer.Option(help="Item vectors for similarity: V S^gamma.")] = 1.0,
     solver: Annotated[str, typer.Option(help="arpack|randomized")] = "arpack",
