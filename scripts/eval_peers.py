@@ -4,7 +4,10 @@ split (the protocol of docs/evaluation.md).
 
 Grids, chosen on validation NDCG@10:
 - svdfaiss: `svdfaiss tune`'s grid, k {32, 64, 128, 256} x weighting {none, binary, log,
-  bm25} x shrinkage {0, 10, 30, 100}; also its untuned defaults ("svdfaiss defaults");
+  bm25} x shrinkage {0, 10, 30, 100}; also `svdfaiss build` with no flags ("svdfaiss defaults
+  (auto-tuned)": the build's own tuning, svdfaiss.autotune, run on the training split alone,
+  which it splits again to choose) and with --no-tune ("svdfaiss --no-tune", the fixed
+  defaults);
 - implicit ALS: factors {32, 64, 128} x regularization {0.01, 0.1, 1, 10, 100} (implicit does
   not scale regularization by counts, so the grid reaches large values) x alpha {1, 10, 40},
   15 iterations, binary confidence 1 + alpha * x;
@@ -17,6 +20,9 @@ Needs `pip install -e ".[bench]"` (implicit, scikit-surprise). Prints a table an
 
     python scripts/eval_peers.py ../shared/data/ml-latest-small/ratings.csv \
         --json docs/results/peers-ml-latest-small.json
+
+`--only-defaults` scores the two default rows alone and merges them into the JSON's methods
+(the other methods are kept as recorded; scripts/rescore_peers.py re-fits them).
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import numpy as np
 import scipy.sparse as sp
 
+from svdfaiss.autotune import tune_matrix
 from svdfaiss.builder import BuildConfig
 from svdfaiss.data import Interactions, ReadOptions, build_interactions, read_log
 from svdfaiss.evaluation import (
@@ -126,6 +133,31 @@ def score(scorer: Scorer, train: sp.csr_matrix, users: np.ndarray,
             "coverage@10": coverage(ranked, n_items, 10)}
 
 
+def default_rows(path: Path, feedback: str, split: Any) -> dict[str, Any]:
+    """What a user who passes no flag gets: `svdfaiss build` given the protocol's training
+    rows only (its tuning splits them again: the test users' held-out rows never choose),
+    and the same build with --no-tune."""
+    n_items = split.train.shape[1]
+    rows: dict[str, Any] = {}
+    for name, tune in (("svdfaiss defaults (auto-tuned)", True), ("svdfaiss --no-tune", False)):
+        config = BuildConfig(input=path, model="peers", index_dir=Path("."), tune=tune)
+        start = time.perf_counter()
+        tuned = tune_matrix(split.train, feedback, config)
+        params = dict(tuned.record["chosen"])
+        model = fit_svd(split.train, params["k"], params["weighting"], params["beta"],
+                        params["shrinkage"])
+        rows[name] = {"params": params, "fit_seconds": round(time.perf_counter() - start, 2),
+                      "test": score(model.scorer(split.train), split.train, split.test_users,
+                                    split.test_items, n_items)}
+        if tune:
+            rows[name]["tuning"] = {key: tuned.record[key] for key in (
+                "status", "grid", "validation", "validation_ndcg@10",
+                "defaults_validation_ndcg@10", "seconds")}
+        print(f"{name}: {params} (test ndcg@10 {rows[name]['test']['ndcg@10']:.4f})",
+              file=sys.stderr)
+    return rows
+
+
 def topn_peers(path: Path, inter: Interactions) -> dict[str, Any]:
     """Every top-N method tuned on one validation split, scored once on the test split."""
     matrix = inter.matrix
@@ -168,18 +200,7 @@ def topn_peers(path: Path, inter: Interactions) -> dict[str, Any]:
                            "test": score(model.scorer(split.train), split.train,
                                          split.test_users, split.test_items, n_items)}
     print(f"svdfaiss: {results['svdfaiss']['params']}", file=sys.stderr)
-    # What a user who never tunes gets: `svdfaiss build` with no flags.
-    defaults = BuildConfig(input=path, model="peers", index_dir=Path("."))
-    params = {"k": defaults.resolved_k(*split.train.shape),
-              "weighting": defaults.resolved_weighting(inter.feedback), "beta": defaults.beta,
-              "shrinkage": defaults.shrinkage}
-    start = time.perf_counter()
-    model = fit_svd(split.train, params["k"], params["weighting"], params["beta"],
-                    params["shrinkage"])
-    results["svdfaiss defaults"] = {
-        "params": params, "fit_seconds": round(time.perf_counter() - start, 2),
-        "test": score(model.scorer(split.train), split.train, split.test_users,
-                      split.test_items, n_items)}
+    results.update(default_rows(path, inter.feedback, split))
     tuned("implicit ALS", [dict(zip(ALS_GRID, v, strict=True))
                            for v in itertools.product(*ALS_GRID.values())], als_scorer)
     if n_items <= 20_000:
@@ -210,6 +231,8 @@ def main() -> None:
                         help="Skip rating prediction (surprise) on explicit data.")
     parser.add_argument("--no-topn", action="store_true",
                         help="Skip the top-N comparison (keeps top-N results already in --json).")
+    parser.add_argument("--only-defaults", action="store_true",
+                        help="Score the default rows alone and merge them into --json.")
     args = parser.parse_args()
 
     inter = build_interactions(read_log(args.input, ReadOptions()), 1, 1, "last")
@@ -218,6 +241,22 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d"), "input": str(args.input),
         "users": int(matrix.shape[0]), "items": int(matrix.shape[1]),
         "interactions": int(matrix.nnz)}
+    if args.only_defaults:
+        if not args.json or not args.json.exists():
+            raise SystemExit("--only-defaults merges into an existing --json")
+        old = json.loads(args.json.read_text())
+        methods = {k: v for k, v in old["methods"].items() if k != "svdfaiss defaults"}
+        new = default_rows(args.input, inter.feedback, holdout_split(matrix))
+        order = ["svdfaiss", *new, *(k for k in methods if k != "svdfaiss")]
+        merged = {**methods, **new}
+        old["methods"] = {k: merged[k] for k in order}
+        old["defaults_date"] = time.strftime("%Y-%m-%d %H:%M")
+        args.json.write_text(json.dumps(old, indent=2) + "\n")
+        for name, r in new.items():
+            t = r["test"]
+            print(f"{name:32}{t['ndcg@10']:>9.4f}{t['recall@20']:>11.4f}{t['map@10']:>9.4f}"
+                  f"  {r['params']}")
+        return
     if not args.no_topn:
         report.update(topn_peers(args.input, inter))
     elif args.json and args.json.exists():  # keep the top-N results of an earlier run

@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from svdfaiss import __version__, bundle, evidence, recall
+from svdfaiss import __version__, autotune, bundle, evidence, recall
 from svdfaiss.catalog import CatalogOptions, read_catalog
 from svdfaiss.content import (
     DEFAULT_HYBRID_INTERACTIONS,
@@ -108,9 +108,13 @@ class BuildConfig:
     min_user_interactions: int = 1
     min_item_interactions: int = 1
     weighting: Literal["auto", "none", "binary", "log", "bm25"] = "auto"
-    beta: float = 0.0
-    k: int | None = None  # None: auto_k of the filtered matrix
-    shrinkage: float = DEFAULT_SHRINKAGE  # EASE-style, in mean column energies; 0: PureSVD
+    beta: float | None = None  # None: 0, or tuned
+    k: int | None = None  # None: auto_k of the filtered matrix, or tuned
+    # EASE-style, in mean column energies; 0: PureSVD. None: DEFAULT_SHRINKAGE, or tuned
+    shrinkage: float | None = None
+    # Choose what k, weighting, beta and shrinkage leave open on a validation split of the
+    # rows (svdfaiss.autotune); False keeps the fixed defaults.
+    tune: bool = True
     gamma: float = 1.0
     solver: Solver = "arpack"
     item_index: IndexParams = field(default_factory=IndexParams)
@@ -145,6 +149,12 @@ class BuildConfig:
     def resolved_k(self, n_users: int, n_items: int) -> int:
         return self.k if self.k is not None else auto_k(n_users, n_items)
 
+    def resolved_beta(self) -> float:
+        return 0.0 if self.beta is None else self.beta
+
+    def resolved_shrinkage(self) -> float:
+        return DEFAULT_SHRINKAGE if self.shrinkage is None else self.shrinkage
+
     def resolved_weighting(self, feedback: str) -> str:
         """`auto`: log(1 + count) for implicit counts, ratings as given for explicit data."""
         if self.weighting != "auto":
@@ -155,12 +165,12 @@ class BuildConfig:
         """Refuse bad parameters before reading anything."""
         bundle.check_model_name(self.model)
         if self.weighting != "auto":
-            check_scheme(self.weighting, self.beta)
-        elif not 0.0 <= self.beta <= 1.0:
+            check_scheme(self.weighting, self.resolved_beta())
+        elif not 0.0 <= self.resolved_beta() <= 1.0:
             raise InvalidInput(f"--beta must be in [0, 1], got {self.beta}")
         if self.k is not None and self.k < 1:
             raise InvalidInput(f"--k must be at least 1, got {self.k}")
-        if not 0.0 <= self.shrinkage <= 1e6:
+        if not 0.0 <= self.resolved_shrinkage() <= 1e6:
             raise InvalidInput(f"--shrinkage must be in [0, 1e6], got {self.shrinkage}")
         if self.min_user_interactions < 1 or self.min_item_interactions < 1:
             raise InvalidInput("--min-user-interactions and --min-item-interactions must be >= 1")
@@ -255,10 +265,15 @@ def build(config: BuildConfig, stage_hook: StageHook | None = None) -> BuildRepo
         if config.objective == "rating" and inter.feedback != "explicit":
             raise InvalidInput(f"{input_path}: --objective rating needs explicit ratings; this "
                                "log holds implicit counts (see --feedback)")
+    with timer.stage("tune"):  # what the flags leave open, on a split of the rows
+        tuned = autotune.tune_matrix(inter.matrix, inter.feedback, config)
+        config = tuned.config
+        k = config.resolved_k(inter.n_users, inter.n_items)
+        beta, shrinkage = config.resolved_beta(), config.resolved_shrinkage()
     with timer.stage("weight"):
         scheme = config.resolved_weighting(inter.feedback)
-        scale, mean_row = item_column_scale(inter.matrix, scheme, config.beta)
-        weighting = WeightingParams(scheme=scheme, beta=config.beta,  # type: ignore[arg-type]
+        scale, mean_row = item_column_scale(inter.matrix, scheme, beta)
+        weighting = WeightingParams(scheme=scheme, beta=beta,  # type: ignore[arg-type]
                                     mean_row_length=mean_row)
         x = weight_rows(inter.matrix, weighting, scale)
     with timer.stage("factorize"):
@@ -275,8 +290,8 @@ def build(config: BuildConfig, stage_hook: StageHook | None = None) -> BuildRepo
     evaluation = None
     if config.evaluate:
         with timer.stage("evaluate"):  # on a split of its own: the model below uses all rows
-            evaluation = evaluate_for_manifest(inter.matrix, k, scheme, config.beta,
-                                               config.shrinkage, config.rec_index)
+            evaluation = evaluate_for_manifest(inter.matrix, k, scheme, beta,
+                                               shrinkage, config.rec_index)
             if rating is not None:
                 evaluation["rating"] = cross_validate(inter.matrix, k=config.rating_k,
                                                       reg=config.rating_reg)
@@ -284,7 +299,7 @@ def build(config: BuildConfig, stage_hook: StageHook | None = None) -> BuildRepo
         s = factors.singular_values.astype(np.float32)
         item_vectors = normalize_rows(factors.item_factors * (s ** np.float32(config.gamma)))
         if rating is None:
-            embedding = shrinkage_embedding(factors, config.shrinkage, inter.n_items)
+            embedding = shrinkage_embedding(factors, shrinkage, inter.n_items)
         else:  # rows are not folded: every user has [p_u, 1], every item [q_i, b_i]
             augmented = rating.item_vectors()
             embedding = Embedding(augmented, augmented, np.ones(0, dtype=np.float32), 0.0)
@@ -425,6 +440,8 @@ def build(config: BuildConfig, stage_hook: StageHook | None = None) -> BuildRepo
                                  embedding, indexes, catalog[1] if catalog else None,
                                  timer.seconds)
             manifest["evaluation"] = evaluation
+            manifest["tuning"] = tuned.record
+            manifest["parameters"]["k_requested"] = tuned.record["given"].get("k", "auto")
             manifest["evidence"] = evidence.summary(components, co_users, inter.matrix)
             manifest["input"]["events"] = events_info
             manifest["rating_model"] = None if rating is None else {
@@ -644,7 +661,7 @@ def _manifest(
             "k": factors.k,
             "k_requested": config.k if config.k is not None else "auto",
             "objective": config.objective,
-            "shrinkage": config.shrinkage,
+            "shrinkage": config.resolved_shrinkage(),
             "shrinkage_lambda": embedding.shrinkage_lambda,
             "gamma": config.gamma,
             "solver": config.solver,

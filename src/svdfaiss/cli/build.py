@@ -33,7 +33,6 @@ from svdfaiss.cli.options import (
     MinUserInteractionsOpt,
     ModelOpt,
     NoValueOpt,
-    ShrinkageOpt,
     StrictOpt,
     TimestampColOpt,
     UserColOpt,
@@ -67,10 +66,21 @@ def build(
     min_user_interactions: MinUserInteractionsOpt = 1,
     min_item_interactions: MinItemInteractionsOpt = 1,
     weighting: WeightingOpt = "auto",
-    beta: Annotated[float, typer.Option(help="Item popularity scaling n_j^-beta, in [0, 1].")]
-    = 0.0,
+    beta: Annotated[float | None, typer.Option(
+        help="Item popularity scaling n_j^-beta, in [0, 1] (default 0; never tuned).")]
+    = None,
     k: ComponentsOpt = None,
-    shrinkage: ShrinkageOpt = 30.0,
+    shrinkage: Annotated[float | None, typer.Option(
+        min=0.0, help="EASE-style shrinkage lambda, in mean column energies (0: plain SVD; "
+        "default 30 or tuned).")] = None,
+    tune: Annotated[bool, typer.Option(
+        "--tune/--no-tune", help="Choose --k, --weighting and --shrinkage (those not given) "
+        "on a validation split of the log's rows (20% of up to 2,000 users' interactions), "
+        "then build on all rows. Budget: logs up to 1,000,000 interactions, at most about 2x "
+        "a plain build's time (1.05-1.5x measured, docs/benchmarks.md); above, the defaults "
+        "are kept and the reason printed. --no-tune: the fixed defaults (k 128, weighting "
+        "auto, shrinkage 30).")]
+    = True,
     gamma: Annotated[float, typer.Option(help="Item vectors for similarity: V S^gamma.")] = 1.0,
     solver: Annotated[str, typer.Option(help="arpack|randomized")] = "arpack",
     index: Annotated[str, typer.Option("--index", help="auto|flat|hnsw|ivf (similar items).")]
@@ -164,6 +174,7 @@ def build(
         beta=beta,
         k=k,
         shrinkage=shrinkage,
+        tune=tune,
         gamma=gamma,
         solver=solver,  # type: ignore[arg-type]
         item_index=index_params(index),

@@ -88,7 +88,8 @@ MinUserInteractionsOpt = Annotated[int, typer.Option(min=1)]
 MinItemInteractionsOpt = Annotated[int, typer.Option(min=1)]
 WeightingOpt = Annotated[str, typer.Option(help="auto|none|binary|log|bm25")]
 ComponentsOpt = Annotated[int | None, typer.Option(
-    "--k", min=1, help="SVD components (default: 128 up to 100k items, 64 above).")]
+    "--k", min=1, help="SVD components (default: 128 up to 100k items, 64 above; build "
+    "tunes it unless --no-tune).")]
 ShrinkageOpt = Annotated[float, typer.Option(
     min=0.0, help="EASE-style shrinkage lambda, in mean column energies (0: plain SVD).")]
 

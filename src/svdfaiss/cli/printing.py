@@ -73,6 +73,9 @@ def print_summary(path: Path, manifest: dict[str, Any]) -> None:
     table.add_row("factorization", f"k={fact['k']}, weighting {w['scheme']}, beta {w['beta']},"
                                    f" shrinkage {params.get('shrinkage', 0):g}, explained "
                                    f"energy {fact['explained_energy']:.1%}")
+    tuning = manifest.get("tuning")
+    if tuning:
+        table.add_row("tuning", tuning_line(tuning))
     for name, meta in manifest["indexes"].items():
         measured = (f", recall@10 {meta['recall_at_10']:.3f} against exact"
                     if meta.get("recall_at_10") is not None else "")
@@ -151,6 +154,22 @@ def _add_reasons(table: Table, counts: dict[str, int], examples: list[dict[str, 
         first = f": {shown[0]['text']}" if shown and with_text else ""
         table.add_row("", f"  {reason}: {fmt_int(count)} ({unit} {where}"
                           f"{', ...' if count > len(shown) else ''}{first})")
+
+
+def tuning_line(tuning: dict[str, Any]) -> str:
+    """What the build's tuning chose, on what, and in how long; or why it did not run."""
+    c = tuning["chosen"]
+    chosen = (f"k {c['k']}, weighting {c['weighting']}, beta {c['beta']:g}, shrinkage "
+              f"{c['shrinkage']:g}")
+    if tuning["status"] != "tuned":
+        return f"{tuning['status']} ({tuning['reason']}): {chosen}"
+    given = ", ".join(f"--{name} {value}" for name, value in tuning["given"].items())
+    before = tuning.get("defaults_validation_ndcg@10")
+    return (f"chose {chosen} of {len(tuning['trials'])} settings by validation NDCG@10 "
+            f"{tuning['validation_ndcg@10']:.4f}"
+            + (f" (defaults {before:.4f})" if before is not None else "")
+            + f" on {tuning['validation']['users']:,} users in {tuning['seconds']:.1f} s"
+            + (f"; kept {given}" if given else ""))
 
 
 def print_results(rec: Any, results: Any, json_out: bool, id_key: str = "item_id",
