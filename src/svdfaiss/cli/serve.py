@@ -59,15 +59,21 @@ def _serve(settings_env: dict[str, str], host: str, port: int, workers: int) -> 
     # search and starve the server (measured: p50 7.7 ms instead of sub-ms under wrk). libgomp
     # reads this when faiss first loads, which happens below, inside uvicorn.
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    metrics_dir = None
     if workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # Metrics of every worker in one scrape (service/metrics.py): a fresh folder, set
-        # before any worker imports prometheus-client.
+        # before any worker imports prometheus-client, removed when the server stops.
         import tempfile
 
-        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="svdfaiss-metrics-")
+        metrics_dir = tempfile.mkdtemp(prefix="svdfaiss-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     Settings().resolved_experiment()  # refuse bad settings before forking workers
-    uvicorn.run("svdfaiss.service.app:create_app", factory=True, host=host, port=port,
-                workers=workers, log_level="info", access_log=False)
+    try:
+        uvicorn.run("svdfaiss.service.app:create_app", factory=True, host=host, port=port,
+                    workers=workers, log_level="info", access_log=False)
+    finally:
+        if metrics_dir is not None:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
 
 
 @clean_errors
