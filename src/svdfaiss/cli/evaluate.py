@@ -42,7 +42,7 @@ from svdfaiss.cli.options import (
     input_flags_text,
     read_options,
 )
-from svdfaiss.cli.printing import out, show
+from svdfaiss.cli.printing import out, progress_line, show
 from svdfaiss.errors import InvalidInput
 
 
@@ -255,7 +255,7 @@ def tune(
     for scheme in grid["weighting"]:
         for beta in grid["beta"]:
             check_scheme(scheme, beta)
-    result = tune_svd(inter.matrix, grid, seed=seed)
+    result = tune_svd(inter.matrix, grid, seed=seed, progress=progress_line)
     table = Table(title=f"svdfaiss tune: {input_path.name}: {len(result['validation'])} "
                         f"settings scored by validation {result['metric']}, the best 5",
                   title_justify="left")

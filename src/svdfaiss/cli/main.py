@@ -14,6 +14,7 @@ import typer
 from rich.markup import escape
 
 from svdfaiss import __version__
+from svdfaiss.cli import printing
 from svdfaiss.cli.printing import err, out
 from svdfaiss.config import load_config_file
 from svdfaiss.errors import (
@@ -75,6 +76,9 @@ def version_callback(value: bool) -> None:
 def main(
     version: Annotated[bool, typer.Option("--version", callback=version_callback,
                                           is_eager=True, help="Print the version.")] = False,
+    quiet: Annotated[bool, typer.Option(
+        "--quiet", "-q", help="No progress lines (stages, tuning trials); errors, warnings "
+        "and results still print.")] = False,
     config: Annotated[Path | None, typer.Option(
         "--config", envvar="SVDFAISS_CONFIG",
         help="A file of SVDFAISS_*=value lines (default: ./.env when there is one). Flags "
@@ -82,6 +86,7 @@ def main(
         "defaults.")] = None,
 ) -> None:
     """svdfaiss: from an interaction log to similar items and recommendations."""
+    printing.QUIET = quiet
     path = config if config is not None else Path(".env") if Path(".env").is_file() else None
     if path is None:
         return

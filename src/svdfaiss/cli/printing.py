@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,14 +19,29 @@ out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
+QUIET = False  # --quiet: no progress lines (errors, warnings and results still print)
+
+
 @contextlib.contextmanager
 def stage_status(name: str) -> Iterator[None]:
-    """A spinner naming the running stage, only when stderr is a terminal."""
+    """Progress of a long command's stages on stderr: on a terminal a spinner naming the
+    running stage, then a line with its time; elsewhere (a log, CI) one line a stage."""
+    if QUIET:
+        yield
+        return
+    start = time.perf_counter()
     if err.is_terminal:
         with err.status(f"{name}..."):
             yield
     else:
         yield
+    err.print(f"[dim]{escape(name)}: {time.perf_counter() - start:.2f} s[/]")
+
+
+def progress_line(text: str) -> None:
+    """One progress line on stderr (a tuning trial, say), unless --quiet."""
+    if not QUIET:
+        err.print(f"[dim]{escape(text)}[/]")
 
 
 def fmt_int(n: Any) -> str:
