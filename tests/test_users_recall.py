@@ -1,0 +1,103 @@
+"""The similar-users index against exact cosine: the recall the builder measures, the
+efSearch or nprobe it tunes, and that the served bundle searches with the tuned value."""
+
+import copy
+import json
+
+import numpy as np
+import pytest
+
+from svdfaiss.builder import BuildConfig, build
+from svdfaiss.index import IndexParams, faiss, read_index
+from svdfaiss.recall import measure_users
+from svdfaiss.recommender import Recommender
+from svdfaiss.synthetic import SampleSpec, write_sample
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("users")
+    return root, write_sample(SampleSpec(users=12_000, items=3_000, events=120_000,
+                                         categories=12), root / "data").events
+
+
+def _build(data, name, user_index):
+    root, events = data
+    report = build(BuildConfig(input=events, model=name, index_dir=root / "ix", tune=False,
+                               rec_index=IndexParams(kind="flat"), user_index=user_index,
+                               similar_cache=0))
+    return Recommender.load(root / "ix", name), report
+
+
+def _independent_recall(rec, vectors, n_queries=300, seed=7):
+    """recall@10 of rec.similar_users against numpy cosine over the stored vectors."""
+    live = np.flatnonzero(np.einsum("ij,ij->i", vectors, vectors) > 0.5)
+    users = np.random.default_rng(seed).choice(live, n_queries, replace=False)
+    hits = 0
+    for u in users.tolist():
+        exact = vectors @ vectors[u]
+        exact[u] = -np.inf
+        kth = np.partition(-exact, 9)[9] * -1
+        got = rec.similar_users(rec.user_ids[u].decode(), 10)
+        hits += int(np.count_nonzero(np.asarray(got.scores) >= kth - 1e-4 * abs(kth)))
+    return hits / (10 * n_queries)
+
+
+def _stored(rec, report):
+    index = read_index(report.path / "users.faiss")
+    if isinstance(faiss.downcast_index(index), faiss.IndexIVF):
+        faiss.downcast_index(index).make_direct_map()
+    return index.reconstruct_n(0, index.ntotal)
+
+
+def test_hnsw_users_index_is_tuned_to_the_target_and_serves_it(data, capsys):
+    rec, report = _build(data, "hnsw", IndexParams(kind="hnsw", hnsw_m=8, hnsw_ef_search=8))
+    meta = report.manifest["indexes"]["users"]
+    record = meta["recall"]
+    assert meta["type"] == "hnsw" and len(record["steps"]) > 1
+    assert record["steps"][0]["ef_search"] == 8 and record["steps"][0]["recall_at_10"] < 0.98
+    assert meta["recall_at_10"] >= 0.98 and meta["recall_meets_target"] is True
+    assert meta["params"]["hnsw_ef_search"] == record["ef_search"] > 8
+    # the tuned efSearch is in users.faiss, and the loaded bundle searches with it
+    assert rec._users.index.hnsw.efSearch == record["ef_search"]
+    on_disk = json.loads((report.path / "manifest.json").read_text())
+    assert on_disk["indexes"]["users"]["recall_at_10"] == meta["recall_at_10"]
+    independent = _independent_recall(rec, _stored(rec, report))
+    assert independent >= 0.97 and abs(independent - meta["recall_at_10"]) < 0.02
+
+    from svdfaiss.cli.printing import print_summary
+
+    manifest = copy.deepcopy(report.manifest)
+    print_summary(report.path, manifest)
+    out = " ".join(capsys.readouterr().out.replace("│", " ").split())  # a wrapped row joined
+    assert (f"recall@10 {meta['recall_at_10']:.3f} against exact at efSearch "
+            f"{record['ef_search']}") in out, out
+    manifest["indexes"]["users"].update(recall_at_10=0.9, recall_meets_target=False)
+    print_summary(report.path, manifest)
+    err = " ".join(capsys.readouterr().err.split())
+    assert "similar users reach recall@10 0.900 against exact cosine, below the target" in err
+
+
+def test_ivf_users_index_raises_nprobe(data):
+    rec, report = _build(data, "ivf", IndexParams(kind="ivf", ivf_nprobe=1))
+    meta = report.manifest["indexes"]["users"]
+    record = meta["recall"]
+    assert meta["type"] == "ivf" and record["steps"][0]["nprobe"] == 1
+    assert meta["recall_at_10"] >= 0.98 and meta["params"]["ivf_nprobe"] == record["nprobe"] > 1
+    assert rec._users.index.nprobe == record["nprobe"]
+    independent = _independent_recall(rec, _stored(rec, report))
+    assert independent >= 0.97 and abs(independent - meta["recall_at_10"]) < 0.02
+
+
+def test_measure_users_stops_at_the_cap_and_flat_is_exact():
+    rng = np.random.default_rng(0)
+    v = rng.standard_normal((3_000, 16)).astype(np.float32)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    index = faiss.IndexHNSWFlat(16, 4, faiss.METRIC_INNER_PRODUCT)
+    index.hnsw.efSearch = 2
+    index.add(v)
+    record = measure_users(index, v, np.arange(50), target=1.01)  # never reached
+    assert record["meets_target"] is False and record["ef_search"] == 1024
+    flat = faiss.IndexFlatIP(16)
+    flat.add(v)
+    assert measure_users(flat, v, np.arange(50))["recall_at_10"] == 1.0
