@@ -89,15 +89,25 @@ def test_ivf_users_index_raises_nprobe(data):
     assert independent >= 0.97 and abs(independent - meta["recall_at_10"]) < 0.02
 
 
-def test_measure_users_stops_at_the_cap_and_flat_is_exact():
+def test_measure_users_stops_at_the_cap_or_a_plateau_and_flat_is_exact(monkeypatch):
+    from svdfaiss import recall
+
     rng = np.random.default_rng(0)
     v = rng.standard_normal((3_000, 16)).astype(np.float32)
     v /= np.linalg.norm(v, axis=1, keepdims=True)
     index = faiss.IndexHNSWFlat(16, 4, faiss.METRIC_INNER_PRODUCT)
-    index.hnsw.efSearch = 2
     index.add(v)
-    record = measure_users(index, v, np.arange(50), target=1.01)  # never reached
-    assert record["meets_target"] is False and record["ef_search"] == 1024
+    index.hnsw.efSearch = 10  # search() uses at least k (10)
+    with monkeypatch.context() as m:
+        m.setattr(recall, "HNSW_EF_MAX", 40)
+        record = measure_users(index, v, np.arange(100), target=1.01)  # never reached
+    assert record["meets_target"] is False and record["ef_search"] == 40 == index.hnsw.efSearch
+    assert [s["ef_search"] for s in record["steps"]] == [10, 20, 40]
+    # once a doubling gains under PLATEAU_GAIN it is undone and the tuning stops
+    record = measure_users(index, v, np.arange(100), target=1.01)
+    last, before = record["steps"][-1], record["steps"][-2]
+    assert last["kept"] is False and last["recall_at_10"] - before["recall_at_10"] < 0.002
+    assert record["ef_search"] == before["ef_search"] == index.hnsw.efSearch
     flat = faiss.IndexFlatIP(16)
     flat.add(v)
     assert measure_users(flat, v, np.arange(50))["recall_at_10"] == 1.0
