@@ -111,3 +111,32 @@ def test_measure_users_stops_at_the_cap_or_a_plateau_and_flat_is_exact(monkeypat
     flat = faiss.IndexFlatIP(16)
     flat.add(v)
     assert measure_users(flat, v, np.arange(50))["recall_at_10"] == 1.0
+
+
+def test_an_auto_users_hnsw_short_of_the_target_becomes_an_ivf(data, monkeypatch, capsys):
+    from svdfaiss import recall
+    from svdfaiss.cli.printing import print_summary
+
+    real = recall.measure_users
+
+    def saturated(index, *args, **kwargs):  # HNSW as on the Amazon sample: short, stuck
+        record = real(index, *args, **kwargs)
+        if isinstance(faiss.downcast_index(index), faiss.IndexHNSW):
+            record.update(recall_at_10=0.9, meets_target=False)
+        return record
+
+    monkeypatch.setattr(recall, "measure_users", saturated)
+    rec, report = _build(data, "auto", IndexParams(kind="auto"))  # 12k users: HNSW first
+    meta = report.manifest["indexes"]["users"]
+    assert meta["type"] == "ivf" and meta["params"]["kind"] == "ivf"
+    assert meta["recall"]["instead_of"] == {"type": "hnsw", "recall_at_10": 0.9,
+                                            "ef_search": 128}
+    assert meta["recall_meets_target"] is True and rec._users.kind == "ivf"
+    assert rec._users.index.nprobe == meta["params"]["ivf_nprobe"] == meta["recall"]["nprobe"]
+    print_summary(report.path, report.manifest)
+    out = " ".join(capsys.readouterr().out.replace("│", " ").split())
+    assert "(an hnsw reached 0.900)" in out
+    # a users index asked for by name is kept, and only warned about
+    _, report = _build(data, "named", IndexParams(kind="hnsw"))
+    assert report.manifest["indexes"]["users"]["type"] == "hnsw"
+    assert report.manifest["indexes"]["users"]["recall_meets_target"] is False

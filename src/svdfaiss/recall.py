@@ -12,10 +12,12 @@ The similar-users index is measured the same way (`measure_users`): for a sample
 with collaborative evidence, the ten users the service's top-k path returns for the user's
 own stored vector (the user itself excluded), against exact cosine over every stored user
 vector. The builder raises efSearch (HNSW) or nprobe (IVF), doubling, until the sample
-reaches RECALL_TARGET or a cap, or a doubling gains under PLATEAU_GAIN (then the cheaper
-value is kept: on the Amazon sample HNSW stays at 0.945 from efSearch 128 to 1024, its
-misses clusters of users with identical histories the graph does not reach); the index
-keeps the value chosen, which FAISS writes into users.faiss and `index.search` starts from.
+reaches RECALL_TARGET or a cap, or (HNSW) a doubling gains under PLATEAU_GAIN: then the
+cheaper value is kept. On the Amazon sample HNSW stays at 0.945 from efSearch 128 to
+1024, its misses clusters of users with identical histories the graph does not reach, so
+an `auto` users index that saturates below the target is rebuilt as an IVF (builder.py).
+The index keeps the value chosen, which FAISS writes into users.faiss and `index.search`
+starts from.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ RECALL_QUERIES = 500
 TRUTH_BLOCK = 32  # queries scored exactly at a time (an items x 32 float32 block)
 TRUTH_BLOCK_FLOATS = 1 << 25  # at most 128 MB a block when the rows are many (users)
 HNSW_EF_MAX = 1024  # the users index: efSearch doubled up to here
-PLATEAU_GAIN = 0.002  # the users index: a doubling gaining less is undone, tuning stops
+PLATEAU_GAIN = 0.002  # users HNSW: a doubling of efSearch gaining less is undone, and stops
 
 
 def rec_space(index: Any, vectors: np.ndarray) -> Space:
@@ -152,14 +154,12 @@ def measure_users(index: Any, vectors: np.ndarray, sampled: np.ndarray,
         else:
             step["nprobe"] = int(inner.nprobe)
         steps.append(step)
-        if len(steps) > 1 and recall - steps[-2]["recall_at_10"] < PLATEAU_GAIN:
+        if (kind == "hnsw" and len(steps) > 1
+                and recall - steps[-2]["recall_at_10"] < PLATEAU_GAIN):
             # Saturated (HNSW: clusters of identical vectors the graph does not reach):
             # keep the cheaper setting.
             steps[-1]["kept"] = False
-            if kind == "hnsw":
-                inner.hnsw.efSearch = steps[-2]["ef_search"]
-            else:
-                inner.nprobe = steps[-2]["nprobe"]
+            inner.hnsw.efSearch = steps[-2]["ef_search"]
             break
         if not tune or recall >= target:
             break

@@ -84,6 +84,9 @@ def print_summary(path: Path, manifest: dict[str, Any]) -> None:
             if measured and key in tuned:
                 measured += f" at {label} {tuned[key]}"
                 break
+        if measured and tuned.get("instead_of"):  # an auto users index HNSW left short
+            before = tuned["instead_of"]
+            measured += f" (an {before['type']} reached {before['recall_at_10']:.3f})"
         table.add_row(f"index {name}", f"{meta['type']} over {fmt_int(meta['rows'])} x "
                                        f"{meta['dim']} ({meta['metric']}){measured}")
     if manifest.get("catalog"):
