@@ -95,6 +95,14 @@ def print_summary(path: Path, manifest: dict[str, Any]) -> None:
     for name, meta in manifest["indexes"].items():
         measured = (f", recall@10 {meta['recall_at_10']:.3f} against exact"
                     if meta.get("recall_at_10") is not None else "")
+        tuned = meta.get("recall") or {}  # the search setting the build tuned (recall.py)
+        for key, label in (("ef_search", "efSearch"), ("nprobe", "nprobe")):
+            if measured and key in tuned:
+                measured += f" at {label} {tuned[key]}"
+                break
+        if measured and tuned.get("instead_of"):  # an auto users index HNSW left short
+            before = tuned["instead_of"]
+            measured += f" (an {before['type']} reached {before['recall_at_10']:.3f})"
         table.add_row(f"index {name}", f"{meta['type']} over {fmt_int(meta['rows'])} x "
                                        f"{meta['dim']} ({meta['metric']}){measured}")
     if manifest.get("catalog"):
@@ -153,6 +161,12 @@ def print_summary(path: Path, manifest: dict[str, Any]) -> None:
     show(table)
     if evidence and evidence.get("warning"):
         err.print(f"[bold yellow]warning:[/] {escape(evidence['warning'])}")
+    users = manifest["indexes"].get("users", {})
+    if users.get("recall_meets_target") is False:
+        err.print(f"[bold yellow]warning:[/] similar users reach recall@10 "
+                  f"{users['recall_at_10']:.3f} against exact cosine, below the target "
+                  f"{users['recall']['target']:g} (measured on {users['recall']['queries']} "
+                  "users); --user-index flat is exact")
     rec = manifest["indexes"].get("items_mips", {})
     if rec.get("recall_meets_target") is False:
         err.print(f"[bold yellow]warning:[/] recommendations reach recall@10 "
