@@ -199,7 +199,8 @@ def build(
         new_item_weight=new_item_weight,
         events=tuple(events or ()),
     )
-    report = run_build(config, stage_status)
+    # --json is for programs: only the JSON (and errors), no progress lines.
+    report = run_build(config, None if json_out else stage_status)
     if json_out:
         out.print_json(json.dumps({"path": str(report.path), **report.manifest}))
     else:
