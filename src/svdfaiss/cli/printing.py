@@ -161,18 +161,21 @@ def print_summary(path: Path, manifest: dict[str, Any]) -> None:
     show(table)
     if evidence and evidence.get("warning"):
         err.print(f"[bold yellow]warning:[/] {escape(evidence['warning'])}")
-    users = manifest["indexes"].get("users", {})
-    if users.get("recall_meets_target") is False:
-        err.print(f"[bold yellow]warning:[/] similar users reach recall@10 "
-                  f"{users['recall_at_10']:.3f} against exact cosine, below the target "
-                  f"{users['recall']['target']:g} (measured on {users['recall']['queries']} "
-                  "users); --user-index flat is exact")
-    rec = manifest["indexes"].get("items_mips", {})
-    if rec.get("recall_meets_target") is False:
-        err.print(f"[bold yellow]warning:[/] recommendations reach recall@10 "
-                  f"{rec['recall_at_10']:.3f} against exact scoring, below the target "
-                  f"{rec['recall']['target']:g} (measured on {rec['recall']['queries']} users); "
-                  "--rec-index flat is exact, a larger --ivf-nprobe or --ivf-nlist may help")
+    for name, what, against, hint in RECALL_WARNINGS:
+        meta = manifest["indexes"].get(name, {})
+        if meta.get("recall_meets_target") is False:
+            err.print(f"[bold yellow]warning:[/] {what} reach recall@10 "
+                      f"{meta['recall_at_10']:.3f} against {against}, below the target "
+                      f"{meta['recall']['target']:g} (measured on "
+                      f"{meta['recall']['queries']} users); {hint}")
+
+
+# Indexes whose measured recall the summary warns about: index, answers, truth, what helps.
+RECALL_WARNINGS = (
+    ("users", "similar users", "exact cosine", "--user-index flat is exact"),
+    ("items_mips", "recommendations", "exact scoring", "--rec-index flat is exact, a larger "
+     "--ivf-nprobe or --ivf-nlist may help"),
+)
 
 
 def _add_reasons(table: Table, counts: dict[str, int], examples: list[dict[str, Any]],
