@@ -110,6 +110,15 @@ class Evidence:
             return items.size > 0
         return bool(np.any(self._has[items]))
 
+    def rows_with_evidence(self, rows: sp.csr_matrix) -> np.ndarray:
+        """`any_evidence` of every row of a user x item matrix, at once (export)."""
+        lengths = np.diff(rows.indptr)
+        if self._has is None:
+            return np.asarray(lengths > 0)
+        owner = np.repeat(np.arange(rows.shape[0]), lengths)
+        hits = np.bincount(owner, weights=self._has[rows.indices], minlength=rows.shape[0])
+        return np.asarray(hits > 0)
+
     def factors_speak(self, item: int) -> bool:
         """Whether the item has enough co-users for its SVD vector to rank neighbours."""
         return self.co_users is None or int(self.co_users[item]) >= self.min_co_users
