@@ -7,6 +7,7 @@ sample, and on a planted log whose users and items without evidence take the fal
 
 from __future__ import annotations
 
+import re
 import urllib.parse
 
 import httpx
@@ -17,6 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from svdfaiss.builder import RECOMMENDATION_INDEX, BuildConfig, build
+from svdfaiss.errors import InvalidInput
 from svdfaiss.export import export_recommendations, export_similar, read_ids
 from svdfaiss.index import IndexParams
 from svdfaiss.recommender import Recommender
@@ -152,21 +154,16 @@ def test_fallbacks_for_users_and_items_without_evidence(planted, tmp_path):
 
 
 def test_export_equals_a_real_server(sample_index_dir, rec, tmp_path):
-    recs = tmp_path / "recs.parquet"
-    similar = tmp_path / "similar.parquet"
-    users = tmp_path / "users.txt"
     sample_users = [rec.user_ids[i].decode() for i in range(0, rec.n_users, 250)]
-    users.write_text("\n".join(sample_users) + "\n")
-    for command, path, extra in (("recommendations", recs, ["--users", str(users)]),
-                                 ("similar", similar, [])):
-        result = run_cli(["export", command, "--index-dir", str(sample_index_dir),
-                          "--model", "sample", "--out", str(path), "--k", "5", *extra])
-        assert result.returncode == 0, result.stderr
-        assert f"of {len(sample_users) if extra else rec.n_catalog:,}" in result.stderr
-    exported = _by_id(pq.read_table(recs), "user_id")
+    users = read_ids(_lines(tmp_path / "users.txt", sample_users), [rec.user_ids], "user")
+    exported = _by_id(pq.read_table(
+        export_recommendations(rec, tmp_path / "r.parquet", k=5, users=users).path), "user_id")
     assert sorted(exported) == sorted(sample_users)
-    neighbours = _by_id(pq.read_table(similar), "item_id")
     items = [rec.external_items(np.array([p]))[0] for p in range(0, rec.n_catalog, 100)]
+    chosen = read_ids(_lines(tmp_path / "items.txt", items),
+                      [rec.item_ids, rec.new_item_ids], "item")
+    neighbours = _by_id(pq.read_table(
+        export_similar(rec, tmp_path / "s.parquet", k=5, items=chosen).path), "item_id")
     with server(sample_index_dir, "sample") as url:
         for user_id in sample_users:
             body = httpx.get(f"{url}/users/{urllib.parse.quote(user_id, safe='')}"
@@ -178,37 +175,67 @@ def test_export_equals_a_real_server(sample_index_dir, rec, tmp_path):
             _same(neighbours[item_id], body["items"], "similar_item_id")
 
 
-@pytest.mark.parametrize(("content", "message"), [
-    ("U0001\nU0002\nnobody\nU0003\n", "line 3: unknown user id 'nobody'"),
-    ("U0001\n\nU0002\n", "line 2: empty user id"),
-    ("U0001\nU0002\nU0001\n", "line 3: user id 'U0001' repeats line 1"),
-    (b"U0001\n\xff\xfe\n", "line 2: user id b'\\xff\\xfe' is not UTF-8"),
-])
-def test_bad_users_file_names_line_and_id_and_writes_nothing(sample_index_dir, tmp_path,
-                                                            content, message):
-    ids = tmp_path / "users.txt"
-    if isinstance(content, bytes):
-        ids.write_bytes(content)
-    else:
-        ids.write_text(content)
+def _lines(path, ids):  # type: ignore[no-untyped-def]
+    path.write_text("\n".join(ids) + "\n")
+    return path
+
+
+def test_cli_exports_with_progress_and_a_summary(sample_index_dir, rec, tmp_path):
+    out = tmp_path / "similar.csv"
+    result = run_cli(["export", "similar", "--index-dir", str(sample_index_dir), "--model",
+                      "sample", "--out", str(out), "--k", "3", "--chunk", "500"])
+    assert result.returncode == 0, result.stderr
+    assert f"items: 500 of {rec.n_catalog:,}" in result.stderr  # a line per tenth, or so
+    assert f"items: {rec.n_catalog:,} of {rec.n_catalog:,}" in result.stderr
+    assert f"for {rec.n_catalog:,} items to {out}" in result.stdout
+    assert _csv(out).num_rows == 3 * rec.n_catalog
+    assert [p.name for p in tmp_path.iterdir()] == ["similar.csv"]  # no temporary left
+
+
+def test_bad_users_file_fails_in_the_cli_and_writes_nothing(sample_index_dir, tmp_path):
+    ids = _lines(tmp_path / "users.txt", ["U0001", "U0002", "nobody", "U0003", "gone"])
     out = tmp_path / "recs.csv"
     out.write_text("the previous export\n")
     result = run_cli(["export", "recommendations", "--index-dir", str(sample_index_dir),
                       "--model", "sample", "--out", str(out), "--users", str(ids)])
     assert result.returncode == 2
-    assert message in result.stderr and str(ids) in result.stderr
+    assert (f"{ids} line 3: unknown user id 'nobody' (and 1 more unknown ids)"
+            in result.stderr), result.stderr
     assert out.read_text() == "the previous export\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["recs.csv", "users.txt"]
 
 
-def test_bad_targets_and_modes_fail_before_any_work(sample_index_dir, tmp_path):
-    base = ["export", "similar", "--index-dir", str(sample_index_dir), "--model", "sample"]
-    for extra, message in ((["--out", str(tmp_path / "x.json")], "name a .parquet or .csv"),
-                           (["--out", str(tmp_path / "no" / "x.csv")], "does not exist"),
-                           (["--out", str(tmp_path / "x.csv"), "--mode", "nope"], "mode"),
-                           (["--out", str(tmp_path / "x.csv"), "--items", "missing.txt"],
-                            "no such file")):
-        result = run_cli([*base, *extra])
-        assert result.returncode == 2, result.stderr
-        assert message in result.stderr
-    assert list(tmp_path.iterdir()) == []
+@pytest.mark.parametrize(("content", "message"), [
+    (b"U0001\n\nU0002\n", "line 2: empty user id"),
+    (b"U0001\nU0002\nU0001\n", "line 3: user id 'U0001' repeats line 1"),
+    (b"U0001\n\xff\xfe\n", "line 2: user id b'\\xff\\xfe' is not UTF-8"),
+    (b"user_id\n", "no user ids after the header"),
+    (b"", "no user ids"),
+])
+def test_bad_ids_files_name_the_line_and_the_id(rec, tmp_path, content, message):
+    ids = tmp_path / "users.txt"
+    ids.write_bytes(content)
+    with pytest.raises(InvalidInput, match=re.escape(f"{ids}")) as raised:
+        read_ids(ids, [rec.user_ids], "user")
+    assert message in str(raised.value)
+
+
+def test_ids_are_taken_exactly_as_written(rec, tmp_path):
+    first = rec.user_ids[0].decode()
+    ids = tmp_path / "users.txt"
+    ids.write_bytes(b"\xef\xbb\xbf" + f"{first}\r\n {first}\n".encode())  # BOM, CRLF
+    with pytest.raises(InvalidInput, match=f"line 2: unknown user id ' {first}'"):
+        read_ids(ids, [rec.user_ids], "user")
+
+
+def test_bad_targets_and_modes_fail_before_any_work(rec, tmp_path):
+    (tmp_path / "folder.csv").mkdir()
+    for out, mode, message in ((tmp_path / "x.json", "hybrid", "name a .parquet or .csv"),
+                               (tmp_path / "no" / "x.csv", "hybrid", "does not exist"),
+                               (tmp_path / "folder.csv", "hybrid", "is a folder"),
+                               (tmp_path / "x.csv", "nope", "mode 'nope'")):
+        with pytest.raises(InvalidInput, match=re.escape(message)):
+            export_similar(rec, out, mode=mode)
+        with pytest.raises(InvalidInput, match=re.escape(message)):
+            export_recommendations(rec, out, mode=mode)
+    assert [p.name for p in tmp_path.iterdir()] == ["folder.csv"]
