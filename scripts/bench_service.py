@@ -119,14 +119,38 @@ def startup_only(index_dirs: list[Path], model: str, rounds: int) -> None:
               f"{statistics.median(seconds):.2f} s")
 
 
+# The generated 1M-item shop and its build flags (scripts/bench_export.py reuses them).
+ITEMS, USERS, EVENTS = 1_000_000, 1_500_000, 6_000_000
+BUILD_ARGS = "--index ivf --ivf-nlist 4096 --ivf-nprobe 16 --user-index none --similar-cache 50"
+
+
+def ensure_bundle(work: Path, items: int, users: int, events_n: int, build_args: str
+                  ) -> tuple[Path, str]:
+    """The generated log and its bundle under `work`, made on first use: (index dir, model)."""
+    data = work / f"catalog-{items}"
+    events = data / "events.csv"
+    if not events.exists():
+        subprocess.run([sys.executable, "-m", "svdfaiss", "synth", "--out", str(data),
+                        "--users", str(users), "--items", str(items), "--events",
+                        str(events_n), "--categories", "20", "--every-item"], check=True)
+    index_dir = work / "indexes-service"
+    model = f"items{items}"
+    if not (index_dir / model / "CURRENT").exists():
+        t = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "svdfaiss", "build", str(events), "--model",
+                        model, "--out", str(index_dir), *build_args.split()],
+                       check=True, stdout=subprocess.DEVNULL)
+        print(f"built the bundle in {time.perf_counter() - t:.0f} s")
+    return index_dir, model
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, default=Path("/tmp/svdfaiss-bench"))
-    parser.add_argument("--items", type=int, default=1_000_000)
-    parser.add_argument("--users", type=int, default=1_500_000)
-    parser.add_argument("--events", type=int, default=6_000_000)
-    parser.add_argument("--build-args", default="--index ivf --ivf-nlist 4096 --ivf-nprobe 16 "
-                        "--user-index none --similar-cache 50")
+    parser.add_argument("--items", type=int, default=ITEMS)
+    parser.add_argument("--users", type=int, default=USERS)
+    parser.add_argument("--events", type=int, default=EVENTS)
+    parser.add_argument("--build-args", default=BUILD_ARGS)
     parser.add_argument("--duration", type=int, default=8)
     parser.add_argument("--rate", type=float, default=1000.0, help="paced rate, cached")
     parser.add_argument("--search-rate", type=float, default=300.0,
@@ -144,20 +168,8 @@ def main() -> None:
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed (apt-get install wrk)")
 
-    data = args.work / f"catalog-{args.items}"
-    events = data / "events.csv"
-    if not events.exists():
-        subprocess.run([sys.executable, "-m", "svdfaiss", "synth", "--out", str(data),
-                        "--users", str(args.users), "--items", str(args.items), "--events",
-                        str(args.events), "--categories", "20", "--every-item"], check=True)
-    index_dir = args.work / "indexes-service"
-    model = f"items{args.items}"
-    if not (index_dir / model / "CURRENT").exists():
-        t = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "svdfaiss", "build", str(events), "--model",
-                        model, "--out", str(index_dir), *args.build_args.split()],
-                       check=True, stdout=subprocess.DEVNULL)
-        print(f"built the bundle in {time.perf_counter() - t:.0f} s")
+    index_dir, model = ensure_bundle(args.work, args.items, args.users, args.events,
+                                     args.build_args)
 
     import numpy as np
 

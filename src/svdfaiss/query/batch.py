@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from svdfaiss.errors import NoEvidence, NotInMode
-from svdfaiss.index import search
+from svdfaiss.index import faiss, search
 from svdfaiss.query.banded import merge
 from svdfaiss.query.filters import NO_FILTER
 from svdfaiss.query.model import LoadedModel
@@ -36,9 +36,6 @@ from svdfaiss.query.similar import mode_for_item
 from svdfaiss.query.similar import similar_items as similar_one
 from svdfaiss.query.vectors import fold_rows
 
-# Rows skipping more ids than this go through the single query even on flat or IVF indexes:
-# an over-fetch of k + e rows per query stops paying for itself.
-BATCH_EXCLUDED_MAX = 2048
 Hit = tuple[np.ndarray, np.ndarray] | None  # (scores, positions) of one row, or "ask alone"
 
 
@@ -86,10 +83,11 @@ class _Rows:
 
 
 def _keep_first(scores: np.ndarray, ids: np.ndarray, excluded: list[np.ndarray],
-                size: int, ks: np.ndarray) -> list[Hit]:
+                size: int, ks: np.ndarray, partial: bool = False) -> list[Hit]:
     """Per row, the first ks[j] returned ids that are real, below `size` and not in
-    excluded[j]; None for a row with fewer left (the single path would search again with a
-    selector or more effort). One membership test for the whole group."""
+    excluded[j]; for a row with fewer left, None (the single path would search again with
+    a selector or more effort), or with `partial` those left. One membership test for the
+    whole group."""
     keep = (ids >= 0) & (ids < size)
     lengths = np.array([e.size for e in excluded], dtype=np.int64)
     if lengths.sum():
@@ -101,7 +99,7 @@ def _keep_first(scores: np.ndarray, ids: np.ndarray, excluded: list[np.ndarray],
     rank = np.cumsum(keep, axis=1)
     out: list[Hit] = []
     for j, k in enumerate(ks.tolist()):
-        if rank[j, -1] < k:
+        if rank[j, -1] < k and not partial:
             out.append(None)
             continue
         take = keep[j] & (rank[j] <= k)
@@ -116,14 +114,11 @@ def approximate_many(space: Space, queries: np.ndarray, ks: np.ndarray,
     q = space.query_transform(queries)
     hits: list[Hit] = [None] * len(excluded)
     extra = np.array([e.size for e in excluded], dtype=np.int64)
-    fetch = ks + extra
-    if space.kind == "hnsw":
-        # efSearch follows the fetch: only the single path's own fetch gives its answer.
-        eligible = extra <= OVERFETCH_MAX
-        group = fetch
-    else:
-        eligible = extra <= BATCH_EXCLUDED_MAX
-        group = 1 << np.ceil(np.log2(np.maximum(fetch, 1))).astype(np.int64)
+    # The single path's own fetch: with another k, FAISS may order the items tied at the
+    # cut differently (and HNSW's efSearch follows k). More ids to skip than the
+    # over-fetch takes means an IDSelector search, which has no batched form.
+    eligible = extra <= OVERFETCH_MAX
+    group = ks + extra
     for size_fetch in np.unique(group[eligible]):
         rows = np.flatnonzero(eligible & (group == size_fetch))
         n_fetch = int(min(size_fetch, space.index.ntotal))
@@ -156,30 +151,53 @@ def top_k_many(space: Space, queries: np.ndarray, k: int, excluded: list[np.ndar
             hits[r] = hit
         return hits
     head = space.head
-    scores = np.asarray(queries[live] @ head.vectors.T, dtype=np.float32)
-    scores[:, head.ids >= size] = -np.inf
-    for j, r in enumerate(live.tolist()):  # the row's excluded ids among the head's
-        ex = excluded[r]
-        if ex.size:
-            at = np.minimum(np.searchsorted(head.ids, ex), head.ids.size - 1)
-            scores[j, at[head.ids[at] == ex]] = -np.inf
-    # Head.top_k for every row at once: best first, ties by the lower position.
-    width = min(int(ks[live].max()), head.ids.size)
-    top = (np.argpartition(-scores, width - 1, axis=1)[:, :width]
-           if width < head.ids.size else np.broadcast_to(np.arange(width), scores.shape))
-    top_scores = np.take_along_axis(scores, top, axis=1)
-    order = np.lexsort((head.ids[top], -top_scores), axis=-1)
-    top = np.take_along_axis(top, order, axis=1)
-    top_scores = np.take_along_axis(top_scores, order, axis=1)
-    bounds = np.linalg.norm(queries[live], axis=1) * head.tail_max_norm
-    need_tail: list[int] = []
+    q = np.ascontiguousarray(queries[live], dtype=np.float32)
+    # Head.top_k for every row: the head rows in an exact FAISS index (BLAS and a heap,
+    # far faster than numpy's argpartition over chunk x head scores), over-fetched by the
+    # row's excluded head rows and the head rows at or above `size`.
+    flat = faiss.IndexFlatIP(head.vectors.shape[1])
+    flat.add(np.ascontiguousarray(head.vectors, dtype=np.float32))
+    live_excluded = [excluded[r] for r in live.tolist()]
+    is_head = np.zeros(max(space.size, int(head.ids.max(initial=0)) + 1), dtype=bool)
+    is_head[head.ids] = True
+    lengths = np.array([e.size for e in live_excluded], dtype=np.int64)
+    in_head = np.zeros(live.size, dtype=np.int64)
+    if lengths.sum():
+        every = np.concatenate(live_excluded)
+        in_head = np.bincount(np.repeat(np.arange(live.size), lengths),
+                              weights=is_head[every], minlength=live.size).astype(np.int64)
+    # One row more than k: Head.top_k breaks ties by the lower position over the whole
+    # head, so a tie across the cut is left to the single query.
+    fetch = np.minimum(ks[live] + in_head + int(np.count_nonzero(head.ids >= size)) + 1,
+                       head.ids.size)
+    group = 1 << np.ceil(np.log2(np.maximum(fetch, 1))).astype(np.int64)
     heads: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    tied: set[int] = set()
+    for size_fetch in np.unique(group):
+        rows = np.flatnonzero(group == size_fetch)
+        n_fetch = int(min(size_fetch, head.ids.size))
+        scores, at = flat.search(q[rows], n_fetch)
+        ids = np.where(at >= 0, head.ids[np.maximum(at, 0)], -1)
+        found = _keep_first(scores, ids, [live_excluded[j] for j in rows.tolist()], size,
+                            ks[live[rows]] + 1, partial=True)
+        for r, hit in zip(live[rows].tolist(), found, strict=True):
+            assert hit is not None
+            got_scores, got = hit
+            order = np.lexsort((got, -got_scores))
+            got_scores, got = got_scores[order], got[order]
+            kk = int(ks[r])
+            if got.size > kk and got_scores[kk] == got_scores[kk - 1]:
+                tied.add(r)
+            elif got.size <= kk and n_fetch < head.ids.size:
+                tied.add(r)  # fewer than the fetch promised: let the single query see
+            heads[r] = (got_scores[:kk], got[:kk])
+    bounds = np.linalg.norm(q, axis=1) * head.tail_max_norm
+    need_tail: list[int] = []
     for j, r in enumerate(live.tolist()):
-        kk = int(ks[r])
-        finite = np.isfinite(top_scores[j, :kk])
-        chosen_scores, chosen = top_scores[j, :kk][finite], head.ids[top[j, :kk][finite]]
-        heads[r] = (chosen_scores, chosen)
-        if chosen.size < kk or chosen_scores[-1] < bounds[j]:
+        chosen_scores, chosen = heads[r]
+        if r in tied:
+            continue
+        if chosen.size < ks[r] or float(chosen_scores[-1]) < bounds[j]:
             need_tail.append(r)
         else:
             hits[r] = heads[r]
