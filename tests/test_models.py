@@ -215,6 +215,11 @@ def test_evaluate_with_report_timestamps_and_ratings(tmp_path):
         assert f"{image}.png" in page
         assert (report_dir / f"{image}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "Rating prediction" in page and "leave last out" in page
+    # 150 test users: the command, the JSON and the page say the test set is small
+    assert "warning: small test set (random holdout): 150 of 150 users" in result.stderr
+    assert report["warnings"][0].startswith("small test set (random holdout)")
+    assert "<b>Warning:</b> small test set (random holdout)" in page
+    assert "<pre>" not in page and "<h2>Protocol</h2><table class='protocol'>" in page
 
 
 def _ratings_log(tmp_path, seed: int = 11):

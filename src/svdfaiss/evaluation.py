@@ -371,6 +371,56 @@ def evaluate_topn(matrix: sp.csr_matrix, k_factors: int, scheme: str, beta: floa
     }
 
 
+# Below either, an evaluation says its test set is small: too few users for differences
+# between methods to stand out of the noise, or too small a share for the test users (those
+# with min_interactions) to stand for the log's users.
+SMALL_TEST_USERS = 500
+SMALL_TEST_SHARE = 0.05
+
+
+def evaluation_warnings(report: dict[str, Any]) -> list[str]:
+    """What an evaluation report should warn about, as sentences: a small test set (with
+    the standard error sqrt(p (1 - p) / n) of svdfaiss's hit rate p@10 over its n test
+    users), and a rating model that predicts worse than its biases alone."""
+    warnings = []
+    for name, part in (("random holdout", report),
+                       ("leave last out", report.get("leave_last_out"))):
+        if not part:
+            continue
+        protocol = part["protocol"]
+        n = int(protocol.get("test_users", 0))
+        users = int(protocol.get("users", report["protocol"].get("users", 0)))
+        share = n / users if users else 0.0
+        if n >= SMALL_TEST_USERS and share >= SMALL_TEST_SHARE:
+            continue
+        why = []
+        if n < SMALL_TEST_USERS:
+            why.append(f"fewer than {SMALL_TEST_USERS}")
+        if share < SMALL_TEST_SHARE:
+            why.append(f"under {SMALL_TEST_SHARE:.0%} of the users")
+        text = (f"small test set ({name}): {n:,} of {users:,} users ({share:.1%}) are "
+                f"tested, {' and '.join(why)}")
+        hit = part.get("topn", {}).get("svdfaiss", {}).get("hit_rate@10")
+        if hit is not None and n > 0:
+            error = float(np.sqrt(hit * (1 - hit) / n))
+            text += (f"; svdfaiss's hit rate@10 {hit:.3f} has a standard error of "
+                     f"{error:.3f}, so differences between methods below about "
+                     f"{2 * error:.3f} are noise")
+        if "min_interactions" in protocol:
+            text += (f" (only users with {protocol['min_interactions']} or more interactions "
+                     "are tested: --min-test-interactions)")
+        warnings.append(text)
+    rating = report.get("rating") or {}
+    model, biases = rating.get("svdfaiss rating model"), rating.get("biases only")
+    if model and biases and model["rmse"] > biases["rmse"]:
+        warnings.append(
+            f"the rating model predicts worse than its biases alone: RMSE {model['rmse']:.4f} "
+            f"against {biases['rmse']:.4f} (5 folds); its factors add noise on this log. "
+            "Build with --objective rating --rating-k 0 for the biases alone, or let "
+            "svdfaiss tune choose (its grid includes k 0)")
+    return warnings
+
+
 TUNE_GRID: dict[str, tuple[Any, ...]] = {
     "k": (32, 64, 128, 256),
     "weighting": ("none", "binary", "log", "bm25"),

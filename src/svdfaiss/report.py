@@ -7,7 +7,6 @@ folder can be opened from disk or published as it is.
 from __future__ import annotations
 
 import html
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from matplotlib.ticker import NullFormatter
 
 from svdfaiss.data import Interactions
 from svdfaiss.evaluation import (
+    evaluation_warnings,
     fit_svd,
     holdout_split,
     ranking_metrics,
@@ -212,6 +212,44 @@ def _table(headers: list[str], rows: list[list[Any]]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
+# The protocol's fields as the report names them, in this order; others follow as they are.
+PROTOCOL_LABELS = {
+    "split": "split", "test_fraction": "share of each test user held out",
+    "seed": "seed", "min_interactions": "interactions a user needs to be tested",
+    "candidates": "candidates", "cutoffs": "cutoffs", "users": "users", "items": "items",
+    "interactions": "interactions", "test_users": "test users",
+    "test_interactions": "test interactions", "input": "input", "feedback": "feedback",
+    "removed_by_min_rating": "ratings removed by --min-rating", "skipped": "skipped",
+}
+
+
+def _protocol_value(key: str, value: Any, protocol: dict[str, Any]) -> str:
+    if key == "test_users" and protocol.get("users"):
+        return f"{value:,} of {protocol['users']:,} ({value / protocol['users']:.1%})"
+    if isinstance(value, bool) or value is None:
+        return str(value)
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, list | tuple):
+        return ", ".join(str(v) for v in value) or "none"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}: {v}" for k, v in value.items()) or "none"
+    return str(value)
+
+
+def _protocol_table(protocol: dict[str, Any]) -> str:
+    """The evaluation protocol as a two-column table: what, and its value."""
+    keys = [k for k in PROTOCOL_LABELS if k in protocol] + [
+        k for k in protocol if k not in PROTOCOL_LABELS]
+    rows = "".join(
+        f"<tr><th>{html.escape(PROTOCOL_LABELS.get(k, k.replace('_', ' ')))}</th>"
+        f"<td>{html.escape(_protocol_value(k, protocol[k], protocol))}</td></tr>"
+        for k in keys)
+    return f"<table class='protocol'>{rows}</table>"
+
+
 def write_report(directory: Path, inter: Interactions, report: dict[str, Any], k: int,
                  scheme: str, beta: float, shrinkage: float) -> Path:
     """Draw every figure into `directory` and write `index.html`; returns the page."""
@@ -261,15 +299,25 @@ def write_report(directory: Path, inter: Interactions, report: dict[str, Any], k
         text = caption if caption.startswith("<table>") else html.escape(caption)
         sections.append(f"<h2>{html.escape(title)}</h2><img src='{image}' alt='"
                         f"{html.escape(title)}'><div>{text}</div>")
-    protocol = html.escape(json.dumps(report["protocol"], indent=1))
+    warnings = report.get("warnings")
+    if warnings is None:
+        warnings = evaluation_warnings(report)
+    notes = "".join(f"<p class='warning'><b>Warning:</b> {html.escape(w)}</p>"
+                    for w in warnings)
+    protocol = "<h2>Protocol</h2>" + _protocol_table(report["protocol"])
+    if "leave_last_out" in report:
+        protocol += ("<h3>Leave last out</h3>"
+                     + _protocol_table(report["leave_last_out"]["protocol"]))
     page = directory / "index.html"
     page.write_text(
         "<!doctype html><html><head><meta charset='utf-8'><title>svdfaiss evaluation</title>"
         "<style>body{font-family:sans-serif;max-width:980px;margin:2em auto}"
         "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;"
-        "padding:2px 8px;text-align:right}img{max-width:100%}</style></head><body>"
+        "padding:2px 8px;text-align:right}img{max-width:100%}"
+        ".warning{background:#fff4d6;border-left:4px solid #e0a800;padding:.4em .8em}"
+        "table.protocol td{text-align:left}</style></head><body>"
         f"<h1>svdfaiss evaluation: {inter.n_users:,} users, {inter.n_items:,} items, "
         f"{matrix.nnz:,} interactions</h1><p>Model: k {k}, weighting {html.escape(scheme)}, "
-        f"beta {beta:g}, shrinkage {shrinkage:g}.</p><pre>{protocol}</pre>"
+        f"beta {beta:g}, shrinkage {shrinkage:g}.</p>{notes}{protocol}"
         + "".join(sections) + "</body></html>\n", encoding="utf-8")
     return page

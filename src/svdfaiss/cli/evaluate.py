@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from svdfaiss.cli.main import clean_errors
@@ -42,7 +43,7 @@ from svdfaiss.cli.options import (
     input_flags_text,
     read_options,
 )
-from svdfaiss.cli.printing import out, progress_line, show
+from svdfaiss.cli.printing import err, out, progress_line, show
 from svdfaiss.errors import InvalidInput
 
 
@@ -90,7 +91,12 @@ def evaluate(
     """Hold out 20% of each user's interactions and score svdfaiss and baselines on them."""
     from svdfaiss.builder import BuildConfig
     from svdfaiss.data import build_interactions, read_log
-    from svdfaiss.evaluation import evaluate_topn, last_times, leave_last_out_split
+    from svdfaiss.evaluation import (
+        evaluate_topn,
+        evaluation_warnings,
+        last_times,
+        leave_last_out_split,
+    )
 
     check_choice("--weighting", weighting)
     read = read_options(fmt, header=header, delimiter=delimiter, user_col=user_col,
@@ -136,6 +142,9 @@ def evaluate(
         out.print("leave last out: skipped, the log has no timestamp column")
     if inter.feedback == "explicit" and rating:
         report["rating"] = _rating_report(inter.matrix, seed)
+    report["warnings"] = evaluation_warnings(report)
+    for warning in report["warnings"]:
+        err.print(f"[bold yellow]warning:[/] {escape(warning)}")
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(report, indent=2) + "\n")
