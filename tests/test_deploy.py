@@ -1,11 +1,16 @@
 """docker-compose.yml and the Dockerfile, validated by a compose client (no engine needed)."""
 
+import json
 import shutil
 import subprocess
+import sys
+import tomllib
 from pathlib import Path
 
 import pytest
 import yaml
+
+from .helpers import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -20,16 +25,55 @@ def compose_command() -> list[str]:
     pytest.skip("no docker compose client on this machine (CI installs docker-compose)")
 
 
-def test_compose_file_is_valid_and_wires_builder_then_api(tmp_path):
-    cmd = compose_command()
-    env = {"PATH": "/usr/bin:/bin", "SVDFAISS_DATA_DIR": str(tmp_path),
-           "SVDFAISS_INPUT": "log.csv", "SVDFAISS_MODEL": "shop"}
-    done = subprocess.run([*cmd, "-f", str(ROOT / "docker-compose.yml"), "config"],
-                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=60)
+def compose_config(settings: dict[str, str]) -> dict:  # type: ignore[type-arg]
+    """`docker compose config` of the compose file with these SVDFAISS_* settings."""
+    env = {"PATH": "/usr/bin:/bin:/usr/local/bin", **settings}
+    done = subprocess.run([*compose_command(), "-f", str(ROOT / "docker-compose.yml"),
+                           "config"], capture_output=True, text=True, env=env, cwd=ROOT,
+                          timeout=60)
     assert done.returncode == 0, done.stderr
-    config = yaml.safe_load(done.stdout)
+    config: dict = yaml.safe_load(done.stdout)  # type: ignore[type-arg]
+    return config
+
+
+def mounts(service: dict) -> dict[str, str]:  # type: ignore[type-arg]
+    """Container path -> source (a named volume's name, or a host path) of a service."""
+    out = {}
+    for volume in service["volumes"]:
+        if isinstance(volume, dict):
+            out[volume["target"]] = str(volume["source"])
+        else:
+            source, target = volume.split(":")[:2]
+            out[target] = source
+    return out
+
+
+def test_quick_start_generates_the_sample_in_the_image_and_builds_it_with_its_catalog(
+        tmp_path):
+    config = compose_config({})  # `docker compose up --build`, nothing set on the host
+    sample, builder = config["services"]["sample"], config["services"]["builder"]
+    # synth runs in the image, into the sample volume, which the builder then reads
+    assert sample["command"] == ["synth", "--out", "/sample"]
+    assert mounts(sample) == {"/sample": "sample"} and "sample" in config["volumes"]
+    assert mounts(builder)["/data"] == "sample"
+    assert builder["depends_on"]["sample"]["condition"] == "service_completed_successfully"
+    # ... and builds with the catalog synth writes beside the events, so /demo can search
+    assert builder["command"][:4] == ["build", "/data/events.csv", "--items",
+                                      "/data/items.csv"]
+    from svdfaiss.synthetic import SampleSpec, write_sample
+
+    written = write_sample(SampleSpec(users=20, items=10, events=60, categories=3),
+                           tmp_path / "sample")
+    assert {written.events.name, written.catalog.name} == {"events.csv", "items.csv"}
+
+
+def test_compose_file_is_valid_and_wires_builder_then_api(tmp_path):
+    config = compose_config({"SVDFAISS_DATA_DIR": str(tmp_path), "SVDFAISS_INPUT": "log.csv",
+                             "SVDFAISS_ITEMS": "/data/catalog.csv", "SVDFAISS_MODEL": "shop"})
     builder, api = config["services"]["builder"], config["services"]["api"]
-    assert builder["command"][:2] == ["build", "/data/log.csv"]
+    assert builder["command"][:4] == ["build", "/data/log.csv", "--items",
+                                      "/data/catalog.csv"]
+    assert mounts(builder)["/data"] == str(tmp_path)
     assert "shop" in builder["command"] and "shop" in api["command"]
     assert api["command"][0] == "serve"
     assert api["depends_on"]["builder"]["condition"] == "service_completed_successfully"
@@ -48,4 +92,31 @@ def test_dockerfile_runs_svdfaiss_unprivileged():
     assert 'ENTRYPOINT ["svdfaiss"]' in text
     assert "USER svdfaiss" in text
     assert "/readyz" in text
-    assert "pip install ." in text
+
+
+def test_dockerfile_installs_the_dependencies_before_it_copies_the_source(tmp_path):
+    lines = [line.strip() for line in (ROOT / "Dockerfile").read_text().splitlines()]
+    order = {key: next(n for n, line in enumerate(lines) if line.startswith(key))
+             for key in ("COPY pyproject.toml", "RUN python -c", "COPY src",
+                         "RUN pip install --no-deps .")}
+    assert (order["COPY pyproject.toml"] < order["RUN python -c"] < order["COPY src"]
+            < order["RUN pip install --no-deps ."])
+    assert "&& pip install -r requirements.txt" in lines[order["RUN python -c"] + 1]
+    # The dependency layer's command, run here, lists exactly pyproject's dependencies.
+    command = lines[order["RUN python -c"]].removeprefix("RUN python -c ").split(" > ")[0]
+    script = command.strip('"')  # inside double quotes the shell leaves \n to Python
+    shutil.copy(ROOT / "pyproject.toml", tmp_path)
+    listed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                            cwd=tmp_path, check=True).stdout.splitlines()
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert listed == project["dependencies"] and listed
+
+
+def test_build_takes_items_none_for_a_log_without_a_catalog(tmp_path):
+    log = tmp_path / "log.csv"
+    log.write_text("user,item\n" + "".join(f"u{u},i{(u * 7 + j) % 15}\n"
+                                           for u in range(40) for j in range(4)))
+    result = run_cli(["build", str(log), "--items", "none", "--out", str(tmp_path / "ix"),
+                      "--k", "4", "--no-tune", "--json"])
+    assert result.returncode == 0, result.stderr
+    assert "catalog.parquet" not in json.loads(result.stdout)["files"]

@@ -180,7 +180,7 @@ def build(
         item_index=index_params(index),
         rec_index=index_params(rec_index, RECOMMENDATION_INDEX),
         user_index=None if user_index == "none" else index_params(user_index),
-        catalog=items_catalog,
+        catalog=None if str(items_catalog) == "none" else items_catalog,
         catalog_options=catalog_options(items_delimiter, items_id_col, items_price_col,
                                         items_stock_col),
         seed=seed,

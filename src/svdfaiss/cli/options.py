@@ -61,7 +61,8 @@ INPUT_FLAGS = ("--format", "--header", "--delimiter", "--user-col", "--item-col"
 # The catalog (build's --items, echoed by tune) and how to read it.
 ItemsOpt = Annotated[Path | None, typer.Option(
     "--items", help="Catalog CSV/TSV/Parquet: an item id column (item_id, sku, ...) and "
-    "fields such as title, category, price, in_stock.")]
+    "fields such as title, category, price, in_stock; 'none': no catalog (for a compose "
+    "file or script that always passes the flag; ./none names a file so called).")]
 ItemsDelimiterOpt = Annotated[str | None, typer.Option(
     help="The catalog's delimiter (default: detected like the log's).")]
 ItemsIdColOpt = Annotated[str | None, typer.Option(
