@@ -8,6 +8,7 @@ from svdfaiss.builder import BuildConfig, build
 from svdfaiss.data import decode_ids
 from svdfaiss.errors import InvalidInput, UnknownItem, UnknownUser
 from svdfaiss.index import IndexParams, normalize_rows
+from svdfaiss.query.vectors import fold_rows
 from svdfaiss.recommender import Recommender
 
 from .helpers import factor_ranked
@@ -72,6 +73,15 @@ def test_user_vector_equals_the_stored_user_embedding(rec):
     stored = rec._users.index.reconstruct_n(0, rec.n_users)
     folded = normalize_rows(np.stack([rec.user_vector(u) for u in range(0, rec.n_users, 50)]))
     np.testing.assert_allclose(folded, stored[::50], atol=2e-4)
+
+
+def test_a_stored_users_vector_is_bit_for_bit_its_sparse_fold_in(rec):
+    """user_vector folds the stored row in from the arrays; the answer is exactly the
+    sparse product (fold_rows) it replaces, so no score moves by a bit."""
+    assert rec.rows_sorted
+    for user in range(0, rec.n_users, 7):
+        expected = fold_rows(rec, rec.rows[user : user + 1])[0]
+        assert rec.user_vector(user).tobytes() == expected.tobytes(), user
 
 
 def test_filtered_queries_return_exactly_k(rec):

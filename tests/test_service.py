@@ -18,6 +18,7 @@ from svdfaiss.config import Settings
 from svdfaiss.data import decode_ids
 from svdfaiss.recommender import Recommender
 from svdfaiss.service.app import FastPath, Metrics, Models
+from svdfaiss.service.fastpath import ENTRY_OVERHEAD, AnswerCache
 
 from .helpers import TOKEN, server
 
@@ -217,6 +218,61 @@ def test_the_fast_path_answers_plain_recommendations_without_fastapi(versions):
     for query in queries:
         assert get(f"/users/{user}/recommendations", query) == []
     assert passed_on == queries
+
+
+def test_a_cached_recommendation_is_the_fresh_answer_until_events_or_a_reload(own_copy):
+    """The fast path keeps plain recommendations' bytes: a repeated request gets the same
+    bytes as the FastAPI route, a user's live event is answered from their live row at
+    once, and after a reload every answer is the new version's."""
+    user = decode_ids(Recommender.load(own_copy, "sample").user_ids[11:12])[0]
+    path = f"/users/{user}/recommendations"
+    with server(own_copy) as url, httpx.Client(base_url=url, timeout=30) as client:
+
+        def fast_and_route() -> tuple[bytes, bytes]:
+            # `mode=hybrid` is the default, but any parameter takes the FastAPI route.
+            return (client.get(path, params={"k": 10}).content,
+                    client.get(path, params={"k": 10, "mode": "hybrid"}).content)
+
+        first, reference = fast_and_route()
+        again, _ = fast_and_route()
+        assert first == again == reference
+        assert 'svdfaiss_recommendation_cache_total{result="hit"} 1.0' in \
+            client.get("/metrics").text
+        top = orjson.loads(first)["items"][0]["item_id"]
+        assert client.post("/events", json={"user_id": user, "item_id": top}).status_code == 200
+        live, reference = fast_and_route()
+        assert live == reference != first
+        assert top not in [i["item_id"] for i in orjson.loads(live)["items"]]  # now seen
+        assert 'svdfaiss_recommendation_cache_total{result="live"} 1.0' in \
+            client.get("/metrics").text  # computed from the live row, not kept
+
+        other = decode_ids(Recommender.load(own_copy, "sample").user_ids[12:13])[0]
+        before = client.get(f"/users/{other}/recommendations", params={"k": 10}).json()
+        assert before["version"] == "v1"
+        bundle.set_current(own_copy / "sample", "v2")
+        assert reload(url).json()["result"] == "loaded"
+        after = client.get(f"/users/{other}/recommendations", params={"k": 10})
+        assert after.json()["version"] == "v2" and after.headers["x-model-version"] == "v2"
+        assert after.content == client.get(f"/users/{other}/recommendations",
+                                           params={"k": 10, "mode": "hybrid"}).content
+        assert after.json()["items"] != before["items"]
+
+
+def test_the_answer_cache_is_bounded_and_drops_an_old_versions_answers(versions):
+    rec = Recommender.load(versions, "sample")
+    cache = AnswerCache(10 * (100 + ENTRY_OVERHEAD))
+    for n in range(25):
+        cache.get(rec, "a", f"user{n}", 10)
+        cache.put(rec, "a", f"user{n}", 10, bytes(100))
+        assert cache.bytes_used <= 10 * (100 + ENTRY_OVERHEAD)
+    assert len(cache) == 10
+    assert cache.get(rec, "a", "user24", 10) == bytes(100)
+    assert cache.get(rec, "a", "user0", 10) is None  # the least recently used went first
+    assert cache.get(rec, "a", "user24", 5) is None  # another k is another answer
+    cache.put(rec, "a", "big", 10, bytes(20 * (100 + ENTRY_OVERHEAD)))  # beyond the budget
+    assert cache.get(rec, "a", "big", 10) is None and len(cache) == 10
+    newer = Recommender.open(versions / "sample" / "v2")
+    assert cache.get(newer, "a", "user24", 10) is None and len(cache) == 0
 
 
 def test_batched_searches_equal_single_ones(versions):

@@ -5,7 +5,7 @@ import pytest
 import scipy.sparse as sp
 
 from svdfaiss.errors import InvalidInput
-from svdfaiss.weighting import WeightingParams, item_column_scale, weight_rows
+from svdfaiss.weighting import WeightingParams, item_column_scale, weight_row, weight_rows
 
 RAW = sp.csr_matrix(np.array([[2.0, 0.0, 1.0], [1.0, 3.0, 0.0], [4.0, 0.0, 0.0]]))
 
@@ -43,3 +43,21 @@ def test_bad_scheme_and_beta_are_refused():
         item_column_scale(RAW, "tfidf", 0.0)
     with pytest.raises(InvalidInput, match="beta"):
         item_column_scale(RAW, "log", 1.5)
+
+
+@pytest.mark.parametrize("scheme", ["none", "binary", "log", "bm25"])
+def test_one_row_weighs_bit_for_bit_like_the_matrix(scheme):
+    """weight_row (the per-request path, no sparse matrix) gives exactly weight_rows' row,
+    rows of many entries too (where a pairwise sum would differ from scipy's row total)."""
+    rng = np.random.default_rng(3)
+    dense = rng.integers(1, 9, (300, 500)) * (rng.random((300, 500)) < 0.08)
+    dense[0] = 0  # an empty row too
+    matrix = sp.csr_matrix(dense.astype(np.float32))
+    scale, mean = item_column_scale(matrix, scheme, 0.4)
+    params = WeightingParams(scheme, 0.4, mean_row_length=mean)
+    whole = weight_rows(matrix, params, scale)
+    for user in range(matrix.shape[0]):
+        lo, hi = matrix.indptr[user], matrix.indptr[user + 1]
+        one = weight_row(matrix.data[lo:hi], matrix.indices[lo:hi], params, scale)
+        assert one.dtype == np.float32
+        assert one.tobytes() == whole.data[lo:hi].tobytes(), user

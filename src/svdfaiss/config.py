@@ -87,6 +87,11 @@ class Settings(BaseSettings):
                             "POST /events off")
     fast_path: bool = Field(True, description="answer similar items and recommendations "
                             "asked with nothing but k without FastAPI's parameter machinery")
+    recommendation_cache_mb: float = Field(
+        64.0, ge=0.0, le=1_048_576.0, description="memory for the encoded answers of plain "
+        "recommendations (nothing but k) of users without live events, least recently used "
+        "dropped; 0 turns the cache off. Entries of a model go when another version of it "
+        "is served")
 
     @field_validator("admin_token", "events_token")
     @classmethod

@@ -90,7 +90,9 @@ def mips_augment(item_vectors: np.ndarray) -> np.ndarray:
 def mips_query(queries: np.ndarray) -> np.ndarray:
     """Queries with the zero coordinate that matches `mips_augment`."""
     q = np.atleast_2d(np.asarray(queries, dtype=np.float32))
-    return np.ascontiguousarray(np.hstack([q, np.zeros((q.shape[0], 1), dtype=np.float32)]))
+    out = np.zeros((q.shape[0], q.shape[1] + 1), dtype=np.float32)
+    out[:, :-1] = q
+    return out
 
 
 def build_index(vectors: np.ndarray, params: IndexParams, seed: int = 0) -> faiss.Index:
@@ -287,8 +289,10 @@ def search(
     elif kind == "ivf":
         params = faiss.SearchParametersIVF()
         params.nprobe = min(index.nlist, index.nprobe * effort)
-    else:
+    elif selector is not None:
         params = faiss.SearchParameters()
+    else:
+        params = None  # a flat index without a filter has nothing to set
     if selector is not None:
         params.sel = selector
     scores, ids = index.search(q, k, params=params)

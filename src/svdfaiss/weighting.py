@@ -6,6 +6,7 @@ basket's) row at query time, so folding in a row reproduces exactly what the mod
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Literal
 
@@ -69,17 +70,42 @@ def weight_rows(
     """
     out = rows.astype(np.float32, copy=True)
     out.sort_indices()
-    data = out.data
+
+    def entry_totals() -> np.ndarray:
+        totals = np.asarray(out.sum(axis=1)).ravel()
+        return np.repeat(totals, np.diff(out.indptr))
+
+    _weigh(out.data, out.indices, entry_totals, params, column_scale)
+    return out
+
+
+def weight_row(values: np.ndarray, items: np.ndarray, params: WeightingParams,
+               column_scale: np.ndarray) -> np.ndarray:
+    """The weighted values (float32) of one raw row given as its values and item positions
+    in ascending order: bit for bit the row `weight_rows` gives, without building a sparse
+    matrix (the per-request path)."""
+    data = np.array(values, dtype=np.float32)
+
+    def entry_totals() -> np.ndarray:
+        # The row total as scipy's csr sum computes it (np.add.reduceat), so BM25 matches.
+        total = np.add.reduceat(data, np.zeros(1, dtype=np.intp)) if data.size else data
+        return np.repeat(total, data.size)
+
+    _weigh(data, items, entry_totals, params, column_scale)
+    return data
+
+
+def _weigh(data: np.ndarray, items: np.ndarray, entry_totals: Callable[[], np.ndarray],
+           params: WeightingParams, column_scale: np.ndarray) -> None:
+    """Weights raw float32 values in place; `entry_totals()` gives each entry's row total."""
     if params.scheme == "binary":
         data[:] = 1.0
     elif params.scheme == "log":
         np.log1p(np.maximum(data, 0), out=data)
     elif params.scheme == "bm25":
-        totals = np.asarray(out.sum(axis=1)).ravel()
         norm = params.bm25_k1 * (
-            1.0 - params.bm25_b + params.bm25_b * totals / max(params.mean_row_length, 1e-12)
+            1.0 - params.bm25_b
+            + params.bm25_b * entry_totals() / max(params.mean_row_length, 1e-12)
         )
-        per_entry = np.repeat(norm, np.diff(out.indptr)).astype(np.float32)
-        data[:] = data * (params.bm25_k1 + 1.0) / (data + per_entry)
-    data *= column_scale[out.indices]
-    return out
+        data[:] = data * (params.bm25_k1 + 1.0) / (data + norm.astype(np.float32))
+    data *= column_scale[items]

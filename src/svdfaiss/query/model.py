@@ -59,6 +59,9 @@ class LoadedModel:
                   for part in ("values", "indices", "indptr")),
             shape=(self.n_users, self.n_items),
         )
+        # Whether each row's items ascend (every bundle the builder writes): then one row
+        # folds in straight from the arrays (query.vectors.fold_entries).
+        self.rows_sorted = bool(self.rows.has_sorted_indices)
         self.weighting = WeightingParams(**manifest["parameters"]["weighting"])
         # --objective rating: users carry [p_u, 1] and biases; items [q_i, b_i] (rating.py)
         self.rating_model: dict[str, Any] | None = manifest.get("rating_model")

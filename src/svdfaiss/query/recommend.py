@@ -34,6 +34,7 @@ from svdfaiss.query.vectors import (
     basket_vector,
     live_row,
     row_vector,
+    seen_items,
     similarity_vector,
     user_vector,
 )
@@ -115,14 +116,17 @@ def recommend(
         if fallback == "popular":
             return popular(model, k, items, filter_items, catalog_filter, None)
         raise UnknownUser(user_id)
-    if row is None:
-        row = model.rows[user : user + 1]
-    seen = np.asarray(row.indices, dtype=np.int64) if exclude_seen else None
-    if _without_evidence(model, row.indices):
+    # The stored row is read from the arrays: no sparse slice per request.
+    history = (seen_items(model, user) if row is None
+               else np.asarray(row.indices, dtype=np.int64))
+    seen = history if exclude_seen else None
+    if _without_evidence(model, history):
         return popular(model, k, items, filter_items, catalog_filter, seen)
-    query = user_vector(model, user) if not live else row_vector(model, row)
+    query = user_vector(model, user) if row is None else row_vector(model, row)
     result = rank_for_vector(model, query, seen, k, items, filter_items, catalog_filter,
                              with_new)
+    if row is None and explain_items:
+        row = model.rows[user : user + 1]
     return _with_reasons(model, result, row, "cf" if model.rating_model is None else "rating",
                          explain_items)
 

@@ -16,7 +16,7 @@ from svdfaiss.factorize import fold_in
 from svdfaiss.query.model import LoadedModel
 from svdfaiss.query.retrieval import NONE
 from svdfaiss.rating import fold_in_augmented
-from svdfaiss.weighting import weight_rows
+from svdfaiss.weighting import weight_row, weight_rows
 
 
 def seen_items(model: LoadedModel, user: int) -> np.ndarray:
@@ -36,7 +36,23 @@ def user_vector(model: LoadedModel, user: int) -> np.ndarray:
     [p_u, 1] under a rating model."""
     if model.rating_users is not None:
         return np.asarray(model.rating_users[user])
-    vector: np.ndarray = fold_rows(model, model.rows[user : user + 1])[0]
+    if not model.rows_sorted:  # an unsorted row is sorted by weight_rows first
+        vector: np.ndarray = fold_rows(model, model.rows[user : user + 1])[0]
+        return vector
+    start, end = model.rows.indptr[user], model.rows.indptr[user + 1]
+    return fold_entries(model, model.rows.indices[start:end], model.rows.data[start:end])
+
+
+def fold_entries(model: LoadedModel, items: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """q = w(x) V F of one raw row given as item positions (ascending) and values.
+
+    Bit for bit `fold_rows` of that row, without a sparse matrix (scipy's constructors cost
+    more than the product for one row): scipy's product adds the weighted rows of V F one by
+    one in the row's order, starting from zero, and so does np.add.reduce over axis 0.
+    """
+    weighted = weight_row(values, items, model.weighting, model.item_scale)
+    terms = weighted[:, None] * model.fold_factors[items]
+    vector: np.ndarray = np.add.reduce(terms, axis=0, initial=np.float32(0.0))
     return vector
 
 

@@ -56,6 +56,10 @@ class Metrics:
         self.variants = Counter("svdfaiss_variant_requests", "Requests routed to each "
                                 "experiment variant", ["experiment", "variant", "model"],
                                 registry=self.registry)
+        self.recommendation_cache = Counter(
+            "svdfaiss_recommendation_cache", "Plain recommendations on the fast path by "
+            "cache result (hit; miss: computed and kept; live: the user has live events, "
+            "computed and not kept)", ["result"], registry=self.registry)
         self.live_users = Gauge("svdfaiss_live_users", "Users with live events in memory",
                                 registry=self.registry, multiprocess_mode=across)
 
