@@ -22,13 +22,13 @@ from svdfaiss.content import (
     NEW_ITEM_CF_SHARE,
     NEW_ITEM_POPULARITY_PRIOR,
     NEW_ITEM_RIDGE,
+    ContentEncoder,
     ContentParams,
     cf_share,
-    content_vectors,
+    fit_content,
     hybrid_pool,
     hybrid_scores,
     map_content,
-    predicted_item_vectors,
 )
 from svdfaiss.data import (
     DuplicatePolicy,
@@ -341,12 +341,19 @@ def build(config: BuildConfig, stage_hook: StageHook | None = None) -> BuildRepo
         with timer.stage("index content"):
             content_index = build_index(content[0], config.item_index, config.seed)
     new_factors, new_map, new_vectors, new_similar = None, None, None, None
-    if content is not None and catalog is not None and catalog[2].size:
+    content_maps: dict[str, np.ndarray] = {}
+    if content is not None and catalog is not None:
         with timer.stage("map new items"):
             # Catalog-only items get a CF vector for similar items (the hybrid's CF part) and,
             # unless the weight is 0, a recommendation vector: both predicted from content.
-            new_vectors, similar_r2 = predicted_item_vectors(
-                content[0], factors.item_factors * (s ** np.float32(config.gamma)))
+            # The maps are stored too: the live catalog (PUT /items) gives an item added
+            # after the build its vectors the same way (svdfaiss.live_catalog).
+            n_model = inter.n_items
+            cf_weights, similar_r2 = map_content(
+                content[0][:n_model], factors.item_factors * (s ** np.float32(config.gamma)))
+            content_maps["content_to_cf.npy"] = cf_weights
+            new_vectors = normalize_rows(
+                np.asarray(content[0][n_model:], dtype=np.float32) @ cf_weights)
             new_similar = {"items": int(new_vectors.shape[0]), "cf_share": NEW_ITEM_CF_SHARE,
                            "popularity_prior": NEW_ITEM_POPULARITY_PRIOR,
                            "ridge": NEW_ITEM_RIDGE, "r2": round(similar_r2, 4),
@@ -355,14 +362,20 @@ def build(config: BuildConfig, stage_hook: StageHook | None = None) -> BuildRepo
                                      "vector the item's content predicts, n the candidate's "
                                      "training interactions"}
             if config.new_item_weight > 0:
-                weights, r2 = map_content(content[0][: inter.n_items], embedding.items)
-                new_factors = (np.float32(config.new_item_weight)
-                               * (content[0][inter.n_items :] @ weights)).astype(np.float32)
+                weights, r2 = map_content(content[0][:n_model], embedding.items)
+                rec_weights = (np.float32(config.new_item_weight) * weights).astype(np.float32)
+                content_maps["content_to_rec.npy"] = rec_weights
+                new_factors = (content[0][n_model:] @ rec_weights).astype(np.float32)
                 new_map = {"items": int(new_factors.shape[0]),
                            "weight": config.new_item_weight, "ridge": NEW_ITEM_RIDGE,
                            "r2": round(r2, 4),
                            "map": "ridge regression from content vectors to the "
                                   "recommendation vectors of the model's items"}
+            if not catalog[2].size:  # no catalog-only item: the maps stay for live items
+                new_vectors, new_factors = None, None
+                new_similar = {**new_similar, "items": 0}
+                if new_map is not None:
+                    new_map = {**new_map, "items": 0}
     with timer.stage("index items"):
         items_index = build_index(item_vectors, config.item_index, config.seed)
         rec_vectors = (embedding.items if new_factors is None
@@ -431,6 +444,8 @@ def build(config: BuildConfig, stage_hook: StageHook | None = None) -> BuildRepo
                     writer.save_array("content_vectors.npy", content[0])
                     writer.save_array("new_item_ids.npy", catalog[2])
                     write_index(content_index, writer.path("content.faiss"))
+                    for name, array in {**content[2].arrays(), **content_maps}.items():
+                        writer.save_array(name, array)
                 if new_factors is not None:
                     writer.save_array("new_item_factors.npy", new_factors)
                 if new_vectors is not None:
@@ -487,13 +502,14 @@ def build(config: BuildConfig, stage_hook: StageHook | None = None) -> BuildRepo
     return BuildReport(path=path, manifest=manifest, seconds=timer.seconds)
 
 
-def _content(config: BuildConfig, table: pa.Table,
-             info: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]] | None:
-    """Content vectors for the catalog rows, or None when off (or auto and nothing to use)."""
+def _content(config: BuildConfig, table: pa.Table, info: dict[str, Any],
+             ) -> tuple[np.ndarray, dict[str, Any], ContentEncoder] | None:
+    """Content vectors for the catalog rows, what made them and the fitted encoder, or None
+    when off (or auto and nothing to use)."""
     if config.content == "off":
         return None
     try:
-        return content_vectors(table, config.content_params, config.seed)
+        return fit_content(table, config.content_params, config.seed)
     except InvalidInput as exc:
         if config.content == "on" or config.content_params.text_columns is not None or \
                 config.content_params.category_column is not None:
