@@ -60,6 +60,13 @@ from svdfaiss.index import (
     search,
     write_index,
 )
+from svdfaiss.live_catalog import (
+    CatalogChange,
+    apply_to_catalog,
+    final_state,
+    read_changes,
+    without_items,
+)
 from svdfaiss.rating import DEFAULT_K as DEFAULT_RATING_K
 from svdfaiss.rating import DEFAULT_REG, cross_validate, fit_rating_model
 from svdfaiss.weighting import WeightingParams, check_scheme, item_column_scale, weight_rows
@@ -140,6 +147,8 @@ class BuildConfig:
     # content (content.map_content), scaled by this; 0 keeps them out of recommendations.
     new_item_weight: float = DEFAULT_NEW_ITEM_WEIGHT
     events: tuple[Path, ...] = ()  # events logs the service wrote (POST /events), folded in
+    # live catalog logs the service wrote (PUT/DELETE /items), folded into the catalog
+    catalog_updates: tuple[Path, ...] = ()
 
     def resolved_similar_cache(self, n_items: int) -> int:
         """auto: 50 neighbours up to 200k items (seconds to compute), none above."""
@@ -191,6 +200,9 @@ class BuildConfig:
             raise InvalidInput(f"{self.catalog}: catalog file not found")
         if self.content not in ("auto", "on", "off"):
             raise InvalidInput(f"--content {self.content!r}: choose auto, on or off")
+        if self.catalog_updates and self.catalog is None:
+            raise InvalidInput("--catalog-updates needs the catalog they change (--items "
+                               "CATALOG)")
         if self.content == "on" and self.catalog is None:
             raise InvalidInput("--content on needs a catalog (--items CATALOG)")
         self.content_params.check()
@@ -255,6 +267,11 @@ def build(config: BuildConfig, stage_hook: StageHook | None = None) -> BuildRepo
                 # the service's live rows start after it (events.bundle_cutoff)
                 "last_event_time": max((e.time for e in events), default=None),
                 "rejected_examples": rejected.examples})
+        changes, updates_info = _read_catalog_updates(config)
+        log, dropped = without_items(log, {c.item_id for c in final_state(changes).values()
+                                           if c.op == "delete"})
+        if updates_info:
+            updates_info[-1]["interactions_dropped"] = dropped
     with timer.stage("filter"):
         duplicates: DuplicatePolicy = config.read.duplicates
         inter = build_interactions(log, config.min_user_interactions,
@@ -331,6 +348,8 @@ def build(config: BuildConfig, stage_hook: StageHook | None = None) -> BuildRepo
                                                 keep_new=config.content != "off",
                                                 options=config.catalog_options,
                                                 strict=config.read.strict)
+            if changes:
+                table, new_ids, info = _apply_updates(table, new_ids, info, inter, changes)
             content = _content(config, table, info)
             if content is None:  # no content: items the log lacks cannot be served
                 table = table.slice(0, inter.n_items)
@@ -479,6 +498,8 @@ def build(config: BuildConfig, stage_hook: StageHook | None = None) -> BuildRepo
             manifest["parameters"]["k_requested"] = tuned.record["given"].get("k", "auto")
             manifest["evidence"] = evidence.summary(components, co_users, inter.matrix)
             manifest["input"]["events"] = events_info
+            # the service's live catalog starts after the newest change folded in
+            manifest["input"]["catalog_updates"] = updates_info
             manifest["rating_model"] = None if rating is None else {
                 "mu": rating.mu, "k": config.rating_k, "reg": config.rating_reg,
                 "low": rating.low, "high": rating.high,
@@ -500,6 +521,42 @@ def build(config: BuildConfig, stage_hook: StageHook | None = None) -> BuildRepo
             raise
     manifest["timings_seconds"] = timer.seconds
     return BuildReport(path=path, manifest=manifest, seconds=timer.seconds)
+
+
+def _read_catalog_updates(config: BuildConfig,
+                          ) -> tuple[list[CatalogChange], list[dict[str, Any]]]:
+    """The changes of every --catalog-updates log, in order, and what each log held."""
+    changes: list[CatalogChange] = []
+    infos = []
+    for path in config.catalog_updates:
+        read, rejected, lines = read_changes(Path(path), config.read.strict)
+        changes += read
+        infos.append({"path": str(path), "sha256": bundle.sha256_file(Path(path)),
+                      "lines": lines, "changes": len(read), "rejected": rejected.total,
+                      "rejected_by_reason": rejected.counts,
+                      "rejected_examples": rejected.examples,
+                      "last_change_time": max((c.time for c in read), default=None)})
+    return changes, infos
+
+
+def _apply_updates(table: pa.Table, new_ids: np.ndarray, info: dict[str, Any],
+                   inter: Interactions, changes: list[CatalogChange],
+                   ) -> tuple[pa.Table, np.ndarray, dict[str, Any]]:
+    """The catalog rows with the live catalog's changes applied: the model's items in their
+    order, then the catalog-only items sorted (read_catalog's layout)."""
+    ids = [i.decode("utf-8") for i in inter.item_ids.tolist()] + [
+        i.decode("utf-8") for i in new_ids.tolist()]
+    table, ids, withdrawn = apply_to_catalog(table, ids, changes)
+    n = inter.n_items
+    new_rows = sorted(range(n, len(ids)), key=lambda r: ids[r].encode("utf-8"))
+    table = table.take(pa.array([*range(n), *new_rows], type=pa.int64()))
+    width = max([1, *(len(ids[r].encode("utf-8")) for r in new_rows)])
+    new_ids = np.array([ids[r].encode("utf-8") for r in new_rows], dtype=f"S{width}")
+    state = final_state(changes)
+    info = {**info, "new_items": len(new_rows),
+            "live_updates": {"items_put": sum(c.op == "put" for c in state.values()),
+                             "items_withdrawn": len(withdrawn)}}
+    return table, new_ids, info
 
 
 def _content(config: BuildConfig, table: pa.Table, info: dict[str, Any],

@@ -178,8 +178,13 @@ class EventLog:
         data = b"".join(lines)
         with self._lock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o640)
             try:
+                size = os.fstat(fd).st_size
+                if size and os.pread(fd, 1, size - 1) != b"\n":
+                    # A torn last line (a process killed mid-write): end it, so that this
+                    # batch starts a line of its own and only the torn one is unusable.
+                    data = b"\n" + data
                 view = memoryview(data)
                 while view:
                     written = os.write(fd, view)

@@ -19,7 +19,7 @@ import math
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,7 +28,7 @@ import orjson
 import pyarrow as pa
 
 from svdfaiss.catalog import STOCK_FALSE, STOCK_TRUE
-from svdfaiss.data import RejectedRows
+from svdfaiss.data import InteractionLog, RejectedRows
 from svdfaiss.errors import InvalidInput
 from svdfaiss.events import EventFollower, check_event_id, offset_since, read_jsonl
 
@@ -266,6 +266,39 @@ def apply_to_catalog(table: pa.Table, item_ids: list[str], changes: Iterable[Cat
         for name, values in rows.items():
             values[position[item]] = fields.get(name)
     keep = [n for n, item in enumerate(ids) if item not in withdrawn]
-    out = pa.table({name: pa.array([values[n] for n in keep], type=table.schema.field(name).type)
+    out = pa.table({name: _typed([values[n] for n in keep], table.schema.field(name).type, name)
                     for name, values in rows.items()})
     return out, [ids[n] for n in keep], withdrawn
+
+
+def _typed(values: list[Any], kind: pa.DataType, name: str) -> pa.Array:
+    """A column of the catalog's type (a whole-number column takes a put's 10.0)."""
+    try:
+        return pa.array(values, type=kind)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        try:
+            return pa.array(values).cast(kind, safe=False)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
+            raise InvalidInput(f"catalog updates: column {name!r} takes {kind} values; a put "
+                               f"holds one it cannot be ({exc})") from None
+
+
+def without_items(log: InteractionLog, item_ids: set[str]) -> tuple[InteractionLog, int]:
+    """The interaction log without the rows of withdrawn items (the next build drops them
+    from the model), ids compacted; and how many rows were dropped."""
+    if not item_ids:
+        return log, 0
+    gone = np.isin(log.item_ids, np.array([i.encode("utf-8") for i in item_ids]))
+    keep = ~gone[log.item_codes]
+    if keep.all():
+        return log, 0
+    users, items = np.unique(log.user_codes[keep]), np.unique(log.item_codes[keep])
+    if not items.size:
+        raise InvalidInput("the catalog updates withdraw every item of the log")
+    return replace(
+        log,
+        user_codes=np.searchsorted(users, log.user_codes[keep]).astype(log.user_codes.dtype),
+        item_codes=np.searchsorted(items, log.item_codes[keep]).astype(log.item_codes.dtype),
+        values=log.values[keep],
+        timestamps=None if log.timestamps is None else log.timestamps[keep],
+        user_ids=log.user_ids[users], item_ids=log.item_ids[items]), int((~keep).sum())
