@@ -215,6 +215,18 @@ def test_the_memory_bound_refuses_further_items_and_logs_nothing(sample_index_di
     assert [c.item_id for c in read_changes(log)[0]] == ["A", "B", "A"]
 
 
+def test_a_full_disk_is_a_503_and_the_change_is_not_applied(sample_index_dir, rec):
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full")
+    with server(sample_index_dir, settings=_settings(Path("/dev/full"))) as url, \
+            httpx.Client(base_url=url, timeout=10) as client:
+        refused = client.put("/items/LIVE-9", json=_record(rec, 0), headers=AUTH)
+        assert refused.status_code == 503 and "catalog log" in refused.json()["detail"]
+        assert client.get("/items/LIVE-9/similar").status_code == 404
+        assert 'svdfaiss_catalog_changes_total{result="refused"} 1.0' in client.get(
+            "/metrics").text
+
+
 def test_restart_replays_and_a_reload_onto_an_older_bundle_keeps_every_change(sample,
                                                                               tmp_path):
     index_dir = tmp_path / "indexes"
@@ -306,6 +318,49 @@ def _wait_ready(url: str, proc: subprocess.Popen[bytes]) -> None:
 TRIALS = int(os.environ.get("SVDFAISS_KILL_TRIALS", "4"))
 
 
+class _ChangeStream:
+    """One trial's changes from client threads for at most `seconds`, and what the server
+    acknowledged: each item's last acknowledged price, the deleted items, and the items
+    whose last request the kill cut (either state is right for those)."""
+
+    def __init__(self, url: str, trial: int, base: dict[str, Any], seconds: float = 3.0,
+                 ) -> None:
+        self.url, self.trial, self.base = url, trial, base
+        self.stop = time.monotonic() + seconds
+        self.acks = 0
+        self.acked: dict[str, float] = {}
+        self.deleted: set[str] = set()
+        self.inflight: set[str] = set()
+        self.lock = threading.Lock()
+
+    def run(self, worker: int) -> None:
+        with httpx.Client(base_url=self.url, timeout=5) as client:
+            for n in range(200):
+                if time.monotonic() > self.stop:
+                    return
+                item = f"T{self.trial}-W{worker}-{n % 7}"
+                try:
+                    if n % 11 == 10 and item in self.acked and item not in self.deleted:
+                        answer = client.delete(f"/items/{item}", headers=AUTH)
+                        if answer.status_code == 200:
+                            with self.lock:
+                                self.acks += 1
+                                self.deleted.add(item)
+                        continue
+                    price = float(n)
+                    answer = client.put(f"/items/{item}", json={**self.base, "price": price},
+                                        headers=AUTH)
+                except httpx.TransportError:
+                    with self.lock:
+                        self.inflight.add(item)
+                    return  # killed
+                if answer.status_code == 200:
+                    with self.lock:
+                        self.acks += 1
+                        self.acked[item] = price
+                        self.deleted.discard(item)
+
+
 @pytest.mark.slow
 def test_sigkill_during_a_stream_of_catalog_changes_loses_no_acknowledged_write(
         sample_index_dir, rec, tmp_path):
@@ -328,41 +383,9 @@ def test_sigkill_during_a_stream_of_catalog_changes_loses_no_acknowledged_write(
         _wait_ready(url, proc)
         warm = httpx.put(f"{url}/items/T{trial}-warm", json=base, headers=AUTH, timeout=30)
         assert warm.status_code == 200, warm.text  # the first put loads the encoder
-        acks = [0]
-        acked: dict[str, float] = {}
-        deleted: set[str] = set()
-        inflight: set[str] = set()
-        lock = threading.Lock()
-        stop = time.monotonic() + 3.0
-
-        def stream(worker: int) -> None:
-            with httpx.Client(base_url=url, timeout=5) as client:
-                for n in range(200):
-                    if time.monotonic() > stop:
-                        return
-                    item = f"T{trial}-W{worker}-{n % 7}"
-                    try:
-                        if n % 11 == 10 and item in acked and item not in deleted:
-                            answer = client.delete(f"/items/{item}", headers=AUTH)
-                            if answer.status_code == 200:
-                                with lock:
-                                    acks[0] += 1
-                                    deleted.add(item)
-                            continue
-                        price = float(n)
-                        answer = client.put(f"/items/{item}", json={**base, "price": price},
-                                            headers=AUTH)
-                    except httpx.TransportError:
-                        with lock:
-                            inflight.add(item)
-                        return  # killed
-                    if answer.status_code == 200:
-                        with lock:
-                            acks[0] += 1
-                            acked[item] = price
-                            deleted.discard(item)
-
-        threads = [threading.Thread(target=stream, args=(w,)) for w in range(2)]
+        changes_in = _ChangeStream(url, trial, base)
+        acked, deleted, inflight = changes_in.acked, changes_in.deleted, changes_in.inflight
+        threads = [threading.Thread(target=changes_in.run, args=(w,)) for w in range(2)]
         for thread in threads:
             thread.start()
         killed_after = rng.uniform(0.05, 2.5)
@@ -400,7 +423,7 @@ def test_sigkill_during_a_stream_of_catalog_changes_loses_no_acknowledged_write(
                 ).json()["items"]]
                 assert len(items) == len(set(items))  # no item applied twice
             assert not lost, lost
-            results.append({"trial": trial, "acknowledged": acks[0], "items": len(acked),
+            results.append({"trial": trial, "acknowledged": changes_in.acks, "items": len(acked),
                             "deleted": len(deleted), "lines": len(changes), "torn": torn,
                             "killed_after_s": round(killed_after, 2)})
         finally:

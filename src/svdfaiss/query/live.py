@@ -27,6 +27,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from svdfaiss.content import CATEGORY_COLUMNS, cf_share
+from svdfaiss.data import lookup
 from svdfaiss.errors import InvalidInput, UnknownItem
 from svdfaiss.index import normalize_rows
 from svdfaiss.live_catalog import CatalogChange
@@ -34,7 +35,7 @@ from svdfaiss.query.banded import merge
 from svdfaiss.query.filters import NO_FILTER, STOCK_COLUMNS, CatalogFilter, combine
 from svdfaiss.query.model import LoadedModel
 from svdfaiss.query.results import Results
-from svdfaiss.query.retrieval import LiveRows
+from svdfaiss.query.retrieval import LiveRows, live_top_k
 from svdfaiss.recommender import Recommender
 
 FILTER_CACHE = 64
@@ -72,11 +73,11 @@ class LiveItems:
     fields of bundle items by position, and withdrawn bundle positions (sorted)."""
 
     new_ids: list[str]
-    new_fields: list[dict[str, Any]]
+    new_fields: list[Mapping[str, Any]]
     content: np.ndarray | None  # (new, content dim): None without a content encoder
     cf: np.ndarray | None  # unit CF vectors the content predicts (hybrid neighbours)
     rec: np.ndarray | None  # recommendation vectors the content predicts
-    changed: dict[int, dict[str, Any]]
+    changed: dict[int, Mapping[str, Any]]
     withdrawn: np.ndarray
 
     @property
@@ -86,10 +87,24 @@ class LiveItems:
 
 class Encodings:
     """Each new item's vectors for one model, kept across views so that a change encodes
-    only the items it touches (an encoder call per record costs a TF-IDF transform)."""
+    only the items it touches (a TF-IDF transform per record) and a view gathers the rows
+    with one indexing per array (no per-item copies)."""
 
     def __init__(self) -> None:
-        self._cache: dict[str, tuple[float, np.ndarray, np.ndarray | None, np.ndarray | None]] = {}
+        self._slots: dict[str, tuple[float, int]] = {}  # item -> (its put's time, its row)
+        self._free: list[int] = []
+        self._rows: list[np.ndarray] = []  # content, CF, recommendation rows by slot
+
+    def _slot(self) -> int:
+        if self._free:
+            return self._free.pop()
+        used = len(self._slots) + len(self._free)
+        if not self._rows or used >= self._rows[0].shape[0]:
+            grown = max(64, 2 * (self._rows[0].shape[0] if self._rows else 0))
+            self._rows = [np.concatenate([r, np.zeros((grown - r.shape[0], r.shape[1]),
+                                                      dtype=np.float32)])
+                          for r in self._rows]
+        return used
 
     def vectors(self, model: LoadedModel, changes: Sequence[CatalogChange],
                 ) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray | None]:
@@ -97,29 +112,31 @@ class Encodings:
         encoder = model.content_encoder
         if encoder is None or model.content_to_cf is None:
             return None, None, None
-        missing = [c for c in changes if self._cache.get(c.item_id, (None,))[0] != c.time]
+        dims = [encoder.dim, model.content_to_cf.shape[1]]
+        if model.content_to_rec is not None:
+            dims.append(model.content_to_rec.shape[1])
+        if not self._rows:
+            self._rows = [np.zeros((0, d), dtype=np.float32) for d in dims]
+        keep = {c.item_id for c in changes}
+        for item in [i for i in self._slots if i not in keep]:
+            self._free.append(self._slots.pop(item)[1])
+        missing = [c for c in changes if self._slots.get(c.item_id, (None, 0))[0] != c.time]
         if missing:
             content = encoder.encode([dict(c.fields or {}) for c in missing])
-            cf = normalize_rows(np.ascontiguousarray(content @ model.content_to_cf,
-                                                     dtype=np.float32))
-            rec = (None if model.content_to_rec is None
-                   else np.ascontiguousarray(content @ model.content_to_rec, dtype=np.float32))
+            parts = [content, normalize_rows(np.ascontiguousarray(
+                content @ model.content_to_cf, dtype=np.float32))]
+            if model.content_to_rec is not None:
+                parts.append(np.ascontiguousarray(content @ model.content_to_rec,
+                                                  dtype=np.float32))
             for n, change in enumerate(missing):
-                self._cache[change.item_id] = (change.time, content[n], cf[n],
-                                               None if rec is None else rec[n])
-        keep = {c.item_id for c in changes}
-        for item in [i for i in self._cache if i not in keep]:
-            del self._cache[item]
-        rows = [self._cache[c.item_id] for c in changes]
-        dim = encoder.dim
-        content_rows = np.array([r[1] for r in rows], dtype=np.float32).reshape(-1, dim)
-        cf_rows = np.array([r[2] for r in rows], dtype=np.float32).reshape(
-            -1, model.content_to_cf.shape[1])
-        rec_rows = None
-        if model.content_to_rec is not None:
-            rec_rows = np.array([r[3] for r in rows], dtype=np.float32).reshape(
-                -1, model.content_to_rec.shape[1])
-        return content_rows, cf_rows, rec_rows
+                known = self._slots.get(change.item_id)
+                slot = known[1] if known is not None else self._slot()
+                self._slots[change.item_id] = (change.time, slot)
+                for rows, part in zip(self._rows, parts, strict=True):
+                    rows[slot] = part[n]
+        slots = np.array([self._slots[c.item_id][1] for c in changes], dtype=np.int64)
+        gathered = [rows[slots] for rows in self._rows]
+        return gathered[0], gathered[1], gathered[2] if len(gathered) > 2 else None
 
 
 def live_items(model: LoadedModel, changes: Sequence[CatalogChange],
@@ -127,27 +144,26 @@ def live_items(model: LoadedModel, changes: Sequence[CatalogChange],
     """What the live changes mean for a model: new items (encoded), changed bundle items,
     withdrawn bundle items. A delete of an item the bundle lacks withdraws nothing."""
     new: list[CatalogChange] = []
-    changed: dict[int, dict[str, Any]] = {}
+    changed: dict[int, Mapping[str, Any]] = {}
     withdrawn: list[int] = []
-    for change in changes:
-        position = _bundle_position(model, change.item_id)
+    ids = [c.item_id for c in changes]
+    positions = lookup(model.item_ids, ids)  # one vectorised search, not one per change
+    if model.new_item_ids.size:
+        unfound = positions < 0
+        catalog_only = lookup(model.new_item_ids, ids)
+        positions = np.where(unfound & (catalog_only >= 0), catalog_only + model.n_items,
+                             positions)
+    for change, position in zip(changes, positions.tolist(), strict=True):
         if change.op == "delete":
             if position >= 0:
                 withdrawn.append(position)
         elif position >= 0:
-            changed[position] = dict(change.fields or {})
+            changed[position] = change.fields or {}
         else:
             new.append(change)
     content, cf, rec = encodings.vectors(model, new)
-    return LiveItems([c.item_id for c in new], [dict(c.fields or {}) for c in new], content,
+    return LiveItems([c.item_id for c in new], [c.fields or {} for c in new], content,
                      cf, rec, changed, np.unique(np.asarray(withdrawn, dtype=np.int64)))
-
-
-def _bundle_position(model: LoadedModel, item_id: str) -> int:
-    try:
-        return LoadedModel.catalog_index(model, item_id)
-    except UnknownItem:
-        return -1
 
 
 def view(model: Recommender, live: LiveItems) -> Recommender:
@@ -280,6 +296,25 @@ class LiveView(Recommender):
         return combine(self._listed(items, with_new), self.filters.filter_set(catalog_filter),
                        self.n_items, with_new)
 
+    def search_catalog(self, query: str, limit: int = 10) -> Results:
+        """The bundle's title matches without withdrawn items, then the new items whose
+        title matches (no interactions yet: score 0). Changed titles are matched as the
+        bundle has them until the next build."""
+        found = Recommender.search_catalog(self, query, limit + int(self.live.withdrawn.size))
+        keep = ~np.isin(found.indexes, self.live.withdrawn)
+        positions = list(np.asarray(found.indexes)[keep][:limit])
+        scores = list(np.asarray(found.scores, dtype=np.float32)[keep][:limit])
+        needle = query.lower()
+        for n, fields in enumerate(self.live.new_fields):
+            if len(positions) >= limit:
+                break
+            title = fields.get("title")
+            if title is not None and needle in str(title).lower():
+                positions.append(self._offset + n)
+                scores.append(np.float32(0.0))
+        return self.items_result(np.asarray(scores, dtype=np.float32),
+                                 np.asarray(positions, dtype=np.int64))
+
     # ------------------------------------------------------------------ similar items
 
     def batchable(self, item_id: str, mode: str = "hybrid") -> bool:
@@ -328,11 +363,11 @@ class LiveView(Recommender):
             return result
         query = np.asarray(self.content_vectors[position],  # type: ignore[index]
                            dtype=np.float32)
-        rows = np.arange(content.shape[0], dtype=np.int64)
+        denied = np.empty(0, dtype=np.int64)
         if filter_items is not None:
-            denied = {self._new_index[i] for i in filter_items if i in self._new_index}
-            rows = np.array([r for r in rows.tolist() if r not in denied], dtype=np.int64)
-        scores = content[rows] @ query
+            denied = np.array([self._offset + self._new_index[i] for i in filter_items
+                               if i in self._new_index], dtype=np.int64)
+        scores, rows = live_top_k(LiveRows(self._offset, content), query, k, None, denied)
         if result.reason == "hybrid":
             assert self.content is not None
             share = float(cf_share(self.popularity.counts[position : position + 1],
@@ -340,7 +375,7 @@ class LiveView(Recommender):
             scores = (1 - share) * scores
         merged_scores, merged = merge([(np.asarray(result.scores, dtype=np.float32),
                                         result.indexes),
-                                       (scores.astype(np.float32), rows + self._offset)], k)
+                                       (scores.astype(np.float32), rows)], k)
         if not (merged >= self._offset).any():
             return result
         return self.items_result(merged_scores, merged, reason=result.reason)

@@ -104,15 +104,32 @@ def _with_live(
     cut = live.offset
     if limit is not None and limit <= cut:
         return top_k(base, query, k, allowed, excluded, limit)
-    rows = np.arange(cut, cut + live.vectors.shape[0], dtype=np.int64)
-    if allowed is not None:
-        rows = allowed[allowed >= cut]
-        allowed = allowed[allowed < cut]
-    rows = rows[~np.isin(rows, excluded)]
-    parts = [top_k(base, query, k, allowed, excluded[excluded < cut], limit)]
-    if rows.size:
-        parts.append(exact_top_k(live.vectors[rows - cut], query, k, rows))
+    parts = [top_k(base, query, k, None if allowed is None else allowed[allowed < cut],
+                   excluded[excluded < cut], limit)]
+    parts.append(live_top_k(live, query, k, None if allowed is None
+                            else allowed[allowed >= cut], excluded[excluded >= cut]))
     return merge(parts, k)
+
+
+def live_top_k(live: LiveRows, query: np.ndarray, k: int, rows: np.ndarray | None,
+               excluded: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The k best live rows (positions `rows`, None: all) minus `excluded`, scored exactly.
+    Scoring every row in place costs one matrix-vector product; no copy of the rows."""
+    excluded = np.unique(excluded)
+    if rows is None:
+        scores = np.asarray(live.vectors @ np.asarray(query, dtype=np.float32).ravel(),
+                            dtype=np.float32)
+        scores[excluded - live.offset] = -np.inf
+        k = min(k, int(scores.size - excluded.size))
+        if k <= 0:
+            return np.empty(0, dtype=np.float32), np.empty(0, dtype=np.int64)
+        top = np.argpartition(-scores, k - 1)[:k] if k < scores.size else np.arange(scores.size)
+        top = top[np.lexsort((top, -scores[top]))]
+        return scores[top], top.astype(np.int64) + live.offset
+    rows = rows[~np.isin(rows, excluded)] if excluded.size else rows
+    if not rows.size:
+        return np.empty(0, dtype=np.float32), np.empty(0, dtype=np.int64)
+    return exact_top_k(live.vectors[rows - live.offset], query, k, rows)
 
 
 def _approximate(
