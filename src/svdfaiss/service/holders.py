@@ -194,17 +194,18 @@ class Models:
             self.metrics.live_users.set(len(self.live))
             log.info("live rows: %d events logged after model %s version %s applied from %s",
                      applied, rec.model, rec.version, self.live.follower.path)
-        if self.catalog is not None and current is not None and \
-                current.recommender.version != self._catalog_bundle:
-            self._catalog_bundle = current.recommender.version
+        if self.catalog is not None and current is not None and any(
+                r.result == "loaded" for r in results):
             catalog = self.catalog
             rec = current.recommender
-            changed = await anyio.to_thread.run_sync(catalog.reset, rec.manifest)
-            self._catalog_version = -1  # every holder's view is rebuilt for its bundle
+            if rec.version != self._catalog_bundle:  # the cutoff is the primary bundle's
+                self._catalog_bundle = rec.version
+                changed = await anyio.to_thread.run_sync(catalog.reset, rec.manifest)
+                log.info("live catalog: %d changes logged after model %s version %s applied "
+                         "from %s (%d items live)", changed, rec.model, rec.version,
+                         catalog.path, len(catalog))
+            self._catalog_version = -1  # every reloaded holder's view is rebuilt
             await anyio.to_thread.run_sync(self.sync_catalog)
-            log.info("live catalog: %d changes logged after model %s version %s applied "
-                     "from %s (%d items live)", changed, rec.model, rec.version,
-                     catalog.path, len(catalog))
         return results
 
 
