@@ -22,13 +22,13 @@ from svdfaiss.content import (
     NEW_ITEM_CF_SHARE,
     NEW_ITEM_POPULARITY_PRIOR,
     NEW_ITEM_RIDGE,
+    ContentEncoder,
     ContentParams,
     cf_share,
-    content_vectors,
+    fit_content,
     hybrid_pool,
     hybrid_scores,
     map_content,
-    predicted_item_vectors,
 )
 from svdfaiss.data import (
     DuplicatePolicy,
@@ -59,6 +59,13 @@ from svdfaiss.index import (
     normalize_rows,
     search,
     write_index,
+)
+from svdfaiss.live_catalog import (
+    CatalogChange,
+    apply_to_catalog,
+    final_state,
+    read_changes,
+    without_items,
 )
 from svdfaiss.rating import DEFAULT_K as DEFAULT_RATING_K
 from svdfaiss.rating import DEFAULT_REG, cross_validate, fit_rating_model
@@ -140,6 +147,8 @@ class BuildConfig:
     # content (content.map_content), scaled by this; 0 keeps them out of recommendations.
     new_item_weight: float = DEFAULT_NEW_ITEM_WEIGHT
     events: tuple[Path, ...] = ()  # events logs the service wrote (POST /events), folded in
+    # live catalog logs the service wrote (PUT/DELETE /items), folded into the catalog
+    catalog_updates: tuple[Path, ...] = ()
 
     def resolved_similar_cache(self, n_items: int) -> int:
         """auto: 50 neighbours up to 200k items (seconds to compute), none above."""
@@ -191,6 +200,9 @@ class BuildConfig:
             raise InvalidInput(f"{self.catalog}: catalog file not found")
         if self.content not in ("auto", "on", "off"):
             raise InvalidInput(f"--content {self.content!r}: choose auto, on or off")
+        if self.catalog_updates and self.catalog is None:
+            raise InvalidInput("--catalog-updates needs the catalog they change (--items "
+                               "CATALOG)")
         if self.content == "on" and self.catalog is None:
             raise InvalidInput("--content on needs a catalog (--items CATALOG)")
         self.content_params.check()
@@ -255,6 +267,11 @@ def build(config: BuildConfig, stage_hook: StageHook | None = None) -> BuildRepo
                 # the service's live rows start after it (events.bundle_cutoff)
                 "last_event_time": max((e.time for e in events), default=None),
                 "rejected_examples": rejected.examples})
+        changes, updates_info = _read_catalog_updates(config)
+        log, dropped = without_items(log, {c.item_id for c in final_state(changes).values()
+                                           if c.op == "delete"})
+        if updates_info:
+            updates_info[-1]["interactions_dropped"] = dropped
     with timer.stage("filter"):
         duplicates: DuplicatePolicy = config.read.duplicates
         inter = build_interactions(log, config.min_user_interactions,
@@ -331,6 +348,8 @@ def build(config: BuildConfig, stage_hook: StageHook | None = None) -> BuildRepo
                                                 keep_new=config.content != "off",
                                                 options=config.catalog_options,
                                                 strict=config.read.strict)
+            if changes:
+                table, new_ids, info = _apply_updates(table, new_ids, info, inter, changes)
             content = _content(config, table, info)
             if content is None:  # no content: items the log lacks cannot be served
                 table = table.slice(0, inter.n_items)
@@ -341,12 +360,19 @@ def build(config: BuildConfig, stage_hook: StageHook | None = None) -> BuildRepo
         with timer.stage("index content"):
             content_index = build_index(content[0], config.item_index, config.seed)
     new_factors, new_map, new_vectors, new_similar = None, None, None, None
-    if content is not None and catalog is not None and catalog[2].size:
+    content_maps: dict[str, np.ndarray] = {}
+    if content is not None and catalog is not None:
         with timer.stage("map new items"):
             # Catalog-only items get a CF vector for similar items (the hybrid's CF part) and,
             # unless the weight is 0, a recommendation vector: both predicted from content.
-            new_vectors, similar_r2 = predicted_item_vectors(
-                content[0], factors.item_factors * (s ** np.float32(config.gamma)))
+            # The maps are stored too: the live catalog (PUT /items) gives an item added
+            # after the build its vectors the same way (svdfaiss.live_catalog).
+            n_model = inter.n_items
+            cf_weights, similar_r2 = map_content(
+                content[0][:n_model], factors.item_factors * (s ** np.float32(config.gamma)))
+            content_maps["content_to_cf.npy"] = cf_weights
+            new_vectors = normalize_rows(
+                np.asarray(content[0][n_model:], dtype=np.float32) @ cf_weights)
             new_similar = {"items": int(new_vectors.shape[0]), "cf_share": NEW_ITEM_CF_SHARE,
                            "popularity_prior": NEW_ITEM_POPULARITY_PRIOR,
                            "ridge": NEW_ITEM_RIDGE, "r2": round(similar_r2, 4),
@@ -355,14 +381,20 @@ def build(config: BuildConfig, stage_hook: StageHook | None = None) -> BuildRepo
                                      "vector the item's content predicts, n the candidate's "
                                      "training interactions"}
             if config.new_item_weight > 0:
-                weights, r2 = map_content(content[0][: inter.n_items], embedding.items)
-                new_factors = (np.float32(config.new_item_weight)
-                               * (content[0][inter.n_items :] @ weights)).astype(np.float32)
+                weights, r2 = map_content(content[0][:n_model], embedding.items)
+                rec_weights = (np.float32(config.new_item_weight) * weights).astype(np.float32)
+                content_maps["content_to_rec.npy"] = rec_weights
+                new_factors = (content[0][n_model:] @ rec_weights).astype(np.float32)
                 new_map = {"items": int(new_factors.shape[0]),
                            "weight": config.new_item_weight, "ridge": NEW_ITEM_RIDGE,
                            "r2": round(r2, 4),
                            "map": "ridge regression from content vectors to the "
                                   "recommendation vectors of the model's items"}
+            if not catalog[2].size:  # no catalog-only item: the maps stay for live items
+                new_vectors, new_factors = None, None
+                new_similar = {**new_similar, "items": 0}
+                if new_map is not None:
+                    new_map = {**new_map, "items": 0}
     with timer.stage("index items"):
         items_index = build_index(item_vectors, config.item_index, config.seed)
         rec_vectors = (embedding.items if new_factors is None
@@ -431,6 +463,8 @@ def build(config: BuildConfig, stage_hook: StageHook | None = None) -> BuildRepo
                     writer.save_array("content_vectors.npy", content[0])
                     writer.save_array("new_item_ids.npy", catalog[2])
                     write_index(content_index, writer.path("content.faiss"))
+                    for name, array in {**content[2].arrays(), **content_maps}.items():
+                        writer.save_array(name, array)
                 if new_factors is not None:
                     writer.save_array("new_item_factors.npy", new_factors)
                 if new_vectors is not None:
@@ -464,6 +498,8 @@ def build(config: BuildConfig, stage_hook: StageHook | None = None) -> BuildRepo
             manifest["parameters"]["k_requested"] = tuned.record["given"].get("k", "auto")
             manifest["evidence"] = evidence.summary(components, co_users, inter.matrix)
             manifest["input"]["events"] = events_info
+            # the service's live catalog starts after the newest change folded in
+            manifest["input"]["catalog_updates"] = updates_info
             manifest["rating_model"] = None if rating is None else {
                 "mu": rating.mu, "k": config.rating_k, "reg": config.rating_reg,
                 "low": rating.low, "high": rating.high,
@@ -487,13 +523,50 @@ def build(config: BuildConfig, stage_hook: StageHook | None = None) -> BuildRepo
     return BuildReport(path=path, manifest=manifest, seconds=timer.seconds)
 
 
-def _content(config: BuildConfig, table: pa.Table,
-             info: dict[str, Any]) -> tuple[np.ndarray, dict[str, Any]] | None:
-    """Content vectors for the catalog rows, or None when off (or auto and nothing to use)."""
+def _read_catalog_updates(config: BuildConfig,
+                          ) -> tuple[list[CatalogChange], list[dict[str, Any]]]:
+    """The changes of every --catalog-updates log, in order, and what each log held."""
+    changes: list[CatalogChange] = []
+    infos = []
+    for path in config.catalog_updates:
+        read, rejected, lines = read_changes(Path(path), config.read.strict)
+        changes += read
+        infos.append({"path": str(path), "sha256": bundle.sha256_file(Path(path)),
+                      "lines": lines, "changes": len(read), "rejected": rejected.total,
+                      "rejected_by_reason": rejected.counts,
+                      "rejected_examples": rejected.examples,
+                      "last_change_time": max((c.time for c in read), default=None)})
+    return changes, infos
+
+
+def _apply_updates(table: pa.Table, new_ids: np.ndarray, info: dict[str, Any],
+                   inter: Interactions, changes: list[CatalogChange],
+                   ) -> tuple[pa.Table, np.ndarray, dict[str, Any]]:
+    """The catalog rows with the live catalog's changes applied: the model's items in their
+    order, then the catalog-only items sorted (read_catalog's layout)."""
+    ids = [i.decode("utf-8") for i in inter.item_ids.tolist()] + [
+        i.decode("utf-8") for i in new_ids.tolist()]
+    table, ids, withdrawn = apply_to_catalog(table, ids, changes)
+    n = inter.n_items
+    new_rows = sorted(range(n, len(ids)), key=lambda r: ids[r].encode("utf-8"))
+    table = table.take(pa.array([*range(n), *new_rows], type=pa.int64()))
+    width = max([1, *(len(ids[r].encode("utf-8")) for r in new_rows)])
+    new_ids = np.array([ids[r].encode("utf-8") for r in new_rows], dtype=f"S{width}")
+    state = final_state(changes)
+    info = {**info, "new_items": len(new_rows),
+            "live_updates": {"items_put": sum(c.op == "put" for c in state.values()),
+                             "items_withdrawn": len(withdrawn)}}
+    return table, new_ids, info
+
+
+def _content(config: BuildConfig, table: pa.Table, info: dict[str, Any],
+             ) -> tuple[np.ndarray, dict[str, Any], ContentEncoder] | None:
+    """Content vectors for the catalog rows, what made them and the fitted encoder, or None
+    when off (or auto and nothing to use)."""
     if config.content == "off":
         return None
     try:
-        return content_vectors(table, config.content_params, config.seed)
+        return fit_content(table, config.content_params, config.seed)
     except InvalidInput as exc:
         if config.content == "on" or config.content_params.text_columns is not None or \
                 config.content_params.category_column is not None:

@@ -85,6 +85,15 @@ class Settings(BaseSettings):
     live_users: int = Field(100_000, ge=0, le=100_000_000, description="users whose live "
                             "events are held in memory (least recently used dropped); 0 turns "
                             "POST /events off")
+    catalog_token: SecretStr | None = Field(
+        None, description="bearer token of the live catalog (PUT and DELETE /items); the "
+        "live catalog is off while it is unset")
+    catalog_log: Path | None = Field(
+        None, description="the live catalog's changes are appended here (JSON lines, "
+        "fsynced before the answer); default: INDEX_DIR/catalog/MODEL.jsonl")
+    live_items: int = Field(10_000, ge=1, le=10_000_000, description="items the live "
+                            "catalog holds at most (new, changed and withdrawn) until a build "
+                            "folds its log in; a change to a further item is refused (507)")
     fast_path: bool = Field(True, description="answer similar items and recommendations "
                             "asked with nothing but k without FastAPI's parameter machinery")
     recommendation_cache_mb: float = Field(
@@ -93,7 +102,7 @@ class Settings(BaseSettings):
         "dropped; 0 turns the cache off. Entries of a model go when another version of it "
         "is served")
 
-    @field_validator("admin_token", "events_token")
+    @field_validator("admin_token", "events_token", "catalog_token")
     @classmethod
     def _token_is_strong(cls, token: SecretStr | None, info: ValidationInfo,
                          ) -> SecretStr | None:
@@ -107,6 +116,9 @@ class Settings(BaseSettings):
 
     def resolved_events_log(self) -> Path:
         return self.events_log or self.index_dir / "events" / f"{self.model}.jsonl"
+
+    def resolved_catalog_log(self) -> Path:
+        return self.catalog_log or self.index_dir / "catalog" / f"{self.model}.jsonl"
 
     def resolved_experiment(self) -> ExperimentConfig:
         """The variants served: from the experiment file, else models and weights."""

@@ -68,13 +68,106 @@ def _text_of(table: pa.Table, columns: list[str]) -> list[str]:
 
 def _categories_of(table: pa.Table, column: str) -> list[str]:
     """Each item's categories as one document of tokens; "a|b" holds two."""
-    return ["\x1f".join(p.strip() for p in str(v).split("|") if p.strip())
-            if v is not None else "" for v in table[column].to_pylist()]
+    return [_category_doc(v) for v in table[column].to_pylist()]
+
+
+@dataclass(frozen=True)
+class ContentEncoder:
+    """The fitted content vectorizer, kept in the bundle as plain arrays (no pickle): the
+    TF-IDF vocabularies and idf weights of the text and category blocks and the truncated
+    SVD's components. It turns a catalog record the build never saw (the live catalog's
+    PUT /items) into the content vector the build would have given it."""
+
+    text_columns: tuple[str, ...]
+    category_column: str | None
+    text_terms: np.ndarray  # str, in feature order; empty: no text block
+    text_idf: np.ndarray
+    category_terms: np.ndarray
+    category_idf: np.ndarray
+    components: np.ndarray  # (dim, features); empty: the features are the vectors (toy)
+    text_weight: float
+    category_weight: float
+
+    FILES = ("content_text_terms.npy", "content_text_idf.npy", "content_category_terms.npy",
+             "content_category_idf.npy", "content_components.npy")
+
+    @property
+    def dim(self) -> int:
+        if self.components.size:
+            return int(self.components.shape[0])
+        return int(self.text_terms.size + self.category_terms.size)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The files a bundle stores, by name."""
+        return dict(zip(self.FILES, (self.text_terms, self.text_idf, self.category_terms,
+                                     self.category_idf, self.components), strict=True))
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray], info: dict[str, Any]) -> ContentEncoder:
+        """The encoder of a bundle: its five arrays and the manifest's content section."""
+        parts = [np.asarray(arrays[name]) for name in cls.FILES]
+        return cls(tuple(info.get("text_columns") or ()), info.get("category_column"),
+                   parts[0], parts[1].astype(np.float32), parts[2],
+                   parts[3].astype(np.float32), parts[4].astype(np.float32),
+                   float(info.get("text_weight", DEFAULT_TEXT_WEIGHT)),
+                   float(info.get("category_weight", DEFAULT_CATEGORY_WEIGHT)))
+
+    def encode(self, records: list[dict[str, Any]]) -> np.ndarray:
+        """Unit content vectors of catalog records (column -> value), zero rows for records
+        with no word or category the build's vocabulary knows."""
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        n = len(records)
+        blocks: list[sp.csr_matrix] = []
+        if self.text_terms.size:
+            vectorizer = TfidfVectorizer(
+                sublinear_tf=True, dtype=np.float32,
+                vocabulary={str(t): i for i, t in enumerate(self.text_terms.tolist())})
+            vectorizer.idf_ = self.text_idf
+            docs = [" ".join("" if r.get(c) is None else str(r.get(c))
+                             for c in self.text_columns) for r in records]
+            blocks.append(vectorizer.transform(docs) * self.text_weight)
+        if self.category_terms.size and self.category_column is not None:
+            vectorizer = TfidfVectorizer(
+                tokenizer=_category_tokens, token_pattern=None, lowercase=False,
+                dtype=np.float32,
+                vocabulary={str(t): i for i, t in enumerate(self.category_terms.tolist())})
+            vectorizer.idf_ = self.category_idf
+            docs = [_category_doc(r.get(self.category_column)) for r in records]
+            blocks.append(vectorizer.transform(docs) * self.category_weight)
+        if not blocks:
+            return np.zeros((n, self.dim), dtype=np.float32)
+        features = sp.hstack(blocks).tocsr()
+        if self.components.size:
+            reduced = np.asarray(features @ self.components.T, dtype=np.float32)
+        else:
+            reduced = features.toarray().astype(np.float32)
+        vectors = normalize_rows(np.ascontiguousarray(reduced))
+        vectors[np.asarray(features.getnnz(axis=1) == 0)] = 0.0
+        return vectors
+
+
+def _category_tokens(doc: str) -> list[str]:
+    return doc.split("\x1f") if doc else []
+
+
+def _category_doc(value: Any) -> str:
+    if value is None:
+        return ""
+    return "\x1f".join(p.strip() for p in str(value).split("|") if p.strip())
 
 
 def content_vectors(table: pa.Table, params: ContentParams,
                     seed: int = 0) -> tuple[np.ndarray, dict[str, Any]]:
-    """Unit content vectors, one per catalog row (zero rows for items with no content).
+    """Unit content vectors, one per catalog row, and what made them (fit_content)."""
+    vectors, info, _ = fit_content(table, params, seed)
+    return vectors, info
+
+
+def fit_content(table: pa.Table, params: ContentParams,
+                seed: int = 0) -> tuple[np.ndarray, dict[str, Any], ContentEncoder]:
+    """Unit content vectors, one per catalog row (zero rows for items with no content), and
+    the fitted encoder that gives a later record its vector the same way.
 
     TF-IDF (sublinear term frequency, words of two letters or more found in two items or
     more) over the text columns, and one token per category, each block with unit rows and
@@ -91,6 +184,9 @@ def content_vectors(table: pa.Table, params: ContentParams,
                            "them with --text-columns and --category-column)")
     blocks: list[sp.csr_matrix] = []
     vocabulary = {}
+    empty_terms, empty_idf = np.empty(0, dtype="U1"), np.empty(0, dtype=np.float32)
+    text_terms, text_idf = empty_terms, empty_idf
+    category_terms, category_idf = empty_terms, empty_idf
     if text_columns and params.text_weight > 0:
         docs = _text_of(table, text_columns)
         # A word in one item only relates it to nothing (it would only dilute its row):
@@ -100,26 +196,32 @@ def content_vectors(table: pa.Table, params: ContentParams,
             try:
                 blocks.append(vectorizer.fit_transform(docs) * params.text_weight)
                 vocabulary["text_terms"] = len(vectorizer.vocabulary_)
+                text_terms = np.asarray(vectorizer.get_feature_names_out(), dtype=str)
+                text_idf = vectorizer.idf_.astype(np.float32)
                 break
             except ValueError:  # no word left (or only one-letter words): try all of them
                 continue
     if category_column is not None and params.category_weight > 0:
-        vectorizer = TfidfVectorizer(tokenizer=lambda d: d.split("\x1f") if d else [],
-                                     token_pattern=None, lowercase=False, dtype=np.float32)
+        vectorizer = TfidfVectorizer(tokenizer=_category_tokens, token_pattern=None,
+                                     lowercase=False, dtype=np.float32)
         docs = _categories_of(table, category_column)
         if any(docs):
             blocks.append(vectorizer.fit_transform(docs) * params.category_weight)
             vocabulary["categories"] = len(vectorizer.vocabulary_)
+            category_terms = np.asarray(vectorizer.get_feature_names_out(), dtype=str)
+            category_idf = vectorizer.idf_.astype(np.float32)
     if not blocks:
         raise InvalidInput(f"the catalog's content columns ({', '.join(text_columns)}"
                            f"{', ' if text_columns and category_column else ''}"
                            f"{category_column or ''}) hold no usable words")
     features = sp.hstack(blocks).tocsr()
     dim = max(1, min(params.dim, features.shape[1] - 1, features.shape[0] - 1))
+    components = np.empty((0, 0), dtype=np.float32)
     if dim >= 2:
         svd = TruncatedSVD(dim, algorithm="randomized", n_iter=5, random_state=seed)
         reduced = svd.fit_transform(features).astype(np.float32)
         explained = float(svd.explained_variance_ratio_.sum())
+        components = svd.components_.astype(np.float32)
     else:  # a toy catalog: the features themselves
         reduced, explained = features.toarray().astype(np.float32), 1.0
     vectors = normalize_rows(np.ascontiguousarray(reduced))
@@ -130,8 +232,10 @@ def content_vectors(table: pa.Table, params: ContentParams,
             "explained_variance": round(explained, 4), "items_with_content":
             int(has_content.sum()), "text_weight": params.text_weight,
             "category_weight": params.category_weight, **vocabulary}
-    return vectors, info
-
+    encoder = ContentEncoder(tuple(text_columns), category_column, text_terms, text_idf,
+                             category_terms, category_idf, components, params.text_weight,
+                             params.category_weight)
+    return vectors, info, encoder
 
 
 # The hybrid blend of similar items: an item with n training interactions scores a candidate

@@ -16,7 +16,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar, cast
 
 import numpy as np
 import orjson
@@ -27,6 +27,7 @@ from svdfaiss.errors import InvalidInput
 log = logging.getLogger("svdfaiss.events")
 
 EXAMPLES_PER_REASON = 5
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -78,10 +79,16 @@ def read_events(path: Path, feedback: str, strict: bool = False,
     as unusable like any other; `strict` makes any unusable line an error. `start` is a byte
     offset at a line start to read from (line numbers then count from there).
     """
-    path = Path(path)
+    return read_jsonl(Path(path), lambda record: parse_event(record, feedback), strict, start)
+
+
+def read_jsonl(path: Path, parse: Callable[[Any], T], strict: bool = False, start: int = 0,
+               what: str = "events log") -> tuple[list[T], RejectedRows, int]:
+    """The records of a JSON-lines log (`parse` raises InvalidInput for a bad one), its
+    unusable lines by reason with line numbers, and the lines read (see read_events)."""
     if not path.is_file():
-        raise InvalidInput(f"{path}: events log not found")
-    events: list[Event] = []
+        raise InvalidInput(f"{path}: {what} not found")
+    records: list[T] = []
     rejected = RejectedRows()
     shown: dict[str, int] = {}
     lines = 0
@@ -92,7 +99,7 @@ def read_events(path: Path, feedback: str, strict: bool = False,
             if not raw.strip():
                 continue
             try:
-                events.append(parse_event(orjson.loads(raw), feedback))
+                records.append(parse(orjson.loads(raw)))
             except orjson.JSONDecodeError:
                 reason = "not valid JSON"
             except InvalidInput as exc:
@@ -105,7 +112,7 @@ def read_events(path: Path, feedback: str, strict: bool = False,
             examples = [(number, raw.decode("utf-8", "replace").rstrip())] if shown[
                 reason] <= EXAMPLES_PER_REASON else []
             rejected.add(reason, 1, examples)
-    return events, rejected, lines
+    return records, rejected, lines
 
 
 def offset_since(path: Path, since: float, close_enough: int = 1 << 16) -> int:
@@ -171,8 +178,13 @@ class EventLog:
         data = b"".join(lines)
         with self._lock:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o640)
             try:
+                size = os.fstat(fd).st_size
+                if size and os.pread(fd, 1, size - 1) != b"\n":
+                    # A torn last line (a process killed mid-write): end it, so that this
+                    # batch starts a line of its own and only the torn one is unusable.
+                    data = b"\n" + data
                 view = memoryview(data)
                 while view:
                     written = os.write(fd, view)
@@ -226,9 +238,10 @@ class LiveUsers:
         return len(self._users)
 
 
-class EventFollower:
+class EventFollower(Generic[T]):
     """Reads the events log as it grows: the events other processes (or this one) appended
-    since the last call, complete lines only.
+    since the last call, complete lines only. `parse` reads another log of JSON lines the
+    same way (the live catalog's).
 
     Several service workers share one log, so a worker learns of an event another worker
     accepted by reading the log before it answers for a user. A call costs two `stat`s when
@@ -236,9 +249,13 @@ class EventFollower:
     the path is followed from its start. Unusable lines are counted and skipped.
     """
 
-    def __init__(self, path: Path, feedback: str = "implicit") -> None:
+    def __init__(self, path: Path, feedback: str = "implicit",
+                 parse: Callable[[Any], T] | None = None) -> None:
         self.path = Path(path)
         self.feedback = feedback
+        # Events by default: parsed with the model's feedback, which start() may change.
+        self._parse: Callable[[Any], T] = parse if parse is not None else cast(
+            Callable[[Any], T], lambda record: parse_event(record, self.feedback))
         self.skipped = 0
         self._handle: Any = None  # the open log, or None before it exists
         self._offset = 0  # where the next complete line starts
@@ -253,10 +270,17 @@ class EventFollower:
             if self.path.is_file():
                 self._open(offset_since(self.path, since))
 
-    def poll(self) -> list[Event]:
+    def start_at(self, offset: int) -> None:
+        """Follow from a byte offset at a line start (0: the whole log)."""
+        with self._lock:
+            self._close()
+            if self.path.is_file():
+                self._open(offset)
+
+    def poll(self) -> list[T]:
         """The events appended since the previous poll, in log order."""
         with self._lock:
-            events: list[Event] = []
+            events: list[T] = []
             if self._handle is None:
                 if not self.path.is_file():
                     return events
@@ -285,7 +309,7 @@ class EventFollower:
             self._handle.close()
         self._handle = None
 
-    def _read_new(self) -> list[Event]:
+    def _read_new(self) -> list[T]:
         size = os.fstat(self._handle.fileno()).st_size
         if size < self._offset:  # truncated in place: what remains is new to us
             self._offset = 0
@@ -295,12 +319,12 @@ class EventFollower:
         data = self._handle.read(size - self._offset)
         complete = data.rfind(b"\n") + 1  # a line still being written waits for next time
         self._offset += complete
-        events = []
+        events: list[T] = []
         for raw in data[:complete].splitlines():
             if not raw.strip():
                 continue
             try:
-                events.append(parse_event(orjson.loads(raw), self.feedback))
+                events.append(self._parse(orjson.loads(raw)))
             except (orjson.JSONDecodeError, InvalidInput):
                 self.skipped += 1
         return events
@@ -327,7 +351,7 @@ class LiveEvents:
 
     def __init__(self, users: LiveUsers, path: Path) -> None:
         self.users = users
-        self.follower = EventFollower(path)
+        self.follower: EventFollower[Event] = EventFollower(path)
         self._since = math.inf  # nothing applies before the first reset
         self._explicit = False
         self._knows: Callable[[str], bool] | None = None

@@ -113,6 +113,11 @@ def build(
     events: Annotated[list[Path] | None, typer.Option(
         "--events", help="An events log written by the service (POST /events) to fold into "
         "the training data; repeatable.")] = None,
+    catalog_updates: Annotated[list[Path] | None, typer.Option(
+        "--catalog-updates", help="A live catalog log written by the service (PUT and DELETE "
+        "/items) to fold into the catalog: puts replace or add rows, a withdrawn item leaves "
+        "the catalog and the model (its interactions are dropped); needs --items; "
+        "repeatable.")] = None,
     hybrid_interactions: Annotated[float, typer.Option(
         help="Hybrid similar items: an item with n interactions weighs CF by n / (n + this) "
              "and content by the rest.")] = 5.0,
@@ -198,6 +203,7 @@ def build(
         hybrid_interactions=hybrid_interactions,
         new_item_weight=new_item_weight,
         events=tuple(events or ()),
+        catalog_updates=tuple(catalog_updates or ()),
     )
     # --json is for programs: only the JSON (and errors), no progress lines.
     report = run_build(config, None if json_out else stage_status)

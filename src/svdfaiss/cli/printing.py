@@ -125,12 +125,12 @@ def print_summary(path: Path, manifest: dict[str, Any]) -> None:
                                  f"{fmt_int(content['new_items'])} catalog items without "
                                  "interactions get content neighbours")
         similar = content.get("new_items_in_similar")
-        if similar:
+        if similar and similar.get("items", 1):
             table.add_row("new items", f"their hybrid neighbours use CF vectors predicted from "
                                        f"their content (map R^2 {similar['r2']:.2f}, CF share "
                                        f"{similar['cf_share']:g})")
         mapped = content.get("new_items_in_recommendations")
-        if mapped:
+        if mapped and mapped.get("items", 1):
             table.add_row("new items", f"{fmt_int(mapped['items'])} join recommendations "
                                        "through vectors predicted from their content (map "
                                        f"R^2 {mapped['r2']:.2f}, weight {mapped['weight']:g})")

@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 import scipy.sparse as sp
 
 from svdfaiss import bundle
+from svdfaiss.content import ContentEncoder
 from svdfaiss.data import decode_ids, lookup, lookup_one
 from svdfaiss.errors import InvalidBundle, UnknownItem, UnknownUser
 from svdfaiss.evidence import MIN_CO_USERS, Evidence
@@ -109,6 +110,18 @@ class LoadedModel:
         self.new_item_vectors: np.ndarray | None = None
         if "new_item_vectors.npy" in manifest["files"]:
             self.new_item_vectors = _load_array(version_dir, "new_item_vectors.npy")
+        # The fitted content encoder and the content -> CF / recommendation-vector maps: the
+        # live catalog gives items added after the build their vectors (query.live).
+        self.content_encoder: ContentEncoder | None = None
+        self.content_to_cf: np.ndarray | None = None
+        self.content_to_rec: np.ndarray | None = None
+        if self.content is not None and ContentEncoder.FILES[-1] in manifest["files"]:
+            self.content_encoder = ContentEncoder.from_arrays(
+                {name: _load_array(version_dir, name) for name in ContentEncoder.FILES},
+                self.content)
+            self.content_to_cf = _load_array(version_dir, "content_to_cf.npy")
+            if "content_to_rec.npy" in manifest["files"]:
+                self.content_to_rec = _load_array(version_dir, "content_to_rec.npy")
         self.n_catalog = self.n_items + int(self.new_item_ids.shape[0])
         self.filters = CatalogFilters(self.model, self.catalog, self.n_catalog)
         self.popularity = Popularity(self.rows, self.n_items)

@@ -9,7 +9,7 @@ exact scoring of every candidate.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -27,6 +27,17 @@ NONE = np.empty(0, dtype=np.int64)
 
 
 @dataclass(frozen=True)
+class LiveRows:
+    """Rows the live catalog added after the build (query.live): positions from `offset`
+    on, scored exactly beside the index and merged with its answer. The index itself is
+    never changed, so searches running on it concurrently are safe (FAISS does not allow
+    an add during a search); a change makes a new LiveRows (copy-on-write)."""
+
+    offset: int
+    vectors: np.ndarray
+
+
+@dataclass(frozen=True)
 class Space:
     """One searchable set of vectors: its index, and exact scoring over candidate rows."""
 
@@ -37,6 +48,7 @@ class Space:
     exact_vectors: Callable[[np.ndarray | None], np.ndarray]
     # A banded index (index.BandedIndex): `index` is the IVF over the rows outside the head.
     head: Head | None = None
+    live: LiveRows | None = None
 
 
 def top_k(
@@ -52,6 +64,8 @@ def top_k(
     after the model's), with `allowed`, if given, already below it."""
     if k < 1:
         raise InvalidInput(f"k must be at least 1, got {k}")
+    if space.live is not None:
+        return _with_live(space, space.live, query, k, allowed, excluded, limit)
     if excluded.size > 1:
         excluded = np.unique(excluded)
     size = space.size if limit is None else min(limit, space.size)
@@ -79,6 +93,43 @@ def top_k(
     if candidates is None:
         candidates = np.setdiff1d(np.arange(size), excluded, assume_unique=True)
     return exact_top_k(space.exact_vectors(candidates), query, k, candidates)
+
+
+def _with_live(
+    space: Space, live: LiveRows, query: np.ndarray, k: int, allowed: np.ndarray | None,
+    excluded: np.ndarray, limit: int | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """top_k over the index and the live rows: each part's best, merged by score."""
+    base = replace(space, live=None)
+    cut = live.offset
+    if limit is not None and limit <= cut:
+        return top_k(base, query, k, allowed, excluded, limit)
+    parts = [top_k(base, query, k, None if allowed is None else allowed[allowed < cut],
+                   excluded[excluded < cut], limit)]
+    parts.append(live_top_k(live, query, k, None if allowed is None
+                            else allowed[allowed >= cut], excluded[excluded >= cut]))
+    return merge(parts, k)
+
+
+def live_top_k(live: LiveRows, query: np.ndarray, k: int, rows: np.ndarray | None,
+               excluded: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The k best live rows (positions `rows`, None: all) minus `excluded`, scored exactly.
+    Scoring every row in place costs one matrix-vector product; no copy of the rows."""
+    excluded = np.unique(excluded)
+    if rows is None:
+        scores = np.asarray(live.vectors @ np.asarray(query, dtype=np.float32).ravel(),
+                            dtype=np.float32)
+        scores[excluded - live.offset] = -np.inf
+        k = min(k, int(scores.size - excluded.size))
+        if k <= 0:
+            return np.empty(0, dtype=np.float32), np.empty(0, dtype=np.int64)
+        top = np.argpartition(-scores, k - 1)[:k] if k < scores.size else np.arange(scores.size)
+        top = top[np.lexsort((top, -scores[top]))]
+        return scores[top], top.astype(np.int64) + live.offset
+    rows = rows[~np.isin(rows, excluded)] if excluded.size else rows
+    if not rows.size:
+        return np.empty(0, dtype=np.float32), np.empty(0, dtype=np.int64)
+    return exact_top_k(live.vectors[rows - live.offset], query, k, rows)
 
 
 def _approximate(

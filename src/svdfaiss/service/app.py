@@ -18,13 +18,24 @@ from fastapi_offline import FastAPIOffline
 
 from svdfaiss.config import Settings
 from svdfaiss.events import EventLog, LiveEvents, LiveUsers
+from svdfaiss.live_catalog import LiveCatalog
 from svdfaiss.service import params, schemas
 from svdfaiss.service.batching import EventSink, SearchBatcher
 from svdfaiss.service.errors import install_error_handlers
 from svdfaiss.service.fastpath import FastPath, ServiceMiddleware
 from svdfaiss.service.holders import ModelHolder, Models
 from svdfaiss.service.metrics import Metrics
-from svdfaiss.service.routes import admin, basket, batch, demo, events, items, operations, users
+from svdfaiss.service.routes import (
+    admin,
+    basket,
+    batch,
+    catalog,
+    demo,
+    events,
+    items,
+    operations,
+    users,
+)
 
 log = logging.getLogger("svdfaiss.service")
 
@@ -39,6 +50,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         models.live = LiveEvents(LiveUsers(settings.live_users, settings.max_ids),
                                  settings.resolved_events_log())
     live = models.live
+    if settings.catalog_token is not None:  # off while no token guards it
+        models.catalog = LiveCatalog(settings.resolved_catalog_log(), settings.live_items)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -51,6 +64,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 await poller
         if live is not None:
             live.follower.close()
+        if models.catalog is not None:
+            models.catalog.follower.close()
 
     # FastAPIOffline: FastAPI whose /docs and /redoc load Swagger UI and ReDoc from assets
     # the package ships, served here, instead of a CDN (blank pages offline).
@@ -78,6 +93,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     if live is not None:
         app.state.sink = EventSink(EventLog(settings.resolved_events_log()))
         params.include(app, events.router, declared)
+    app.state.catalog_sink = EventSink(EventLog(settings.resolved_catalog_log()))
+    params.include(app, catalog.router, declared)
     for resource in (operations, admin, demo):
         params.include(app, resource.router, declared)
     if settings.fast_path:

@@ -179,10 +179,12 @@ class FastPath:
 
     def _similar(self, scope: Scope, k: int) -> tuple[bytes, str, Any] | None:
         item_id = _path_id(scope["path"], _SIMILAR, self.max_id_length)
-        current = self.models.primary.current  # no user_id: the control variant
-        if item_id is None or current is None:
+        if item_id is None:
             return None
-        rec = current.recommender
+        self.models.sync_catalog()
+        rec = self.models.primary.serving()  # no user_id: the control variant
+        if rec is None:
+            return None
         try:
             result = rec.cached_similar_items(item_id, k)
         except UnknownItem:

@@ -22,6 +22,8 @@ from svdfaiss.config import Settings
 from svdfaiss.errors import InvalidBundle, NoBundle
 from svdfaiss.events import LiveEvents
 from svdfaiss.experiment import Experiment, Variant
+from svdfaiss.live_catalog import LiveCatalog
+from svdfaiss.query import live as live_query
 from svdfaiss.recommender import Recommender
 from svdfaiss.service import schemas
 from svdfaiss.service.metrics import Metrics
@@ -48,6 +50,9 @@ class ModelHolder:
         self.model = model
         self.current: Loaded | None = None
         self._lock = asyncio.Lock()
+        # The live catalog over the current model (query.live): rebuilt on each change.
+        self.view: Recommender | None = None
+        self.encodings = live_query.Encodings()
 
     @property
     def version(self) -> str | None:
@@ -91,13 +96,33 @@ class ModelHolder:
             return schemas.ReloadResult(result="loaded", model=rec.model, version=rec.version)
 
     def get(self) -> Recommender:
-        """The serving model; 503 when none is loaded."""
+        """The serving model, with the live catalog over it; 503 when none is loaded."""
         _single_threaded_faiss()
-        current = self.current
-        if current is None:
+        serving = self.serving()
+        if serving is None:
             raise NoBundle(f"no bundle loaded for model {self.model!r} from "
                            f"{self.settings.index_dir}")
+        return serving
+
+    def serving(self) -> Recommender | None:
+        """The live view over the current model (the model itself while a reload has not
+        rebuilt the view yet), or None before any load."""
+        current, view = self.current, self.view
+        if current is None:
+            return None
+        if view is not None and getattr(view, "base", view) is current.recommender:
+            return view
         return current.recommender
+
+    def apply_catalog(self, catalog: LiveCatalog) -> None:
+        """Rebuild the view from the live catalog's changes (copy-on-write: the view being
+        searched is never changed)."""
+        current = self.current
+        if current is None:
+            return
+        _, changes = catalog.changes()
+        rec = current.recommender
+        self.view = live_query.view(rec, live_query.live_items(rec, changes, self.encodings))
 
 
 class Models:
@@ -109,6 +134,11 @@ class Models:
         self.metrics = metrics
         # Live rows, kept in step with the events log (None when live events are off).
         self.live: LiveEvents | None = None
+        # The live catalog, kept in step with its log (None while it is off).
+        self.catalog: LiveCatalog | None = None
+        self._catalog_version = -1
+        self._catalog_bundle: str | None = None  # the primary version the log was replayed on
+        self._catalog_lock = threading.Lock()
         # Each variant's counter child, looked up once rather than per request.
         self.counted = {v.name: metrics.variants.labels(self.experiment.name, v.name, v.model)
                         for v in self.experiment.variants}
@@ -128,9 +158,28 @@ class Models:
             variant = self.experiment.assign(user_id)
         else:
             variant = self.experiment.control
+        self.sync_catalog()
         rec = self.holders[variant.model].get()
         self.counted[variant.name].inc()
         return rec, variant
+
+    def sync_catalog(self) -> None:
+        """Apply what other workers (or this one) appended to the catalog log since the last
+        look: two `stat` calls when nothing was; the views are rebuilt on a change."""
+        catalog = self.catalog
+        if catalog is None:
+            return
+        catalog.sync()
+        if catalog.version == self._catalog_version:
+            return
+        with self._catalog_lock:
+            version = catalog.version
+            if version == self._catalog_version:
+                return
+            for holder in self.holders.values():
+                holder.apply_catalog(catalog)
+            self._catalog_version = version
+            self.metrics.live_items.set(len(catalog))
 
     async def reload(self, force: bool = False) -> list[schemas.ReloadResult]:
         """Reload every model; live rows start over when the primary model changes."""
@@ -145,6 +194,18 @@ class Models:
             self.metrics.live_users.set(len(self.live))
             log.info("live rows: %d events logged after model %s version %s applied from %s",
                      applied, rec.model, rec.version, self.live.follower.path)
+        if self.catalog is not None and current is not None and any(
+                r.result == "loaded" for r in results):
+            catalog = self.catalog
+            rec = current.recommender
+            if rec.version != self._catalog_bundle:  # the cutoff is the primary bundle's
+                self._catalog_bundle = rec.version
+                changed = await anyio.to_thread.run_sync(catalog.reset, rec.manifest)
+                log.info("live catalog: %d changes logged after model %s version %s applied "
+                         "from %s (%d items live)", changed, rec.model, rec.version,
+                         catalog.path, len(catalog))
+            self._catalog_version = -1  # every reloaded holder's view is rebuilt
+            await anyio.to_thread.run_sync(self.sync_catalog)
         return results
 
 

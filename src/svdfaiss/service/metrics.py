@@ -62,6 +62,12 @@ class Metrics:
             "computed and not kept)", ["result"], registry=self.registry)
         self.live_users = Gauge("svdfaiss_live_users", "Users with live events in memory",
                                 registry=self.registry, multiprocess_mode=across)
+        self.catalog_changes = Counter("svdfaiss_catalog_changes", "Live catalog changes by "
+                                       "result (put, delete, refused: not logged)", ["result"],
+                                       registry=self.registry)
+        self.live_items = Gauge("svdfaiss_live_items", "Items the live catalog holds (new, "
+                                "changed, withdrawn) over the bundle", registry=self.registry,
+                                multiprocess_mode=across)
 
     def exposition(self) -> tuple[bytes, str]:
         """The scrape body and its content type: every process's values in multiprocess
