@@ -14,9 +14,9 @@ IndexIDMap is needed.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from collections.abc import Iterable
 from typing import Any, Literal
 
 import faiss as _faiss
@@ -166,7 +166,7 @@ def _build_ivf(x: np.ndarray, p: IndexParams, seed: int,
     took 38 s, numpy matrix products over 64k-row blocks 10 s; `add_core` with the
     precomputed lists then stores the vectors in 3 s.
     """
-    n, d = x.shape
+    n = x.shape[0]
     index = _trained_ivf(x[ivf_training_rows(n, p, seed)], p, seed)
     _add_to_ivf(index, x, ids)
     return index

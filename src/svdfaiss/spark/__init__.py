@@ -35,11 +35,15 @@ def spark_session(master: str | None = None, app: str = "svdfaiss-build",
     if not (os.environ.get("JAVA_HOME") or shutil.which("java")):
         raise InvalidInput("--engine spark needs Java 17 or later (java on PATH or JAVA_HOME)")
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    builder = (SparkSession.builder.appName(app).master(master or DEFAULT_MASTER)
-               .config("spark.ui.enabled", "false")
+    submitted = "PYSPARK_GATEWAY_PORT" in os.environ  # spark-submit set the master
+    builder = SparkSession.builder.appName(app)
+    if master is not None or not submitted:
+        builder = builder.master(master or DEFAULT_MASTER)
+    builder = (builder.config("spark.ui.enabled", "false")
+               .config("spark.ui.showConsoleProgress", "false")
                .config("spark.sql.execution.arrow.pyspark.enabled", "true")
-               .config("spark.sql.shuffle.partitions", "8"))
-    if (master or DEFAULT_MASTER).startswith("local"):
+               .config("spark.sql.shuffle.partitions", "4"))
+    if not submitted and (master or DEFAULT_MASTER).startswith("local"):
         # A local run listens on the loopback interface only.
         builder = (builder.config("spark.driver.host", "127.0.0.1")
                    .config("spark.driver.bindAddress", "127.0.0.1"))

@@ -60,7 +60,12 @@ def refuse_unsupported(config: BuildConfig) -> None:
                            "--engine native for them")
 
 
-def _block_stats(has_scale: Any, n_items: int) -> Any:
+def _add_stats(a: tuple[Any, ...], b: tuple[Any, ...]) -> tuple[Any, ...]:
+    """Sum two blocks' (users per item, co-users per item, row total), widest id."""
+    return a[0] + b[0], a[1] + b[1], a[2] + b[2], max(a[3], b[3])
+
+
+def _block_stats(n_items: int) -> Any:
     """Per block: users per item, co-users per item, row-total sum, and the block's
     co-interaction links reduced to (item, first item of its local component)."""
 
@@ -113,18 +118,16 @@ def build_spark(config: BuildConfig, stage_hook: StageHook | None = None,
     check_rank(k, (n_users, n_items))
     beta, shrinkage = config.resolved_beta(), config.resolved_shrinkage()
     with timer.stage("weight"):
-        item_users = np.zeros(n_items, dtype=np.int64)
-        co_users = np.zeros(n_items, dtype=np.int64)
+        # Per-item sums reduce on the executors; the links stream to the driver, whose
+        # labels merge them a block at a time.
+        stats = log.blocks.map(_block_stats(n_items)).persist()
+        item_users, co_users, row_total, id_width = stats.map(lambda t: t[1:4] + (t[5],)
+                                                              ).treeReduce(_add_stats, depth=2)
         labels = np.arange(n_items, dtype=np.int64)
-        row_total, id_width = 0.0, 1
-        for _, users_b, co_b, total_b, edges, width in log.blocks.map(
-                _block_stats(None, n_items)).toLocalIterator():
-            item_users += users_b
-            co_users += co_b
-            row_total += total_b
-            id_width = max(id_width, width)
+        for edges in stats.map(lambda t: t[4]).toLocalIterator(prefetchPartitions=True):
             if edges.size:
                 labels = evidence.merge_components(labels, edges)
+        stats.unpersist()
         scheme = config.resolved_weighting(log.feedback)
         scale = column_scale(item_users, n_users, scheme, beta)
         weighting = WeightingParams(scheme=scheme, beta=beta,  # type: ignore[arg-type]
@@ -134,11 +137,8 @@ def build_spark(config: BuildConfig, stage_hook: StageHook | None = None,
         def weighted(block: Block, n: int = n_items, w: WeightingParams = weighting) -> Any:
             return weight_rows(block.matrix(n), w, scale_b.value)
 
-        total_energy = float(log.blocks.map(
-            lambda b: float(np.dot(weighted(b).data.astype(np.float64),
-                                   weighted(b).data.astype(np.float64)))).sum())
     with timer.stage("factorize"):
-        factors = randomized_svd(log.blocks, n_users, n_items, k, weighted, total_energy,
+        factors = randomized_svd(log.blocks, n_users, n_items, k, weighted,
                                  seed=config.seed, spark_context=sc)
     with timer.stage("evidence"):
         components = evidence.relabel_by_first_item(labels)
@@ -148,7 +148,7 @@ def build_spark(config: BuildConfig, stage_hook: StageHook | None = None,
         for start, f in log.blocks.map(lambda b: (b.start, np.asarray(
                 np.bincount(np.repeat(np.arange(b.n_users), np.diff(b.indptr)),
                             weights=has_b.value[b.indices], minlength=b.n_users) > 0))
-                ).toLocalIterator():
+                ).toLocalIterator(prefetchPartitions=True):
             flags[start : start + f.size] = f
         users_with = int(flags.sum())
     with timer.stage("embed"):
@@ -211,8 +211,7 @@ def _write_bundle(config: BuildConfig, timer: _Timer, log: SparkLog,
         def run(block: Block) -> tuple[Block, np.ndarray, np.ndarray]:
             q, stored = vectors_of(block)
             return block, q, stored
-        for block, q, stored in log.blocks.map(run).toLocalIterator():
-            yield block, q, stored
+        yield from log.blocks.map(run).toLocalIterator(prefetchPartitions=True)
 
     with timer.stage("write rows"):
         rows_indptr = np.lib.format.open_memmap(writer.path("rows_indptr.npy"), mode="w+",
@@ -255,7 +254,6 @@ def _write_bundle(config: BuildConfig, timer: _Timer, log: SparkLog,
                                                config.seed)
         for array in (rows_indptr, rows_indices, rows_values, user_ids):
             array.flush()
-        del rows_indptr, rows_indices, rows_values, user_ids
     users_recall = None
     if users_index is not None and users_params is not None:
         with timer.stage("measure users recall"):

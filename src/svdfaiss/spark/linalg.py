@@ -25,40 +25,41 @@ DEFAULT_PASSES = 8  # distributed passes over the matrix (the first one plus 7 p
 DEFAULT_OVERSAMPLE = 32
 
 
-def _merge(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]
-           ) -> tuple[np.ndarray, np.ndarray]:
-    """Two partial (R, X^T Y): the R of the stacked R factors, and the sum."""
-    r = np.linalg.qr(np.vstack([a[0], b[0]]), mode="r")
-    return r, a[1] + b[1]
+def _merge(a: tuple[np.ndarray, np.ndarray, float], b: tuple[np.ndarray, np.ndarray, float]
+           ) -> tuple[np.ndarray, np.ndarray, float]:
+    """Two partial (R, X^T Y, ||X||_F^2): the R of the stacked R factors, and the sums."""
+    r: np.ndarray = np.asarray(np.linalg.qr(np.vstack([a[0], b[0]]), mode="r"))
+    return r, a[1] + b[1], a[2] + b[2]
 
 
 def randomized_svd(blocks: Any, n_users: int, n_items: int, k: int,
-                   weighted: Callable[[Any], Any], total_energy: float,
+                   weighted: Callable[[Any], Any],
                    passes: int = DEFAULT_PASSES, oversample: int = DEFAULT_OVERSAMPLE,
                    seed: int = 0, spark_context: Any = None) -> Factors:
     """The k largest singular values and right vectors of the weighted blocks; the
     Factors' user_factors are empty (0 x k): users are folded in per block (X V / s).
 
-    `weighted(block)` gives a block's weighted CSR rows; `total_energy` is ||X||_F^2.
+    `weighted(block)` gives a block's weighted CSR rows.
     """
     check_rank(k, (n_users, n_items))
-    l = min(k + oversample, n_users, n_items)
+    width = min(k + oversample, n_users, n_items)
     rng = np.random.default_rng(seed)
-    omega = rng.standard_normal((n_items, l))
-    z = np.zeros((n_items, l))
+    omega = rng.standard_normal((n_items, width))
+    z = np.zeros((n_items, width))
     for _ in range(max(1, passes)):
         basis = spark_context.broadcast(omega.astype(np.float64))
 
-        def product(block: Any, basis: Any = basis) -> tuple[np.ndarray, np.ndarray]:
+        def product(block: Any, basis: Any = basis) -> tuple[np.ndarray, np.ndarray, float]:
             x = weighted(block).astype(np.float64)
             y = x @ basis.value
-            r = np.linalg.qr(y, mode="r") if y.shape[0] else np.zeros((0, y.shape[1]))
-            return r, np.asarray(x.T @ y)
+            r = (np.asarray(np.linalg.qr(y, mode="r")) if y.shape[0]
+                 else np.zeros((0, y.shape[1])))
+            return r, np.asarray(x.T @ y), float(np.dot(x.data, x.data))
 
-        r, xty = blocks.map(product).treeReduce(_merge, depth=2)
+        r, xty, total_energy = blocks.map(product).treeReduce(_merge, depth=2)
         basis.unpersist()
         # Z = X^T Q with Q = Y R^-1: solve R^T Z^T = (X^T Y)^T.
-        z = np.linalg.solve(r.T, xty.T).T if r.shape[0] == l else xty @ np.linalg.pinv(r)
+        z = np.linalg.solve(r.T, xty.T).T if r.shape[0] == width else xty @ np.linalg.pinv(r)
         omega = np.linalg.qr(z)[0]
     v, s, _ = np.linalg.svd(z, full_matrices=False)
     v, s = np.ascontiguousarray(v[:, :k]), s[:k]

@@ -22,7 +22,19 @@ import pyarrow as pa
 
 from svdfaiss.data import (
     EXAMPLES_PER_REASON,
+    REASON_BAD_TIME,
+    REASON_BLANK,
+    REASON_LONG,
     REASON_MALFORMED,
+    REASON_NEGATIVE,
+    REASON_NO_ITEM,
+    REASON_NO_TIME,
+    REASON_NO_USER,
+    REASON_NO_VALUE,
+    REASON_NON_FINITE,
+    REASON_NON_NUMERIC,
+    REASON_NUL,
+    REASON_ZERO,
     Columns,
     Feedback,
     ReadOptions,
@@ -38,6 +50,9 @@ from svdfaiss.data import (
 )
 from svdfaiss.errors import InvalidInput
 
+REASON_ORDER = (REASON_MALFORMED, REASON_BLANK, REASON_NO_USER, REASON_NO_ITEM, REASON_NUL,
+                REASON_LONG, REASON_NO_VALUE, REASON_NON_NUMERIC, REASON_NON_FINITE,
+                REASON_NEGATIVE, REASON_ZERO, REASON_NO_TIME, REASON_BAD_TIME)
 BLOCK_INTERACTIONS = 500_000  # aggregated interactions per block (one task, a few MB)
 
 ROW_SCHEMA = ("user string, item string, value double, ts double, reason string, "
@@ -215,7 +230,7 @@ def _parquet_frame(spark: Any, path: str, options: ReadOptions) -> tuple[Any, Co
 
     try:
         frame = spark.read.parquet(path)
-    except Exception as exc:  # noqa: BLE001 - Spark raises its own analysis errors
+    except Exception as exc:  # Spark raises its own analysis errors
         raise InvalidInput(f"{path}: cannot read as Parquet: {str(exc).splitlines()[0]}"
                            ) from None
     columns = resolve_columns(list(frame.columns), True, options, Path(path))
@@ -263,8 +278,10 @@ def _examples(spark: Any, rows: Any, source: Any, reasons: dict[str, int], unit:
     for r in sorted(found, key=lambda r: (r["pid"], r["local"])):
         line = offsets.get(int(r["pid"]), 0) + int(r["local"]) + 1
         examples.setdefault(r["reason"], []).append((line, r["text"] or ""))
-    for reason, count in reasons.items():
-        rejected.add(reason, count, examples.get(reason, []))
+    # In the native order: malformed rows first, then each check in its turn.
+    for reason in sorted(reasons, key=lambda r: REASON_ORDER.index(r)
+                         if r in REASON_ORDER else len(REASON_ORDER)):
+        rejected.add(reason, reasons[reason], examples.get(reason, []))
     return rejected
 
 
@@ -335,12 +352,11 @@ def _filter_and_block(spark: Any, path: str, valid: Any, pairs: Any, valid_rows:
     from pyspark.sql import functions as F  # noqa: N812
 
     pairs = pairs.persist(StorageLevel.MEMORY_AND_DISK)
-    n_pairs = pairs.count()
-    merged = valid_rows - n_pairs
+    stats = pairs.agg(F.count("*"), F.sum("n")).first()
+    merged = valid_rows - int(stats[0])
     below = 0
-    all_users = valid.select("user").distinct().persist(StorageLevel.MEMORY_AND_DISK)
-    all_items = valid.select("item").distinct().persist(StorageLevel.MEMORY_AND_DISK)
-    n_all_users, n_all_items = all_users.count(), all_items.count()
+    all_users = valid.select("user").distinct()
+    all_items = valid.select("item").distinct()
     if options.min_rating is not None:
         if columns.feedback != "explicit":
             raise InvalidInput(f"--min-rating {options.min_rating:g} applies to explicit "
@@ -370,7 +386,8 @@ def _filter_and_block(spark: Any, path: str, valid: Any, pairs: Any, valid_rows:
                 break
         users = pairs.select("user").distinct()
         items = pairs.select("item").distinct()
-    stats = pairs.agg(F.count("*"), F.sum("n")).first()
+    if options.min_rating is not None or min_user > 1 or min_item > 1:
+        stats = pairs.agg(F.count("*"), F.sum("n")).first()
     nnz, rows_used = int(stats[0]), int(stats[1] or 0)
     if nnz == 0:
         raise InvalidInput(
@@ -386,17 +403,20 @@ def _filter_and_block(spark: Any, path: str, valid: Any, pairs: Any, valid_rows:
         marked = marked.unionByName(empty.select("user", F.lit(None).cast("string")
                                                  .alias("item"),
                                                  F.lit(None).cast("float").alias("v")))
-    n_blocks = max(2 * spark.sparkContext.defaultParallelism, -(-nnz // BLOCK_INTERACTIONS))
-    blocks = _blocks(spark, marked, item_ids, n_blocks)
-    n_users = sum(b[1] for b in blocks.map(lambda b: (b.index, b.n_users)).collect())
-    n_kept_users = users.count() if users is not all_users else n_all_users
+    n_blocks = max(spark.sparkContext.defaultParallelism, -(-nnz // BLOCK_INTERACTIONS))
+    blocks, n_users = _blocks(spark, marked, item_ids, n_blocks)
+    filtered = min_user > 1 or min_item > 1
+    # Without the k-core every user and item of the usable rows stays (as in the native
+    # matrix, also those whose every rating fell below --min-rating).
+    n_all_users = all_users.count() if filtered else n_users
+    n_all_items = all_items.count() if filtered else int(item_ids.size)
     rows.unpersist()
     return SparkLog(
         blocks=blocks, item_ids=item_ids, n_users=n_users, nnz=nnz,
         feedback=columns.feedback, columns=columns, rows_read=rows_read, rows_used=rows_used,
         rejected=rejected, duplicates_merged=merged,
         filtered_rows=valid_rows - rows_used - below,
-        filtered_users=n_all_users - n_kept_users,
+        filtered_users=n_all_users - n_users,
         filtered_items=n_all_items - int(item_ids.size),
         removed_by_min_rating=below, unit=unit)
 
@@ -432,8 +452,9 @@ def _pack(item_ids: Any) -> Any:
     return run
 
 
-def _blocks(spark: Any, marked: Any, item_ids: np.ndarray, n_blocks: int) -> Any:
-    """The cached RDD of Blocks, in user order, each knowing its first user position."""
+def _blocks(spark: Any, marked: Any, item_ids: np.ndarray, n_blocks: int) -> tuple[Any, int]:
+    """The RDD of Blocks (over cached arrays), in user order, each knowing its first user
+    position; and the number of users."""
     from pyspark import StorageLevel
 
     broadcast = spark.sparkContext.broadcast(item_ids)
@@ -458,7 +479,4 @@ def _blocks(spark: Any, marked: Any, item_ids: np.ndarray, n_blocks: int) -> Any
                      indptr=arrays["indptr"], indices=arrays["indices"],
                      values=arrays["values"])
 
-    blocks = decoded.map(to_block).persist(StorageLevel.MEMORY_AND_DISK)
-    blocks.count()
-    decoded.unpersist()
-    return blocks
+    return decoded.map(to_block), total
