@@ -121,7 +121,7 @@ def build_spark(config: BuildConfig, stage_hook: StageHook | None = None,
         # Per-item sums reduce on the executors; the links stream to the driver, whose
         # labels merge them a block at a time.
         stats = log.blocks.map(_block_stats(n_items)).persist()
-        item_users, co_users, row_total, id_width = stats.map(lambda t: t[1:4] + (t[5],)
+        item_users, co_users, row_total, id_width = stats.map(lambda t: (*t[1:4], t[5])
                                                               ).treeReduce(_add_stats, depth=2)
         labels = np.arange(n_items, dtype=np.int64)
         for edges in stats.map(lambda t: t[4]).toLocalIterator(prefetchPartitions=True):

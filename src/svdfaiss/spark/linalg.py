@@ -47,19 +47,24 @@ def randomized_svd(blocks: Any, n_users: int, n_items: int, k: int,
     omega = rng.standard_normal((n_items, width))
     z = np.zeros((n_items, width))
     for _ in range(max(1, passes)):
-        basis = spark_context.broadcast(omega.astype(np.float64))
+        # float32 products (the matrix is float32, as in the native solver); the small
+        # QRs and the solve on the driver in float64.
+        basis = spark_context.broadcast(np.ascontiguousarray(omega, dtype=np.float32))
 
         def product(block: Any, basis: Any = basis) -> tuple[np.ndarray, np.ndarray, float]:
-            x = weighted(block).astype(np.float64)
-            y = x @ basis.value
-            r = (np.asarray(np.linalg.qr(y, mode="r")) if y.shape[0]
+            x = weighted(block)
+            y = np.asarray(x @ basis.value, dtype=np.float32)
+            r = (np.asarray(np.linalg.qr(y.astype(np.float64), mode="r")) if y.shape[0]
                  else np.zeros((0, y.shape[1])))
-            return r, np.asarray(x.T @ y), float(np.dot(x.data, x.data))
+            data = x.data.astype(np.float64)
+            return r, np.asarray(x.T @ y, dtype=np.float32), float(np.dot(data, data))
 
         r, xty, total_energy = blocks.map(product).treeReduce(_merge, depth=2)
         basis.unpersist()
         # Z = X^T Q with Q = Y R^-1: solve R^T Z^T = (X^T Y)^T.
-        z = np.linalg.solve(r.T, xty.T).T if r.shape[0] == width else xty @ np.linalg.pinv(r)
+        xty64 = xty.astype(np.float64)
+        z = (np.linalg.solve(r.T, xty64.T).T if r.shape[0] == width
+             else xty64 @ np.linalg.pinv(r))
         omega = np.linalg.qr(z)[0]
     v, s, _ = np.linalg.svd(z, full_matrices=False)
     v, s = np.ascontiguousarray(v[:, :k]), s[:k]
