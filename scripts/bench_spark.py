@@ -4,7 +4,7 @@ Generates an Amazon-shaped log (`svdfaiss synth`, 4.2M users, 476k items, 7.8M e
 default) unless it exists, then builds it twice with the same flags (`--no-tune --k K`):
 natively, and on Spark (`--spark-master local[2]` by default). Each build runs as a child
 process whose whole process tree (the JVM and Python workers included) is sampled every
-0.2 s from /proc: the peak of its summed resident memory is reported, and with
+0.2 s from /proc: the peak of its summed memory (PSS) is reported, and with
 `--memory-cap-gb` a tree that goes above the cap is killed (the cap is the same rule for
 both engines) and reported as "over the cap". `--timeout` bounds each build. Prints a table
 and writes JSON. Linux only (reads /proc).
@@ -29,8 +29,6 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results import write_result
 
-PAGE = os.sysconf("SC_PAGE_SIZE")
-
 
 def _children() -> dict[int, list[int]]:
     tree: dict[int, list[int]] = {}
@@ -47,14 +45,18 @@ def _children() -> dict[int, list[int]]:
 
 
 def tree_rss(root: int) -> int:
-    """Summed resident bytes of a process and all its descendants."""
+    """Summed proportional set size (PSS: shared pages split among their sharers, so
+    forked Python workers are not counted twice) of a process and all its descendants."""
     tree, total, todo = _children(), 0, [root]
     while todo:
         pid = todo.pop()
         todo.extend(tree.get(pid, []))
         try:
-            with open(f"/proc/{pid}/statm") as fh:
-                total += int(fh.read().split()[1]) * PAGE
+            with open(f"/proc/{pid}/smaps_rollup") as fh:
+                for line in fh:
+                    if line.startswith("Pss:"):
+                        total += int(line.split()[1]) * 1024
+                        break
         except OSError:
             pass
     return total
@@ -83,7 +85,7 @@ def run_bounded(cmd: list[str], cap_bytes: int | None, timeout: float,
     if ended == "finished" and proc.returncode != 0:
         ended = f"failed ({proc.returncode}): {stderr.strip().splitlines()[-1:]}"
     result: dict[str, Any] = {"ended": ended, "wall_s": round(wall, 1),
-                              "peak_tree_rss_gb": round(peak / 1e9, 2)}
+                              "peak_tree_pss_gb": round(peak / 1e9, 2)}
     if ended == "finished":
         manifest = json.loads(stdout)
         result["stages_s"] = manifest["timings_seconds"]
@@ -131,7 +133,7 @@ def main() -> None:
         print(f"== {engine}: {' '.join(cmd)}", flush=True)
         runs[engine] = run_bounded(cmd, cap, args.timeout, env)
         print(f"   {runs[engine]['ended']}, {runs[engine]['wall_s']} s, peak "
-              f"{runs[engine]['peak_tree_rss_gb']} GB", flush=True)
+              f"{runs[engine]['peak_tree_pss_gb']} GB", flush=True)
     ratio = None
     if all(runs.get(e, {}).get("ended") == "finished" for e in ("native", "spark")):
         ratio = round(runs["spark"]["wall_s"] / runs["native"]["wall_s"], 2)
@@ -141,7 +143,7 @@ def main() -> None:
     print(f"\n{'engine':8} {'ended':28} {'wall s':>8} {'peak GB':>8}")
     for engine, run in runs.items():
         print(f"{engine:8} {run['ended'][:28]:28} {run['wall_s']:>8} "
-              f"{run['peak_tree_rss_gb']:>8}")
+              f"{run['peak_tree_pss_gb']:>8}")
     if ratio is not None:
         print(f"spark / native wall time: {ratio}x")
     write_result(args.json, machine=f"{platform.platform()}, {os.cpu_count()} cpus (shared)",

@@ -47,6 +47,10 @@ def spark_session(master: str | None = None, app: str = "svdfaiss-build",
         # A local run listens on the loopback interface only.
         builder = (builder.config("spark.driver.host", "127.0.0.1")
                    .config("spark.driver.bindAddress", "127.0.0.1"))
+    # One BLAS/OpenMP thread per Python worker: Spark runs one worker per core already, and
+    # OpenBLAS threads on top of them fight for the same cores.
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        builder = builder.config(f"spark.executorEnv.{var}", "1")
     for key, value in (conf or {}).items():
         builder = builder.config(key, value)
     return builder.getOrCreate()
