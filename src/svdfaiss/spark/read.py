@@ -140,7 +140,7 @@ def _parse_lines(names: list[str], header_line: str | None, fmt: str, delimiter:
                                                   delimiter, include)
             bad_lines = np.array([n - 1 for n, _ in malformed], dtype=np.int64)
             row_lines = np.delete(np.arange(len(lines)), bad_lines)
-            yield _checked(table, cols, decimal_comma, True, local[row_lines], pid)
+            yield _checked(table, cols, decimal_comma, True, local[row_lines], pid, delimiter)
             if bad_lines.size:
                 yield pa.RecordBatch.from_pydict({
                     "user": pa.nulls(bad_lines.size, pa.string()),
@@ -156,7 +156,7 @@ def _parse_lines(names: list[str], header_line: str | None, fmt: str, delimiter:
 
 
 def _checked(table: pa.Table, cols: Columns, decimal_comma: bool, text_lines: bool,
-             local: np.ndarray, pid: int) -> pa.RecordBatch:
+             local: np.ndarray, pid: int, sep: str = ",") -> pa.RecordBatch:
     """Rows with their values parsed and their first failing reason (data.row_checks)."""
     n = table.num_rows
     checks, values, timestamps = row_checks(table, cols, decimal_comma, text_lines)
@@ -165,7 +165,6 @@ def _checked(table: pa.Table, cols: Columns, decimal_comma: bool, text_lines: bo
     for code, (_, failed) in enumerate(checks):
         reason[(reason < 0) & failed] = code
     bad = reason >= 0
-    sep = "," if not decimal_comma else "\t"
     text = None
     if bad.any():
         parts = [table[c].to_pylist() for c in (cols.user, cols.item, cols.value,
