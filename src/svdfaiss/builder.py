@@ -490,9 +490,10 @@ def build(config: BuildConfig, stage_hook: StageHook | None = None) -> BuildRepo
             if users_index is not None and config.user_index is not None:
                 indexes["users"] = _users_index_meta(users_index, users_params,
                                                      users_recall)
-            manifest = _manifest(config, version, input_path, inter, weighting, factors,
-                                 embedding, indexes, catalog[1] if catalog else None,
-                                 timer.seconds)
+            manifest = _manifest(config, version, _input_info(input_path, inter, config.read),
+                                 _rows_section(inter, config), _counts_section(inter),
+                                 weighting, factors, embedding, indexes,
+                                 catalog[1] if catalog else None, timer.seconds)
             manifest["evaluation"] = evaluation
             manifest["tuning"] = tuned.record
             manifest["parameters"]["k_requested"] = tuned.record["given"].get("k", "auto")
@@ -737,11 +738,39 @@ def _rec_index_meta(index: Any, params: IndexParams, measured: dict[str, Any]
             "params": resolved, **recall_fields}
 
 
+def _rows_section(inter: Interactions, config: BuildConfig) -> dict[str, Any]:
+    """The manifest's `rows`: read, used and rejected by reason, merged, filtered."""
+    return {
+        "read": inter.rows_read,
+        "used": inter.rows_used,
+        "rejected": inter.rejected.total,
+        "rejected_by_reason": inter.rejected.counts,
+        "rejected_examples": inter.rejected.examples,
+        "duplicates_merged": inter.duplicates_merged,
+        "removed_by_filters": inter.filtered_rows,
+        "removed_by_min_rating": inter.removed_by_min_rating,
+        "min_rating": config.read.min_rating,
+    }
+
+
+def _counts_section(inter: Interactions) -> dict[str, Any]:
+    """The manifest's `counts`: the matrix's shape and what the filters removed."""
+    return {
+        "users": inter.n_users,
+        "items": inter.n_items,
+        "interactions": int(inter.matrix.nnz),
+        "density": inter.density,
+        "users_removed_by_filters": inter.filtered_users,
+        "items_removed_by_filters": inter.filtered_items,
+    }
+
+
 def _manifest(
     config: BuildConfig,
     version: str,
-    input_path: Path,
-    inter: Interactions,
+    input_info: dict[str, Any],
+    rows: dict[str, Any],
+    counts: dict[str, Any],
     weighting: WeightingParams,
     factors: Factors,
     embedding: Embedding,
@@ -749,24 +778,15 @@ def _manifest(
     catalog_info: dict[str, Any] | None,
     seconds: dict[str, float],
 ) -> dict[str, Any]:
+    """The manifest of a new bundle (both engines; the files are added at publish)."""
     return {
         "format_version": bundle.FORMAT_VERSION,
         "model": config.model,
         "version": version,
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="microseconds"),
         "builder_version": __version__,
-        "input": _input_info(input_path, inter, config.read),
-        "rows": {
-            "read": inter.rows_read,
-            "used": inter.rows_used,
-            "rejected": inter.rejected.total,
-            "rejected_by_reason": inter.rejected.counts,
-            "rejected_examples": inter.rejected.examples,
-            "duplicates_merged": inter.duplicates_merged,
-            "removed_by_filters": inter.filtered_rows,
-            "removed_by_min_rating": inter.removed_by_min_rating,
-            "min_rating": config.read.min_rating,
-        },
+        "input": input_info,
+        "rows": rows,
         "parameters": {
             "k": factors.k,
             "k_requested": config.k if config.k is not None else "auto",
@@ -780,14 +800,7 @@ def _manifest(
             "min_item_interactions": config.min_item_interactions,
             "weighting": weighting.to_dict(),
         },
-        "counts": {
-            "users": inter.n_users,
-            "items": inter.n_items,
-            "interactions": int(inter.matrix.nnz),
-            "density": inter.density,
-            "users_removed_by_filters": inter.filtered_users,
-            "items_removed_by_filters": inter.filtered_items,
-        },
+        "counts": counts,
         "factorization": {
             "k": factors.k,
             "singular_values": [float(v) for v in factors.singular_values],

@@ -389,16 +389,17 @@ def header_names(fields: list[str]) -> list[str]:
     return names
 
 
-def read_text_table(path: Path, fmt: str, names: list[str], header: bool, delimiter: str,
+def read_text_table(path: Path | bytes, fmt: str, names: list[str], header: bool, delimiter: str,
                     include: list[str], newlines_in_values: bool = False
                     ) -> tuple[pa.Table, list[tuple[int, str]], int]:
     """The columns `include` of a CSV/TSV file as text, with its malformed rows (line number,
     text) and their count; any line ending, a UTF-8 BOM and quoted fields are handled. The
-    one CSV reader of the log and the catalog."""
+    one CSV reader of the log and the catalog (and, given lines as bytes, of a Spark
+    partition's lines)."""
 
     def read(use_threads: bool, handler: object) -> pa.Table:
         return pacsv.read_csv(
-            path,
+            pa.BufferReader(path) if isinstance(path, bytes) else path,
             read_options=pacsv.ReadOptions(
                 use_threads=use_threads,
                 column_names=names,
@@ -427,7 +428,9 @@ def read_text_table(path: Path, fmt: str, names: list[str], header: bool, delimi
                            "UTF-8 text either; save the file as UTF-8)")
             elif "UTF8" in message or "utf8" in message.lower():
                 message = "not valid UTF-8 text"
-            raise InvalidInput(f"{path}: cannot parse as {fmt.upper()}: {message}") from None
+            source = "lines" if isinstance(path, bytes) else path
+            raise InvalidInput(f"{source}: cannot parse as {fmt.upper()}: {message}"
+                               ) from None
     return table, malformed, malformed_count
 
 
@@ -599,24 +602,19 @@ def locations(first_data_line: int, malformed: list[tuple[int, str]],
     return out
 
 
-def _validate(parsed: _Parsed, path: Path, options: ReadOptions) -> tuple[np.ndarray, RejectedRows,
-                                                                          np.ndarray,
-                                                                          np.ndarray | None]:
-    """The mask of usable rows, the rejected rows by reason, parsed values and timestamps."""
-    table, cols = parsed.table, parsed.columns
+def row_checks(table: pa.Table, cols: Columns, decimal_comma: bool, text_lines: bool
+               ) -> tuple[list[tuple[str, np.ndarray]], np.ndarray, np.ndarray | None]:
+    """Every validation check of the rows of `table` (the role columns of `cols`), in the
+    order a row is counted under (its first failing reason), with the parsed values and
+    timestamps. `text_lines`: rows are CSV/TSV lines (a blank line is its own reason).
+    Shared by the native reader and the Spark one (svdfaiss.spark.read), so both count
+    bad rows alike."""
     n = table.num_rows
     users, items = table[cols.user], table[cols.item]
-    rejected = RejectedRows()
-    unit = "line" if parsed.first_data_line else "row"
-    if parsed.malformed_count:
-        rejected.add(REASON_MALFORMED, parsed.malformed_count,
-                     parsed.malformed[:EXAMPLES_PER_REASON])
-
-    ok = np.ones(n, dtype=bool)
     checks: list[tuple[str, np.ndarray]] = []
     no_user = _to_numpy_bool(pc.equal(users, ""))
     no_item = _to_numpy_bool(pc.equal(items, ""))
-    if unit == "line":
+    if text_lines:
         blank = no_user & no_item
         for c in (cols.value, cols.timestamp):
             if c is not None:
@@ -630,8 +628,7 @@ def _validate(parsed: _Parsed, path: Path, options: ReadOptions) -> tuple[np.nda
 
     values = np.ones(n, dtype=np.float64)
     if cols.value is not None:
-        values, missing, non_numeric = parse_numbers(table[cols.value],
-                                                     parsed.delimiter not in (",", ""))
+        values, missing, non_numeric = parse_numbers(table[cols.value], decimal_comma)
         checks += [(REASON_NO_VALUE, missing), (REASON_NON_NUMERIC, non_numeric)]
         checks.append((REASON_NON_FINITE, ~missing & ~non_numeric & ~np.isfinite(values)))
         if cols.feedback == "implicit":
@@ -642,7 +639,22 @@ def _validate(parsed: _Parsed, path: Path, options: ReadOptions) -> tuple[np.nda
     if cols.timestamp is not None:
         timestamps, t_missing, t_bad = _parse_timestamps(table[cols.timestamp])
         checks += [(REASON_NO_TIME, t_missing), (REASON_BAD_TIME, t_bad)]
+    return checks, values, timestamps
 
+
+def _validate(parsed: _Parsed, path: Path, options: ReadOptions) -> tuple[np.ndarray, RejectedRows,
+                                                                          np.ndarray,
+                                                                          np.ndarray | None]:
+    """The mask of usable rows, the rejected rows by reason, parsed values and timestamps."""
+    n = parsed.table.num_rows
+    rejected = RejectedRows()
+    unit = "line" if parsed.first_data_line else "row"
+    if parsed.malformed_count:
+        rejected.add(REASON_MALFORMED, parsed.malformed_count,
+                     parsed.malformed[:EXAMPLES_PER_REASON])
+    checks, values, timestamps = row_checks(parsed.table, parsed.columns,
+                                            parsed.delimiter not in (",", ""), unit == "line")
+    ok = np.ones(n, dtype=bool)
     for reason, failed in checks:
         hit = failed & ok  # a row counts once, under the first reason it fails
         count = int(hit.sum())
@@ -653,9 +665,14 @@ def _validate(parsed: _Parsed, path: Path, options: ReadOptions) -> tuple[np.nda
                                             strict=True))
             ok &= ~failed
     if options.strict and rejected.total:
-        raise InvalidInput(rejected.describe(str(path), unit) + "\n(--strict: no row may be "
-                           "unusable; drop --strict to skip them)")
+        raise InvalidInput(strict_message(rejected, str(path), unit))
     return ok, rejected, values, timestamps
+
+
+def strict_message(rejected: RejectedRows, source: str, unit: str) -> str:
+    """The --strict refusal: every reason with its count and first locations."""
+    return (rejected.describe(source, unit) + "\n(--strict: no row may be unusable; drop "
+            "--strict to skip them)")
 
 
 def _sorted_codes(ids: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:

@@ -74,12 +74,31 @@ def item_components(matrix: sp.csr_matrix) -> np.ndarray:
                            np.append(matrix.indptr, np.full(n_items, matrix.nnz))),
                           shape=(size, size))
     _, labels = connected_components(graph, directed=False)
-    items = labels[n_users:]
-    # Renumber by first appearance among items so labels do not depend on user order.
-    _, first, inverse = np.unique(items, return_index=True, return_inverse=True)
+    return relabel_by_first_item(labels[n_users:])
+
+
+def relabel_by_first_item(labels: np.ndarray) -> np.ndarray:
+    """Component labels renumbered by their first item (int32), so that labels depend
+    neither on user order nor on how the components were found."""
+    _, first, inverse = np.unique(labels, return_index=True, return_inverse=True)
     order = np.argsort(np.argsort(first, kind="stable"), kind="stable")
-    relabelled: np.ndarray = order[inverse].astype(np.int32)
+    relabelled: np.ndarray = order[inverse.ravel()].astype(np.int32)
     return relabelled
+
+
+def merge_components(labels: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """Component labels of the items (any numbering) after also joining each pair of
+    `edges` (m x 2 item positions): the streaming form of item_components, for a builder
+    that sees the log a chunk of users at a time. Memory: O(items + edges)."""
+    n = labels.size
+    # Each item linked to the first item of its current component, plus the new links.
+    _, first, inverse = np.unique(labels, return_index=True, return_inverse=True)
+    root = first[inverse.ravel()]
+    rows = np.concatenate([np.arange(n, dtype=np.int64), edges[:, 0].astype(np.int64)])
+    cols = np.concatenate([root.astype(np.int64), edges[:, 1].astype(np.int64)])
+    graph = sp.csr_matrix((np.ones(rows.size, dtype=np.int8), (rows, cols)), shape=(n, n))
+    _, merged = connected_components(graph, directed=False)
+    return np.asarray(merged, dtype=np.int64)
 
 
 def isolated(components: np.ndarray) -> np.ndarray:
@@ -155,8 +174,15 @@ def summary(components: np.ndarray, co_users: np.ndarray, matrix: sp.csr_matrix,
             min_co_users: int = MIN_CO_USERS) -> dict[str, Any]:
     """The manifest's evidence section: how many items and users the model can answer
     with collaborative evidence, and by which measure."""
-    has = ~isolated(components)
     users_with = int(np.count_nonzero(users_with_evidence(components, matrix)))
+    return summary_counts(components, co_users, int(matrix.shape[0]), users_with,
+                          min_co_users)
+
+
+def summary_counts(components: np.ndarray, co_users: np.ndarray, n_users: int,
+                   users_with: int, min_co_users: int = MIN_CO_USERS) -> dict[str, Any]:
+    """`summary` from the user counts (the Spark builder counts them in Spark)."""
+    has = ~isolated(components)
     sizes = np.bincount(components)
     share = float(has.mean()) if has.size else 1.0
     warning = None
@@ -171,7 +197,7 @@ def summary(components: np.ndarray, co_users: np.ndarray, matrix: sp.csr_matrix,
         "items_with_cf_evidence": int(has.sum()),
         "items_by_factors": int(np.count_nonzero(has & (co_users >= min_co_users))),
         "items_by_co_occurrence": int(np.count_nonzero(has & (co_users < min_co_users))),
-        "users": int(matrix.shape[0]),
+        "users": n_users,
         "users_with_cf_evidence": users_with,
         "components": int(np.count_nonzero(sizes > 1)),
         "largest_component_items": int(sizes.max()) if sizes.size else 0,

@@ -14,6 +14,7 @@ IndexIDMap is needed.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -167,19 +168,35 @@ def _build_ivf(x: np.ndarray, p: IndexParams, seed: int,
     took 38 s, numpy matrix products over 64k-row blocks 10 s; `add_core` with the
     precomputed lists then stores the vectors in 3 s.
     """
-    n, d = x.shape
+    n = x.shape[0]
+    index = _trained_ivf(x[ivf_training_rows(n, p, seed)], p, seed)
+    _add_to_ivf(index, x, ids)
+    return index
+
+
+def ivf_training_rows(n: int, p: IndexParams, seed: int) -> np.ndarray:
+    """Positions of the rows an IVF over n rows trains on (sorted, reproducible)."""
+    sample_size = min(n, p.ivf_train_per_list * p.ivf_nlist)
+    return np.sort(np.random.default_rng(seed).choice(n, sample_size, replace=False))
+
+
+def _trained_ivf(sample: np.ndarray, p: IndexParams, seed: int) -> faiss.IndexIVFFlat:
+    d = sample.shape[1]
     quantizer = faiss.IndexFlatIP(d)
     index = faiss.IndexIVFFlat(quantizer, d, p.ivf_nlist, faiss.METRIC_INNER_PRODUCT)
-    sample_size = min(n, p.ivf_train_per_list * p.ivf_nlist)
-    rows = np.sort(np.random.default_rng(seed).choice(n, sample_size, replace=False))
     index.cp.seed = seed
     index.cp.niter = p.ivf_train_iterations
     # Unit-norm centroids: with plain means, centroids of crowded low-norm items (the MIPS
     # reduction's extra axis) are long and capture, under inner product, the high-norm items
     # that queries need (recall@10 0.93 with 32 of 44 lists probed on the sample).
     index.cp.spherical = True
-    index.train(np.ascontiguousarray(x[rows]))
-    centroids = quantizer.reconstruct_n(0, p.ivf_nlist).T.copy()
+    index.train(np.ascontiguousarray(sample, dtype=np.float32))
+    return index
+
+
+def _add_to_ivf(index: faiss.IndexIVFFlat, x: np.ndarray, ids: np.ndarray | None) -> None:
+    n = x.shape[0]
+    centroids = index.quantizer.reconstruct_n(0, index.nlist).T.copy()
     lists = np.empty(n, dtype=np.int64)
     block = 65_536
     for start in range(0, n, block):
@@ -187,6 +204,40 @@ def _build_ivf(x: np.ndarray, p: IndexParams, seed: int,
     stored = None if ids is None else np.ascontiguousarray(ids, dtype=np.int64)
     index.add_core(n, faiss.swig_ptr(x), None if stored is None else faiss.swig_ptr(stored),
                    faiss.swig_ptr(lists))
+
+
+def build_index_streamed(n: int, d: int, params: IndexParams,
+                         chunks: Iterable[tuple[int, np.ndarray]],
+                         training: np.ndarray | None = None, seed: int = 0) -> faiss.Index:
+    """`build_index` over n rows that arrive as (first row position, rows) chunks in order,
+    so the rows never sit in one array; an IVF is first trained on `training`, the rows at
+    `ivf_training_rows(n, resolved params, seed)` (the sample build_index trains on)."""
+    p = params.resolved(n)
+    index: faiss.Index
+    if p.kind == "ivf":
+        if training is None:
+            raise ValueError("an IVF needs its training rows (ivf_training_rows)")
+        index = _trained_ivf(training, p, seed)
+    elif p.kind == "hnsw":
+        index = faiss.IndexHNSWFlat(d, p.hnsw_m, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = p.hnsw_ef_construction
+        index.hnsw.efSearch = p.hnsw_ef_search
+    else:
+        index = faiss.IndexFlatIP(d)
+    added = 0
+    for start, rows in chunks:
+        if start != added:
+            raise ValueError(f"chunk at row {start} arrived after {added} rows")
+        x = np.ascontiguousarray(rows, dtype=np.float32)
+        if p.kind == "ivf":
+            _add_to_ivf(index, x, np.arange(start, start + x.shape[0], dtype=np.int64))
+        else:
+            index.add(x)
+        added += x.shape[0]
+    if added != n:
+        raise ValueError(f"expected {n} rows, got {added}")
+    if p.kind == "ivf":
+        index.nprobe = p.ivf_nprobe
     return index
 
 

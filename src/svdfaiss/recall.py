@@ -23,6 +23,7 @@ starts from.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -115,13 +116,19 @@ def measure(index: Any, vectors: np.ndarray, queries: np.ndarray, seen: list[np.
     return record
 
 
-def measure_users(index: Any, vectors: np.ndarray, sampled: np.ndarray,
-                  target: float = RECALL_TARGET, tune: bool = True) -> dict[str, Any]:
+def measure_users(index: Any, vectors: np.ndarray | None, sampled: np.ndarray,
+                  target: float = RECALL_TARGET, tune: bool = True,
+                  truth: tuple[np.ndarray, np.ndarray,
+                               Callable[[np.ndarray | None], np.ndarray]] | None = None,
+                  ) -> dict[str, Any]:
     """Measure recall@10 of the similar-users index (cosine over the normalised `vectors`
     it holds) for the `sampled` users, each the query of its own stored vector with itself
     excluded, and with `tune` double efSearch (HNSW, up to HNSW_EF_MAX) or nprobe (IVF, up
-    to nlist) until `target`; the index keeps the value chosen. The manifest's record."""
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    to nlist) until `target`; the index keeps the value chosen. The manifest's record.
+
+    `truth` replaces `vectors` where the vectors never sit in one array (the Spark
+    builder): the sampled users' vectors, their exact k-th scores and exact scoring of
+    candidate rows."""
     kind = kind_of(index)
     record: dict[str, Any] = {
         "k": RECALL_K, "target": target, "queries": int(sampled.size),
@@ -134,15 +141,21 @@ def measure_users(index: Any, vectors: np.ndarray, sampled: np.ndarray,
                 "against": "the index is exact (flat)"}
     if sampled.size == 0:
         return {**record, "recall_at_10": None, "meets_target": None}
-    n = int(vectors.shape[0])
-
-    def exact(candidates: np.ndarray | None) -> np.ndarray:
-        return vectors if candidates is None else vectors[candidates]
-
-    space = Space(index, kind, n, lambda q: q, exact)
-    queries = np.ascontiguousarray(vectors[sampled])
+    n = int(index.ntotal)
     seen = [np.array([u], dtype=np.int64) for u in sampled.tolist()]
-    kth = exact_kth(vectors, queries, seen)
+    if truth is not None:
+        queries, kth, exact = truth
+    else:
+        if vectors is None:
+            raise ValueError("measure_users needs the vectors or their truth")
+        stored = np.ascontiguousarray(vectors, dtype=np.float32)
+
+        def exact(candidates: np.ndarray | None) -> np.ndarray:
+            return stored if candidates is None else stored[candidates]
+
+        queries = np.ascontiguousarray(stored[sampled])
+        kth = exact_kth(stored, queries, seen)
+    space = Space(index, kind, n, lambda q: q, exact)
     inner = faiss.downcast_index(index)
     steps: list[dict[str, Any]] = []
     while True:

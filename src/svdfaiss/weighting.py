@@ -48,16 +48,25 @@ def item_column_scale(
     scale_j = idf_j ** [scheme == bm25] * n_j ** -beta, with n_j the item's number of users
     and idf_j = log(N / n_j) (floored at a small positive value, so no column vanishes).
     """
-    check_scheme(scheme, beta)
     n_users = matrix.shape[0]
-    item_users = np.bincount(matrix.indices, minlength=matrix.shape[1]).astype(np.float64)
-    scale = np.ones(matrix.shape[1], dtype=np.float64)
-    if scheme == "bm25":
-        scale *= np.maximum(np.log(n_users / np.maximum(item_users, 1.0)), 1e-3)
-    if beta > 0:
-        scale *= np.maximum(item_users, 1.0) ** -beta
+    item_users = np.bincount(matrix.indices, minlength=matrix.shape[1])
     row_totals = np.asarray(matrix.sum(axis=1)).ravel()
-    return scale.astype(np.float32), float(row_totals.mean()) if row_totals.size else 1.0
+    mean_row = float(row_totals.mean()) if row_totals.size else 1.0
+    return column_scale(item_users, n_users, scheme, beta), mean_row
+
+
+def column_scale(item_users: np.ndarray, n_users: int, scheme: str, beta: float
+                 ) -> np.ndarray:
+    """item_column_scale from each item's number of users (n_j) and the number of users N;
+    the Spark builder counts them in Spark and calls this."""
+    check_scheme(scheme, beta)
+    counts = np.asarray(item_users, dtype=np.float64)
+    scale = np.ones(counts.size, dtype=np.float64)
+    if scheme == "bm25":
+        scale *= np.maximum(np.log(n_users / np.maximum(counts, 1.0)), 1e-3)
+    if beta > 0:
+        scale *= np.maximum(counts, 1.0) ** -beta
+    return scale.astype(np.float32)
 
 
 def weight_rows(

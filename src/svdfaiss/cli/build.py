@@ -140,6 +140,13 @@ def build(
     seed: int = 0,
     version: Annotated[str | None, typer.Option(help="Version name (default: UTC time).")]
     = None,
+    engine: Annotated[str, typer.Option(
+        help="native: this machine, in memory; spark: PySpark (pip install "
+             "'svdfaiss[spark]'), reading INPUT from any path Spark reads (a file, a folder "
+             "of parts, hdfs://, s3a://), the same bundle.")] = "native",
+    spark_master: Annotated[str | None, typer.Option(
+        help="With --engine spark: the Spark master (default local[*], or the session "
+             "spark-submit started).")] = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Build a bundle from an interaction log and publish it as the model's CURRENT version."""
@@ -154,7 +161,8 @@ def build(
                "--content": (content, ("auto", "on", "off")),
                "--index": (index, ("auto", "flat", "hnsw", "ivf")),
                "--rec-index": (rec_index, ("auto", "flat", "hnsw", "ivf")),
-               "--user-index": (user_index, ("auto", "flat", "hnsw", "ivf", "none"))}
+               "--user-index": (user_index, ("auto", "flat", "hnsw", "ivf", "none")),
+               "--engine": (engine, ("native", "spark"))}
     for flag, (value, allowed) in choices.items():
         if value not in allowed:
             raise InvalidInput(f"{flag} {value!r}: choose one of {', '.join(allowed)}")
@@ -205,8 +213,16 @@ def build(
         events=tuple(events or ()),
         catalog_updates=tuple(catalog_updates or ()),
     )
-    # --json is for programs: only the JSON (and errors), no progress lines.
-    report = run_build(config, None if json_out else stage_status)
+    if spark_master is not None and engine != "spark":
+        raise InvalidInput("--spark-master needs --engine spark")
+    hook = None if json_out else stage_status  # --json: only the JSON (and errors)
+    if engine == "spark":
+        from svdfaiss.spark.build import build_spark
+
+        # The Spark engine builds with the fixed defaults (tuning needs the whole matrix).
+        report = build_spark(replace(config, tune=False), hook, master=spark_master)
+    else:
+        report = run_build(config, hook)
     if json_out:
         out.print_json(json.dumps({"path": str(report.path), **report.manifest}))
     else:

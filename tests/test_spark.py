@@ -1,0 +1,177 @@
+"""`build --engine spark` against the native builder on one small log, with a real local[2]
+Spark session: the same rows counted (bad ones by reason), the same singular values, the
+same similar items and recommendations, and a killed build that publishes nothing."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from svdfaiss import bundle
+from svdfaiss.builder import BuildConfig, build
+from svdfaiss.data import decode_ids
+from svdfaiss.errors import InvalidInput
+from svdfaiss.recommender import Recommender
+from svdfaiss.synthetic import SampleSpec, write_sample
+
+pytest.importorskip("pyspark", reason="the Spark engine needs pip install '.[spark]'")
+if not (os.environ.get("JAVA_HOME") or shutil.which("java")):
+    pytest.skip("the Spark engine needs Java", allow_module_level=True)
+
+pytestmark = pytest.mark.slow
+
+BAD_ROWS = ["U0001,,3,1700000000", "only-one-field", "", "U0002,0000000001,-1,1700000001",
+            "U0002,0000000001,abc,1700000002", "U0003,0000000002,2,yesterday"]
+
+
+@pytest.fixture(scope="module")
+def spark():  # type: ignore[no-untyped-def]
+    from svdfaiss.spark import spark_session
+
+    session = spark_session("local[2]")
+    session.sparkContext.setLogLevel("ERROR")
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="module")
+def log(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A generated purchase log with bad rows of six kinds planted between good ones."""
+    files = write_sample(SampleSpec(users=1500, items=400, events=20_000),
+                         tmp_path_factory.mktemp("spark-data"))
+    lines = files.events.read_text().splitlines()
+    for i, bad in enumerate(BAD_ROWS):
+        lines.insert(3 + 7 * i, bad)
+    files.events.write_text("\n".join(lines) + "\n")
+    return files.events
+
+
+def _config(path: Path, index_dir: Path, **extra: object) -> BuildConfig:
+    return BuildConfig(input=path, model="m", index_dir=index_dir, tune=False, k=16,
+                       version="v1", **extra)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def both(log: Path, spark, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    from svdfaiss.spark.build import build_spark
+
+    out = tmp_path_factory.mktemp("spark-bundles")
+    native = build(_config(log, out / "native"))
+    started = time.monotonic()
+    on_spark = build_spark(_config(log, out / "spark"), spark=spark)
+    print(f"spark build: {time.monotonic() - started:.1f} s, stages {on_spark.seconds}")
+    return out, native, on_spark
+
+
+def test_rows_are_counted_the_same_bad_ones_by_reason(both) -> None:  # type: ignore[no-untyped-def]
+    _, native, on_spark = both
+    rows_n, rows_s = native.manifest["rows"], on_spark.manifest["rows"]
+    assert rows_s["rejected_by_reason"] == rows_n["rejected_by_reason"]
+    assert rows_n["rejected"] == len(BAD_ROWS)  # the planted ones, six reasons or fewer
+    for key in ("read", "used", "rejected", "duplicates_merged", "removed_by_filters"):
+        assert rows_s[key] == rows_n[key], key
+    by_line = lambda rows: sorted((e["line"], e["reason"]) for e in rows["rejected_examples"])  # noqa: E731
+    assert by_line(rows_s) == by_line(rows_n)
+    assert on_spark.manifest["counts"] == native.manifest["counts"]
+    assert on_spark.manifest["input"]["columns"] == native.manifest["input"]["columns"]
+    assert on_spark.manifest["evidence"] == native.manifest["evidence"]
+
+
+def test_singular_values_match_within_1e_3(both) -> None:  # type: ignore[no-untyped-def]
+    _, native, on_spark = both
+    s_n = np.array(native.manifest["factorization"]["singular_values"])
+    s_s = np.array(on_spark.manifest["factorization"]["singular_values"])
+    assert s_s.shape == s_n.shape == (16,)
+    assert np.max(np.abs(s_s - s_n) / s_n) < 1e-3
+
+
+def _overlap(a: list[str], b: list[str]) -> float:
+    return len(set(a) & set(b)) / max(1, len(a))
+
+
+def test_similar_items_and_recommendations_overlap_at_10(both) -> None:  # type: ignore[no-untyped-def]
+    out, _, _ = both
+    native, on_spark = Recommender.load(out / "native", "m"), Recommender.load(out / "spark", "m")
+    assert decode_ids(native.item_ids) == decode_ids(on_spark.item_ids)
+    assert decode_ids(native.user_ids) == decode_ids(on_spark.user_ids)
+    items = decode_ids(native.item_ids)[::4]
+    users = decode_ids(native.user_ids)[::10]
+    similar = [_overlap(native.similar_items(i, k=10).ids, on_spark.similar_items(i, k=10).ids)
+               for i in items]
+    recs = [_overlap(native.recommend(u, k=10).ids, on_spark.recommend(u, k=10).ids)
+            for u in users]
+    assert np.mean(similar) >= 0.98, np.mean(similar)
+    assert np.mean(recs) >= 0.98, np.mean(recs)
+    assert native.recommend(users[0], k=10).reason == on_spark.recommend(users[0], k=10).reason
+
+
+def test_the_spark_bundle_verifies_and_has_the_native_files(both) -> None:  # type: ignore[no-untyped-def]
+    _out, native, on_spark = both
+    assert bundle.verify(on_spark.path) == []
+    assert set(on_spark.manifest["files"]) == set(native.manifest["files"])
+    assert on_spark.manifest["parameters"]["engine"] == "spark"
+
+
+def test_parquet_input_counts_like_the_native_reader(log: Path, spark, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from svdfaiss.spark.build import build_spark
+
+    table = pa.table({"customer_id": ["a", "a", "b", "b", "c", "", "c", "d"],
+                      "sku": ["1", "2", "1", "3", "2", "3", "3", "1"],
+                      "quantity": [1.0, 2.0, 1.0, 0.0, 3.0, 1.0, 1.0, 4.0]})
+    path = tmp_path / "log.parquet"
+    pq.write_table(table, path)
+    config = BuildConfig(input=path, model="p", index_dir=tmp_path / "n", tune=False, k=1,
+                         version="v1")
+    native = build(config)
+    on_spark = build_spark(BuildConfig(input=path, model="p", index_dir=tmp_path / "s",
+                                       tune=False, k=1, version="v1"), spark=spark)
+    assert on_spark.manifest["rows"]["rejected_by_reason"] == {"zero count": 1,
+                                                               "missing user id": 1}
+    assert on_spark.manifest["rows"] == native.manifest["rows"]
+    assert on_spark.manifest["counts"] == native.manifest["counts"]
+
+
+def test_unsupported_flags_are_refused_before_spark_starts(log: Path, tmp_path: Path) -> None:
+    from svdfaiss.spark.build import build_spark
+
+    with pytest.raises(InvalidInput, match="--engine spark does not support --evaluate"):
+        build_spark(BuildConfig(input=log, model="m", index_dir=tmp_path, evaluate=True))
+
+
+def test_a_killed_spark_build_leaves_current_on_the_previous_intact_bundle(
+        log: Path, both) -> None:  # type: ignore[no-untyped-def]
+    out, _, _ = both
+    index_dir = out / "spark"
+    model_dir = index_dir / "m"
+    cmd = [sys.executable, "-m", "svdfaiss", "build", str(log), "--model", "m", "--out",
+           str(index_dir), "--k", "16", "--engine", "spark", "--spark-master", "local[2]",
+           "--version", "v-killed"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)  # the JVM too, as one process group
+    # Killed once it writes the bundle (rows streaming in), or at 90 s in whatever stage it
+    # is (a loaded machine may not get that far): CURRENT must not move either way.
+    deadline = time.monotonic() + 90
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if any(p.is_dir() for p in model_dir.glob(".tmp-*")):
+                break
+            time.sleep(0.01)
+        assert proc.poll() is None, "the build finished before it could be killed"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    assert bundle.read_current(model_dir) == "v1"
+    assert not (model_dir / "v-killed").exists()
+    assert bundle.verify(model_dir / "v1") == []
+    assert Recommender.load(index_dir, "m").version == "v1"
