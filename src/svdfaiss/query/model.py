@@ -1,7 +1,9 @@
 """A loaded bundle: its arrays, id maps, indexes and catalog columns, and no search logic.
 
-Arrays are memory-mapped read-only; the object never changes after load, so one instance
-serves every thread.
+Arrays and FAISS indexes are memory-mapped read-only by default (`mmap`), so a load reads
+headers rather than rows, memory grows with the rows queries touch, and replicas mapping the
+same files share their pages; `mmap=False` reads every file into memory instead. The object
+never changes after load, so one instance serves every thread.
 """
 
 from __future__ import annotations
@@ -29,9 +31,10 @@ from svdfaiss.query.retrieval import Space
 from svdfaiss.weighting import WeightingParams, weight_rows
 
 
-def _load_array(version_dir: Path, name: str) -> np.ndarray:
+def _load_array(version_dir: Path, name: str, mmap: bool = True) -> np.ndarray:
     try:
-        return np.asarray(np.load(version_dir / name, mmap_mode="r", allow_pickle=False))
+        return np.asarray(np.load(version_dir / name, mmap_mode="r" if mmap else None,
+                                  allow_pickle=False))
     except (OSError, ValueError) as exc:
         raise InvalidBundle(f"{version_dir / name}: not a readable .npy array ({exc})") from None
 
@@ -39,23 +42,24 @@ def _load_array(version_dir: Path, name: str) -> np.ndarray:
 class LoadedModel:
     """The arrays, indexes and catalog of one bundle version, with id lookups."""
 
-    def __init__(self, version_dir: Path, manifest: dict[str, Any]) -> None:
+    def __init__(self, version_dir: Path, manifest: dict[str, Any], mmap: bool = True) -> None:
         self.path = version_dir
+        self.mmap = mmap
         self.manifest = manifest
         self.model: str = manifest["model"]
         self.version: str = manifest["version"]
-        self.item_ids = _load_array(version_dir, "item_ids.npy")
-        self.user_ids = _load_array(version_dir, "user_ids.npy")
-        self.item_vectors = _load_array(version_dir, "item_vectors.npy")
-        self.item_factors = _load_array(version_dir, "item_factors.npy")
+        self.item_ids = self._array("item_ids.npy")
+        self.user_ids = self._array("user_ids.npy")
+        self.item_vectors = self._array("item_vectors.npy")
+        self.item_factors = self._array("item_factors.npy")
         # With shrinkage, rows fold in through V F and items score as V / d (factorize.py).
-        self.fold_factors = (_load_array(version_dir, "fold_factors.npy")
+        self.fold_factors = (self._array("fold_factors.npy")
                              if "fold_factors.npy" in manifest["files"] else self.item_factors)
-        self.item_scale = _load_array(version_dir, "item_scale.npy")
+        self.item_scale = self._array("item_scale.npy")
         self.n_users = int(self.user_ids.shape[0])
         self.n_items = int(self.item_ids.shape[0])
         self.rows = sp.csr_matrix(
-            tuple(_load_array(version_dir, f"rows_{part}.npy")
+            tuple(self._array(f"rows_{part}.npy")
                   for part in ("values", "indices", "indptr")),
             shape=(self.n_users, self.n_items),
         )
@@ -65,15 +69,15 @@ class LoadedModel:
         self.rating_users: np.ndarray | None = None
         self.rating_user_bias: np.ndarray | None = None
         if self.rating_model is not None:
-            self.rating_users = _load_array(version_dir, "rating_users.npy")
-            self.rating_user_bias = _load_array(version_dir, "rating_user_bias.npy")
+            self.rating_users = self._array("rating_users.npy")
+            self.rating_user_bias = self._array("rating_user_bias.npy")
         indexes = manifest["indexes"]
         self._items = self._space(indexes["items"], self.item_vectors, lambda q: q)
         # The recommendation index may hold catalog-only items after the model's: vectors
         # predicted from their content (builder, "map new items").
         self.new_item_factors: np.ndarray | None = None
         if "new_item_factors.npy" in manifest["files"]:
-            self.new_item_factors = _load_array(version_dir, "new_item_factors.npy")
+            self.new_item_factors = self._array("new_item_factors.npy")
         self._rec_rows = self._rec_rows_function()
         self._mips = self._space(indexes["items_mips"], self._rec_rows, mips_query)
         self._users: Space | None = None
@@ -87,8 +91,8 @@ class LoadedModel:
         self.similar_scores: np.ndarray | None = None
         self.similar_mode: str = (manifest.get("similar_cache") or {}).get("mode", "cf")
         if manifest.get("similar_cache"):
-            self.similar_ids = _load_array(version_dir, "similar_ids.npy")
-            self.similar_scores = _load_array(version_dir, "similar_scores.npy")
+            self.similar_ids = self._array("similar_ids.npy")
+            self.similar_scores = self._array("similar_scores.npy")
         self.catalog: dict[str, np.ndarray] = {}
         if "catalog.parquet" in manifest["files"]:
             table = pq.read_table(version_dir / "catalog.parquet")
@@ -99,26 +103,29 @@ class LoadedModel:
         self.content_vectors: np.ndarray | None = None
         self._content: Space | None = None
         if self.content is not None:
-            self.new_item_ids = _load_array(version_dir, "new_item_ids.npy")
-            self.content_vectors = _load_array(version_dir, "content_vectors.npy")
+            self.new_item_ids = self._array("new_item_ids.npy")
+            self.content_vectors = self._array("content_vectors.npy")
             self._content = self._space(indexes["content"], self.content_vectors, lambda q: q)
         # The CF vectors content predicts for catalog-only items (their hybrid neighbours).
         self.new_item_vectors: np.ndarray | None = None
         if "new_item_vectors.npy" in manifest["files"]:
-            self.new_item_vectors = _load_array(version_dir, "new_item_vectors.npy")
+            self.new_item_vectors = self._array("new_item_vectors.npy")
         self.n_catalog = self.n_items + int(self.new_item_ids.shape[0])
         self.filters = CatalogFilters(self.model, self.catalog, self.n_catalog)
         self.popularity = Popularity(self.rows, self.n_items)
         # Collaborative evidence per item (svdfaiss.evidence); absent in older bundles.
         files = manifest["files"]
         self.evidence = Evidence(
-            _load_array(version_dir, "item_component.npy")
+            self._array("item_component.npy")
             if "item_component.npy" in files else None,
-            _load_array(version_dir, "item_co_users.npy")
+            self._array("item_co_users.npy")
             if "item_co_users.npy" in files else None,
             int((manifest.get("evidence") or {}).get("min_co_users", MIN_CO_USERS)))
         self._item_users: sp.csc_matrix | None = None  # built on first use
         self._item_users_lock = threading.Lock()
+
+    def _array(self, name: str) -> np.ndarray:
+        return _load_array(self.path, name, self.mmap)
 
     def _rec_rows_function(self) -> Callable[[np.ndarray | None], np.ndarray]:
         """Rows of the recommendation vectors by catalog position, without stacking the
@@ -147,11 +154,11 @@ class LoadedModel:
         """An index and its exact scoring: over `vectors` (an array, or a function giving
         the rows of candidate positions), or, with None, over the users' folded-in rows."""
         path = self.path / meta["file"]
-        index = read_index(path)
+        index = read_index(path, self.mmap)
         head: Head | None = None
         if meta["type"] == "banded":  # the IVF file holds the rows outside the head
             check_index(index, path, meta["rows"] - meta["head_rows"], meta["dim"])
-            ids = _load_array(self.path, meta["head_file"])
+            ids = self._array(meta["head_file"])
             if ids.shape != (meta["head_rows"],) or (ids.size and int(ids.max()) >= meta["rows"]):
                 raise InvalidBundle(f"{self.path / meta['head_file']}: not the "
                                     f"{meta['head_rows']} head rows the manifest promises")
@@ -187,12 +194,13 @@ class LoadedModel:
 
     @classmethod
     def open_version(
-        cls, version_dir: Path, manifest: dict[str, Any] | None = None, verify: bool = True
+        cls, version_dir: Path, manifest: dict[str, Any] | None = None, verify: bool = True,
+        mmap: bool = True,
     ) -> Self:
         """Load one version folder; checksums are verified before FAISS parses any file."""
         manifest = manifest or bundle.read_manifest(version_dir)
         if not verify:
-            return cls._construct(version_dir, manifest)
+            return cls._construct(version_dir, manifest, mmap)
         # The FAISS files are verified first; the other files hash meanwhile in the
         # background, and nothing is returned before every file has verified.
         try:
@@ -200,14 +208,14 @@ class LoadedModel:
         except (AttributeError, TypeError) as exc:
             raise InvalidBundle(f"{version_dir}: manifest lacks or mistypes {exc}") from None
         _verified(version_dir, manifest, faiss_files)
-        loaded = cls._construct(version_dir, manifest)
+        loaded = cls._construct(version_dir, manifest, mmap)
         _verified(version_dir, manifest, [n for n in manifest["files"] if n not in faiss_files])
         return loaded
 
     @classmethod
-    def _construct(cls, version_dir: Path, manifest: dict[str, Any]) -> Self:
+    def _construct(cls, version_dir: Path, manifest: dict[str, Any], mmap: bool) -> Self:
         try:
-            return cls(version_dir, manifest)
+            return cls(version_dir, manifest, mmap)
         except (KeyError, TypeError) as exc:
             raise InvalidBundle(f"{version_dir}: manifest lacks or mistypes {exc}") from None
 

@@ -56,7 +56,8 @@ class ModelHolder:
     def _load(self) -> Loaded:
         start = time.perf_counter()
         rec = Recommender.load(self.settings.index_dir, self.model,
-                               verify=self.settings.verify_checksums)
+                               verify=self.settings.verify_checksums,
+                               mmap=self.settings.mmap)
         return Loaded(rec, dt.datetime.now(dt.UTC), time.perf_counter() - start)
 
     async def reload(self, force: bool = False) -> schemas.ReloadResult:
