@@ -8,6 +8,7 @@ never changes after load, so one instance serves every thread.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -37,6 +38,25 @@ def _load_array(version_dir: Path, name: str, mmap: bool = True) -> np.ndarray:
                                   allow_pickle=False))
     except (OSError, ValueError) as exc:
         raise InvalidBundle(f"{version_dir / name}: not a readable .npy array ({exc})") from None
+
+
+def read_rows(path: Path, positions: np.ndarray) -> np.ndarray:
+    """Rows of a 2-d .npy file read with pread, not through a memory map.
+
+    A few thousand rows scattered over a large file, touched through a map, map most of it:
+    the kernel maps the whole page-cache folio around each row (measured: 238 MB of RSS
+    for the 4,096 head rows of a 1M x 64 float32 matrix, 1 MB when read).
+    """
+    mapped = np.load(path, mmap_mode="r", allow_pickle=False)
+    if mapped.ndim != 2 or not mapped.flags.c_contiguous or not isinstance(mapped, np.memmap):
+        return np.array(mapped[positions])
+    width = mapped.shape[1] * mapped.dtype.itemsize
+    out = np.empty((positions.size, mapped.shape[1]), dtype=mapped.dtype)
+    with path.open("rb") as fh:
+        for i, position in enumerate(positions.tolist()):
+            if os.preadv(fh.fileno(), [out[i]], mapped.offset + position * width) != width:
+                raise InvalidBundle(f"{path}: row {position} lies beyond the end of the file")
+    return out
 
 
 class LoadedModel:
@@ -79,7 +99,8 @@ class LoadedModel:
         if "new_item_factors.npy" in manifest["files"]:
             self.new_item_factors = self._array("new_item_factors.npy")
         self._rec_rows = self._rec_rows_function()
-        self._mips = self._space(indexes["items_mips"], self._rec_rows, mips_query)
+        self._mips = self._space(indexes["items_mips"], self._rec_rows, mips_query,
+                                 head_rows=self._rec_rows_function(from_files=True))
         self._users: Space | None = None
         if "users" in indexes:
             self._users = self._space(
@@ -127,20 +148,33 @@ class LoadedModel:
     def _array(self, name: str) -> np.ndarray:
         return _load_array(self.path, name, self.mmap)
 
-    def _rec_rows_function(self) -> Callable[[np.ndarray | None], np.ndarray]:
+    def _rec_rows_function(self, from_files: bool = False
+                           ) -> Callable[[np.ndarray | None], np.ndarray]:
         """Rows of the recommendation vectors by catalog position, without stacking the
-        model's and the new items' arrays into one copy."""
+        model's and the new items' arrays into one copy; `from_files` reads chosen rows
+        with pread (read_rows) rather than through the memory maps."""
         factors, new, n_items = self.item_factors, self.new_item_factors, self.n_items
+        take_model: Callable[[np.ndarray], np.ndarray] = factors.__getitem__
+        take_new: Callable[[np.ndarray], np.ndarray] = (
+            new.__getitem__ if new is not None else factors.__getitem__)
+        if from_files and self.mmap:
+            path = self.path
+
+            def take_model(positions: np.ndarray) -> np.ndarray:
+                return read_rows(path / "item_factors.npy", positions)
+
+            def take_new(positions: np.ndarray) -> np.ndarray:
+                return read_rows(path / "new_item_factors.npy", positions)
 
         def rows(candidates: np.ndarray | None) -> np.ndarray:
             if new is None:
-                return factors if candidates is None else factors[candidates]
+                return factors if candidates is None else take_model(candidates)
             if candidates is None:
                 return np.vstack([factors, new])
             out = np.empty((candidates.size, factors.shape[1]), dtype=np.float32)
             model = candidates < n_items
-            out[model] = factors[candidates[model]]
-            out[~model] = new[candidates[~model] - n_items]
+            out[model] = take_model(candidates[model])
+            out[~model] = take_new(candidates[~model] - n_items)
             return out
 
         return rows
@@ -150,9 +184,11 @@ class LoadedModel:
         meta: dict[str, Any],
         vectors: np.ndarray | Callable[[np.ndarray | None], np.ndarray] | None,
         transform: Callable[[np.ndarray], np.ndarray],
+        head_rows: Callable[[np.ndarray | None], np.ndarray] | None = None,
     ) -> Space:
         """An index and its exact scoring: over `vectors` (an array, or a function giving
-        the rows of candidate positions), or, with None, over the users' folded-in rows."""
+        the rows of candidate positions), or, with None, over the users' folded-in rows;
+        a banded index's head rows come from `head_rows` when given."""
         path = self.path / meta["file"]
         index = read_index(path, self.mmap)
         head: Head | None = None
@@ -163,7 +199,7 @@ class LoadedModel:
                 raise InvalidBundle(f"{self.path / meta['head_file']}: not the "
                                     f"{meta['head_rows']} head rows the manifest promises")
             ids = np.asarray(ids, dtype=np.int64)
-            rows_of = vectors if callable(vectors) else None
+            rows_of = head_rows or (vectors if callable(vectors) else None)
             head_vectors = (rows_of(ids) if rows_of is not None
                             else np.asarray(vectors)[ids])
             head = Head(ids, np.ascontiguousarray(head_vectors, dtype=np.float32),
