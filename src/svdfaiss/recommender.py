@@ -40,20 +40,22 @@ class Recommender(LoadedModel):
         self._catalog_search = CatalogSearch()
 
     @classmethod
-    def load(cls, index_dir: Path, model: str, verify: bool = True, mmap: bool = True
-             ) -> Recommender:
-        """Load the version CURRENT names; with verify, every checksum is checked first;
-        with mmap, arrays and indexes are mapped from disk rather than read (query.model)."""
+    def load(cls, index_dir: Path, model: str, verify: bool = True, mmap: bool = True,
+             trust_stamp: bool = False) -> Recommender:
+        """Load the version CURRENT names; with verify, every checksum is checked first
+        (with trust_stamp, not those of files unchanged since the build hashed them); with
+        mmap, arrays and indexes are mapped from disk rather than read (query.model)."""
         version_dir, manifest = bundle.current_bundle(bundle.model_dir(Path(index_dir), model))
-        return cls.open(version_dir, manifest, verify=verify, mmap=mmap)
+        return cls.open(version_dir, manifest, verify=verify, mmap=mmap,
+                        trust_stamp=trust_stamp)
 
     @classmethod
     def open(
         cls, version_dir: Path, manifest: dict[str, Any] | None = None, verify: bool = True,
-        mmap: bool = True,
+        mmap: bool = True, trust_stamp: bool = False,
     ) -> Recommender:
         """Load one version folder; checksums are verified before FAISS parses any file."""
-        return cls.open_version(version_dir, manifest, verify, mmap)
+        return cls.open_version(version_dir, manifest, verify, mmap, trust_stamp)
 
     # ------------------------------------------------------------------ vectors
 

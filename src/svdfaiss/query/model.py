@@ -231,21 +231,24 @@ class LoadedModel:
     @classmethod
     def open_version(
         cls, version_dir: Path, manifest: dict[str, Any] | None = None, verify: bool = True,
-        mmap: bool = True,
+        mmap: bool = True, trust_stamp: bool = False,
     ) -> Self:
-        """Load one version folder; checksums are verified before FAISS parses any file."""
+        """Load one version folder; checksums are verified before FAISS parses any file
+        (with `trust_stamp`, not those of files unchanged since the build hashed them:
+        bundle.unchanged_since_hashed)."""
         manifest = manifest or bundle.read_manifest(version_dir)
         if not verify:
             return cls._construct(version_dir, manifest, mmap)
         # The FAISS files are verified first; the other files hash meanwhile in the
         # background, and nothing is returned before every file has verified.
         try:
-            faiss_files = bundle.prefetch_bundle(version_dir, manifest)
+            faiss_files = bundle.prefetch_bundle(version_dir, manifest, trust_stamp)
         except (AttributeError, TypeError) as exc:
             raise InvalidBundle(f"{version_dir}: manifest lacks or mistypes {exc}") from None
-        _verified(version_dir, manifest, faiss_files)
+        _verified(version_dir, manifest, faiss_files, trust_stamp)
         loaded = cls._construct(version_dir, manifest, mmap)
-        _verified(version_dir, manifest, [n for n in manifest["files"] if n not in faiss_files])
+        _verified(version_dir, manifest, [n for n in manifest["files"] if n not in faiss_files],
+                  trust_stamp)
         return loaded
 
     @classmethod
@@ -350,7 +353,8 @@ class LoadedModel:
                  self.new_item_ids[i - self.n_items]).decode("utf-8") for i in idx.tolist()]
 
 
-def _verified(version_dir: Path, manifest: dict[str, Any], names: list[str]) -> None:
-    problems = bundle.verify(version_dir, manifest, names)
+def _verified(version_dir: Path, manifest: dict[str, Any], names: list[str],
+              trust_stamp: bool) -> None:
+    problems = bundle.verify(version_dir, manifest, names, trust_stamp)
     if problems:
         raise InvalidBundle(f"{version_dir} does not verify: " + "; ".join(problems))
