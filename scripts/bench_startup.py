@@ -3,10 +3,13 @@ against read into memory, and against the code before memory maps ("today").
 
 Variants, started one after the other in each round (alternating, `--rounds` times):
 - today: the service from `--baseline-src` (a checkout of the commit before memory maps:
-  FAISS indexes read into memory, arrays mapped), checksums verified;
-- eager: this tree with SVDFAISS_MMAP=false (every file read into memory), verified;
-- mmap: this tree's default (indexes and arrays mapped), verified;
-- mmap, unverified: SVDFAISS_VERIFY_CHECKSUMS=false (for a bundle `bundles verify` checked).
+  FAISS indexes read into memory, arrays mapped), every checksum verified;
+- eager: this tree with SVDFAISS_MMAP=false (every file read into memory), every checksum;
+- mmap, full hash: indexes and arrays mapped, every checksum (SVDFAISS_TRUST_HASH_STAMP=false);
+- mmap, stamped: this tree's defaults, on a bundle whose stamp vouches for its files (the
+  script stamps it first, as `svdfaiss bundles verify --stamp` does: a bundle that was built
+  before stamps existed);
+- mmap, unverified: SVDFAISS_VERIFY_CHECKSUMS=false.
 Each start is timed from the process's launch to the first 200 from /readyz; RSS (and its
 anonymous and file-backed parts) is read at ready and again after `--queries` requests
 (similar items with k=60, beyond the stored neighbours, so each one searches the IVF; and
@@ -54,20 +57,31 @@ def memory_mb(pid: int) -> dict[str, float]:
 
 
 def query(port: int, paths: list[str], seconds: float) -> dict[str, float]:
-    """GET each path once over one keep-alive connection, stopping after `seconds`."""
+    """GET each path once over a keep-alive connection, stopping after `seconds`; a request
+    that fails or takes over 10 s counts as an error (and the connection is replaced)."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    start, done, errors = time.perf_counter(), 0, 0
+    start, errors = time.perf_counter(), 0
+    latencies: list[float] = []
     for path in paths:
         if time.perf_counter() - start > seconds:
             break
-        conn.request("GET", path)
-        response = conn.getresponse()
-        response.read()
-        done += 1
-        errors += response.status != 200
+        sent = time.perf_counter()
+        try:
+            conn.request("GET", path)
+            response = conn.getresponse()
+            response.read()
+            errors += response.status != 200
+        except OSError:
+            errors += 1
+            conn.close()
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        latencies.append(time.perf_counter() - sent)
     conn.close()
-    return {"requests": done, "errors": errors,
-            "seconds": round(time.perf_counter() - start, 2)}
+    ms = sorted(1000 * x for x in latencies) or [float("nan")]
+    return {"requests": len(latencies), "errors": errors,
+            "seconds": round(time.perf_counter() - start, 2),
+            "p50_ms": round(ms[len(ms) // 2], 2), "p99_ms": round(ms[int(len(ms) * 0.99)], 2),
+            "max_ms": round(ms[-1], 1)}
 
 
 def run_variant(src: Path, env: dict[str, str], index_dir: Path, model: str,
@@ -156,13 +170,20 @@ def main() -> None:
                                (f"/users/{u}/recommendations?k=10" for u in users),
                                strict=True) for p in pair]
     bundle_mb = sum(f.stat().st_size for f in rec.path.iterdir()) / 1e6
+    from svdfaiss import bundle
+
+    if bundle.unchanged_since_hashed(rec.path, rec.manifest) != set(rec.manifest["files"]):
+        print(f"stamping {rec.path} (svdfaiss bundles verify --stamp)", flush=True)
+        bundle.check(rec.path, stamp=True)
     del rec
 
     base = {k: v for k, v in os.environ.items() if not k.startswith("SVDFAISS_")}
+    full = {**base, "SVDFAISS_TRUST_HASH_STAMP": "false"}
     variants: dict[str, tuple[Path, dict[str, str]]] = {
         "today": (args.baseline_src, base),
-        "eager": (SRC, {**base, "SVDFAISS_MMAP": "false"}),
-        "mmap": (SRC, base),
+        "eager": (SRC, {**full, "SVDFAISS_MMAP": "false"}),
+        "mmap, full hash": (SRC, full),
+        "mmap, stamped": (SRC, base),
         "mmap, unverified": (SRC, {**base, "SVDFAISS_VERIFY_CHECKSUMS": "false"}),
     }
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in variants}
@@ -198,12 +219,15 @@ def main() -> None:
         "anon_after_queries_mb": median(name, "after_queries", "RssAnon"),
         "file_after_queries_mb": median(name, "after_queries", "RssFile"),
         "queries": median(name, "queries", "requests"),
+        "query_p50_ms": median(name, "queries", "p50_ms"),
+        "query_p99_ms": median(name, "queries", "p99_ms"),
+        "query_max_ms": max(float(run["queries"]["max_ms"]) for run in runs[name]),
         "query_errors": sum(run["queries"]["errors"] for run in runs[name]),
     } for name in variants}
     print(f"\nbundle {bundle_mb:,.0f} MB; imports alone {statistics.median(imports):.2f} s "
           f"(median of {args.rounds}); medians of {args.rounds} rounds:")
     header = ("variant", "ready s", "x today", "RSS ready", "anon", "file", "RSS after",
-              "anon", "file", "queries")
+              "anon", "file", "queries", "p50 ms", "p99 ms", "max ms")
     for name, values in loads.items():
         print(f"Recommender.load alone, {name}, unverified: "
               f"{statistics.median(v['load_s'] for v in values):.2f} s, RSS +"
@@ -215,7 +239,8 @@ def main() -> None:
             name, s["ready_s"], s["ready_vs_today"], s["rss_at_ready_mb"],
             s["anon_at_ready_mb"], s["file_at_ready_mb"], s["rss_after_queries_mb"],
             s["anon_after_queries_mb"], s["file_after_queries_mb"],
-            f"{s['queries']:.0f} ({s['query_errors']} errors)")))
+            f"{s['queries']:.0f} ({s['query_errors']} errors)", s["query_p50_ms"],
+            s["query_p99_ms"], s["query_max_ms"])))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({

@@ -44,8 +44,8 @@ def read_rows(path: Path, positions: np.ndarray) -> np.ndarray:
     """Rows of a 2-d .npy file read with pread, not through a memory map.
 
     A few thousand rows scattered over a large file, touched through a map, map most of it:
-    the kernel maps the whole page-cache folio around each row (measured: 238 MB of RSS
-    for the 4,096 head rows of a 1M x 64 float32 matrix, 1 MB when read).
+    the kernel maps the whole page-cache folio around each row (a probe: 238 MB of RSS for
+    the 4,096 head rows of a 1M x 64 float32 matrix, whose own size is 1 MB).
     """
     mapped = np.load(path, mmap_mode="r", allow_pickle=False)
     if mapped.ndim != 2 or not mapped.flags.c_contiguous or not isinstance(mapped, np.memmap):
