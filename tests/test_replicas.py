@@ -72,17 +72,18 @@ def nginx(work: Path, upstreams: list[int]) -> Iterator[str]:
     """nginx with the shipped site, in the foreground, its files under `work`."""
     binary = nginx_binary()
     port = free_port()
-    for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
-        (work / sub).mkdir(parents=True, exist_ok=True)
     (work / "svdfaiss.conf").write_text(site_config(upstreams, port))
-    temp = "".join(f"    {sub}_temp_path {work / sub};\n" for sub in
-                   ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")).replace(
-        "client_body_temp_path " + str(work / "client_body"),
-        "client_body_temp_path " + str(work / "body"))
+    # Debian's compiled-in temporary folders are root's: every one goes under `work`, and
+    # responses are never buffered to a file (workers may run as nobody).
+    temp = ""
+    for directive in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
+        (work / directive).mkdir(parents=True, exist_ok=True)
+        temp += f"    {directive}_temp_path {work / directive};\n"
     (work / "nginx.conf").write_text(
         f"daemon off;\nworker_processes 1;\npid {work / 'nginx.pid'};\n"
         f"error_log {work / 'error.log'} warn;\nevents {{ worker_connections 512; }}\n"
-        f"http {{\n{temp}    include {work / 'svdfaiss.conf'};\n}}\n")
+        f"http {{\n{temp}    proxy_max_temp_file_size 0;\n"
+        f"    include {work / 'svdfaiss.conf'};\n}}\n")
     test = subprocess.run([binary, "-t", "-e", str(work / "error.log"), "-p", str(work), "-c",
                            str(work / "nginx.conf")], capture_output=True, text=True)
     assert test.returncode == 0, test.stderr
