@@ -72,6 +72,7 @@ def nginx(work: Path, upstreams: list[int]) -> Iterator[str]:
     """nginx with the shipped site, in the foreground, its files under `work`."""
     binary = nginx_binary()
     port = free_port()
+    work.mkdir(parents=True, exist_ok=True)
     (work / "svdfaiss.conf").write_text(site_config(upstreams, port))
     # Debian's compiled-in temporary folders are root's: every one goes under `work`, and
     # responses are never buffered to a file (workers may run as nobody).
