@@ -45,9 +45,10 @@ def free_port() -> int:
 def server(index_dir: Path, model: str = "sample", token: str | None = TOKEN,
            poll: float = 0.0, log: Path | None = None,
            settings: dict[str, str] | None = None,
-           extra_args: Sequence[str] = ()) -> Iterator[str]:
-    """Start `svdfaiss serve` and wait (at most 30 s) until /healthz answers."""
-    port = free_port()
+           extra_args: Sequence[str] = (), port: int | None = None) -> Iterator[str]:
+    """Start `svdfaiss serve` (on `port`, else a free one) and wait (at most 30 s) until
+    /healthz answers."""
+    port = port or free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SVDFAISS_")}
     env.update(settings or {})
     if token:

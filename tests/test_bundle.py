@@ -39,7 +39,8 @@ def test_publish_points_current_at_the_new_version_and_leaves_no_tmp(tmp_path, s
     assert r1.path == model_dir / "v1" and r2.path == model_dir / "v2"
     assert not list(model_dir.glob(".tmp-*"))
     manifest = bundle.read_manifest(r2.path)
-    assert set(manifest["files"]) == {p.name for p in r2.path.iterdir()} - {"manifest.json"}
+    assert set(manifest["files"]) == {p.name for p in r2.path.iterdir()} - {"manifest.json",
+                                                                           bundle.STAMP}
     for name, meta in manifest["files"].items():
         assert bundle.sha256_file(r2.path / name) == meta["sha256"]
     assert manifest["input"]["sha256"] == bundle.sha256_file(small.events)
@@ -79,6 +80,72 @@ def test_prefetched_digests_are_used_once_and_never_for_a_changed_file(tmp_path,
     assert "item_factors.npy: sha256" in problems[0]
     bundle.verify(path, manifest)  # a digest serves one verify: the next one hashes again
     assert sorted(hashed) == sorted(["item_factors.npy", *manifest["files"]])
+
+
+def hashing(monkeypatch) -> list[str]:  # type: ignore[no-untyped-def]
+    """The names of the files sha256_file hashes from now on (prefetch threads included)."""
+    hashed: list[str] = []
+    real = bundle.sha256_file
+    monkeypatch.setattr(bundle, "sha256_file", lambda p: hashed.append(p.name) or real(p))
+    return hashed
+
+
+def test_a_published_bundle_loads_without_hashing_its_unchanged_files(tmp_path, small,
+                                                                      monkeypatch):
+    path = build_small(small, tmp_path, "v1").path
+    manifest = bundle.read_manifest(path)
+    assert bundle.unchanged_since_hashed(path, manifest) == set(manifest["files"])
+    hashed = hashing(monkeypatch)
+    rec = Recommender.open(path, trust_stamp=True)
+    assert hashed == [] and rec.n_items > 100
+    Recommender.open(path)  # without trust: every file, as before
+    assert sorted(hashed) == sorted(manifest["files"])
+
+
+def test_a_file_changed_after_publish_is_hashed_and_refused_even_with_its_times_reset(
+        tmp_path, small, monkeypatch):
+    path = build_small(small, tmp_path, "v1").path
+    target = path / "items.faiss"
+    stat = target.stat()
+    time.sleep(0.01)  # past the file system's timestamp granularity
+    with target.open("r+b") as fh:  # same size, one byte flipped, mtime set back
+        fh.seek(stat.st_size // 2)
+        byte = fh.read(1)
+        fh.seek(stat.st_size // 2)
+        fh.write(bytes([byte[0] ^ 0xFF]))
+    os.utime(target, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    manifest = bundle.read_manifest(path)
+    assert bundle.unchanged_since_hashed(path, manifest) == set(manifest["files"]) - {
+        "items.faiss"}
+    hashed = hashing(monkeypatch)
+    with pytest.raises(InvalidBundle, match=r"items\.faiss: sha256"):
+        Recommender.open(path, trust_stamp=True)
+    assert hashed == ["items.faiss"]
+
+
+def test_a_copied_bundle_is_hashed_in_full_until_verify_stamps_it(tmp_path, small, cli,
+                                                                   monkeypatch):
+    import shutil
+
+    from .conftest import invoke
+
+    build_small(small, tmp_path / "a", "v1")
+    shutil.copytree(tmp_path / "a", tmp_path / "b")  # new inodes, the stamp copied along
+    path = tmp_path / "b" / "m" / "v1"
+    manifest = bundle.read_manifest(path)
+    assert bundle.unchanged_since_hashed(path, manifest) == set()
+    result = invoke(cli, ["bundles", "verify", "--model", "m", "--index-dir",
+                          str(tmp_path / "b"), "--stamp"])
+    assert result.exit_code == 0 and "stamped" in result.output
+    assert bundle.unchanged_since_hashed(path, manifest) == set(manifest["files"])
+    hashed = hashing(monkeypatch)
+    Recommender.load(tmp_path / "b", "m", trust_stamp=True)
+    assert hashed == []
+    # A stamp cannot vouch for a digest the manifest does not hold.
+    manifest["files"]["item_ids.npy"]["sha256"] = "0" * 64
+    assert "item_ids.npy" not in bundle.unchanged_since_hashed(path, manifest)
+    (path / bundle.STAMP).write_text("not json")
+    assert bundle.unchanged_since_hashed(path, bundle.read_manifest(path)) == set()
 
 
 def test_gc_keeps_the_newest_and_current_and_rollback_switches(tmp_path, small):

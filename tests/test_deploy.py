@@ -1,6 +1,7 @@
 """docker-compose.yml and the Dockerfile, validated by a compose client (no engine needed)."""
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -120,3 +121,32 @@ def test_build_takes_items_none_for_a_log_without_a_catalog(tmp_path):
                       "--k", "4", "--no-tune", "--json"])
     assert result.returncode == 0, result.stderr
     assert "catalog.parquet" not in json.loads(result.stdout)["files"]
+
+
+def test_replicas_profile_puts_nginx_before_replicas_of_the_api(tmp_path):
+    cmd = compose_command()
+    env = {"PATH": "/usr/bin:/bin", "SVDFAISS_DATA_DIR": str(tmp_path), "SVDFAISS_MODEL": "shop"}
+    done = subprocess.run([*cmd, "-f", str(ROOT / "docker-compose.yml"), "--profile",
+                           "replicas", "config"], capture_output=True, text=True, env=env,
+                          cwd=ROOT, timeout=60)
+    assert done.returncode == 0, done.stderr
+    services = yaml.safe_load(done.stdout)["services"]
+    api, replica, proxy = services["api"], services["replica"], services["proxy"]
+    for key in ("command", "environment", "volumes", "healthcheck", "depends_on"):
+        assert replica[key] == api[key], key
+    assert "ports" not in replica  # reached through the proxy only (and scalable)
+    assert replica["profiles"] == proxy["profiles"] == ["replicas"]
+    assert "profiles" not in api  # `docker compose up` alone still serves one api
+    assert {str(v.get("target", v)) if isinstance(v, dict) else v.split(":")[1]
+            for v in proxy["volumes"]} == {"/etc/nginx/conf.d/svdfaiss.conf"}
+    assert {name: dep["condition"] for name, dep in proxy["depends_on"].items()} == {
+        "api": "service_healthy", "replica": "service_healthy"}
+    published = [p if isinstance(p, str) else f"{p['host_ip']}:{p['published']}:{p['target']}"
+                 for p in proxy["ports"]]
+    assert [p.split("/")[0] for p in published] == ["127.0.0.1:8080:8080"]
+    # The nginx site names exactly these services and ports.
+    site = (ROOT / "deploy" / "nginx" / "svdfaiss.conf").read_text()
+    assert re.findall(r"^\s*server (\S+):(\d+)", site, flags=re.MULTILINE) == [
+        ("api", "8000"), ("replica", "8000")]
+    assert re.findall(r"listen (\d+);", site) == ["8080"]
+    assert "FROM debian" in (ROOT / "deploy" / "nginx" / "Dockerfile").read_text()

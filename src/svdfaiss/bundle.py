@@ -32,6 +32,8 @@ from svdfaiss.errors import InvalidBundle, InvalidInput, NoBundle
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 CURRENT = "CURRENT"
+# Written by publish beside the files: each file's sha256 and identity when it was hashed.
+STAMP = ".hashed.json"
 LOCK = ".lock"
 TMP_PREFIX = ".tmp-"
 MODEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -86,13 +88,69 @@ def prefetch_digests(paths: Iterable[Path]) -> None:
                 _prefetched[key] = _prefetch_pool.submit(sha256_file, path)
 
 
-def prefetch_bundle(version_dir: Path, manifest: dict[str, Any]) -> list[str]:
-    """Prefetch the digests of a bundle, FAISS files first; returns those files' names."""
+def prefetch_bundle(version_dir: Path, manifest: dict[str, Any],
+                    trust_stamp: bool = False) -> list[str]:
+    """Prefetch the digests of a bundle, FAISS files first (with `trust_stamp`, not those
+    `unchanged_since_hashed` finds); returns the FAISS files' names."""
     faiss_files = [str(meta["file"]) for meta in manifest.get("indexes", {}).values()]
     rest = [name for name in manifest.get("files", {}) if name not in faiss_files]
+    skip = unchanged_since_hashed(version_dir, manifest) if trust_stamp else set()
     prefetch_digests(version_dir / name for name in faiss_files + rest
-                     if "/" not in name and not name.startswith("."))
+                     if "/" not in name and not name.startswith(".") and name not in skip)
     return faiss_files
+
+
+def _file_identity(path: Path) -> list[int]:
+    """What changes whenever a file's bytes can have: which file (device, inode), its size,
+    and its modification and status-change times (a write sets both; `touch -d` can set the
+    mtime back but sets the ctime to now)."""
+    st = path.stat()
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
+def write_stamp(directory: Path, digests: dict[str, str],
+                identities: dict[str, list[int]] | None = None) -> None:
+    """Record, beside the files, the sha256 each had and its identity when it was hashed
+    (`identities`, taken before hashing; default: now, for files only this process wrote)."""
+    path = directory / STAMP
+    entries = {name: {"sha256": digest, "identity": (identities or {}).get(name)
+                      or _file_identity(directory / name)}
+               for name, digest in digests.items()}
+    with path.open("w") as fh:
+        fh.write(json.dumps({"files": entries}) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def unchanged_since_hashed(version_dir: Path, manifest: dict[str, Any]) -> set[str]:
+    """Files of the manifest whose stamp (`write_stamp`, at publish) holds the manifest's
+    sha256 and whose identity has not changed since: the same file on the same file system,
+    not written since. Hashing them again would find the same digest.
+
+    A copy of the bundle (another inode, another machine) matches nothing, so it is hashed in
+    full; so is a bundle without a stamp. Corruption that leaves the metadata alone (a disk
+    returning bad blocks) goes undetected, as it would after a full hash at load, since the
+    mapped pages are read from disk again later.
+    """
+    try:
+        stamp = json.loads((version_dir / STAMP).read_text())
+        entries = stamp["files"]
+        if not isinstance(entries, dict):
+            return set()
+    except (OSError, ValueError, KeyError, TypeError):
+        return set()
+    unchanged = set()
+    for name, meta in manifest.get("files", {}).items():
+        entry = entries.get(name)
+        if ("/" in name or name.startswith(".") or not isinstance(entry, dict)
+                or not isinstance(meta, dict) or entry.get("sha256") != meta.get("sha256")):
+            continue
+        try:
+            if entry.get("identity") == _file_identity(version_dir / name):
+                unchanged.add(name)
+        except OSError:
+            continue
+    return unchanged
 
 
 def _digest(path: Path) -> str:
@@ -184,6 +242,8 @@ class BundleWriter:
             name: {"sha256": digest, "size": path.stat().st_size}
             for name, path, digest in zip(self.files, paths, digests, strict=True)
         }
+        # Identities after the fsyncs: nothing but this writer has touched these files.
+        write_stamp(self.tmp, dict(zip(self.files, digests, strict=True)))
         manifest_path = self.tmp / MANIFEST
         manifest_path.write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
         _fsync(manifest_path)
@@ -248,10 +308,11 @@ def read_manifest(version_dir: Path) -> dict[str, Any]:
 
 
 def verify(version_dir: Path, manifest: dict[str, Any] | None = None,
-           names: Iterable[str] | None = None) -> list[str]:
+           names: Iterable[str] | None = None, trust_stamp: bool = False) -> list[str]:
     """Problems of a bundle (missing files, size or sha256 mismatches); empty when intact.
 
-    `names` limits the check to some of the manifest's files (all by default).
+    `names` limits the check to some of the manifest's files (all by default);
+    `trust_stamp` skips the files `unchanged_since_hashed` vouches for.
     """
     try:
         manifest = manifest or read_manifest(version_dir)
@@ -260,6 +321,9 @@ def verify(version_dir: Path, manifest: dict[str, Any] | None = None,
     problems: list[str] = []
     files = manifest["files"]
     wanted = list(files) if names is None else list(names)
+    if trust_stamp:
+        skip = unchanged_since_hashed(version_dir, manifest)
+        wanted = [name for name in wanted if name not in skip]
     problems += [f"{name}: not in the manifest" for name in wanted if name not in files]
     entries = [(name, files[name]) for name in wanted if name in files]
     present = []
@@ -282,11 +346,32 @@ def verify(version_dir: Path, manifest: dict[str, Any] | None = None,
     return problems
 
 
-def check(version_dir: Path) -> None:
-    """Raise InvalidBundle listing every problem `verify` finds."""
-    problems = verify(version_dir)
+def check(version_dir: Path, stamp: bool = False) -> None:
+    """Raise InvalidBundle listing every problem `verify` finds. With `stamp`, an intact
+    bundle's stamp is rewritten for the files as they are here (after a copy, say), so that
+    services trusting it need not hash them again; files that changed while they were
+    hashed are left out."""
+    try:
+        manifest = read_manifest(version_dir)
+    except InvalidBundle as exc:
+        raise InvalidBundle(f"{version_dir} does not verify:\n  {exc}") from None
+    before = {}
+    for name in manifest["files"]:
+        with contextlib.suppress(OSError):
+            if "/" not in name and not name.startswith("."):
+                before[name] = _file_identity(version_dir / name)
+    problems = verify(version_dir, manifest)
     if problems:
         raise InvalidBundle(f"{version_dir} does not verify:\n  " + "\n  ".join(problems))
+    if stamp:
+        same = {name: identity for name, identity in before.items()
+                if _file_identity(version_dir / name) == identity}
+        try:
+            write_stamp(version_dir, {name: str(manifest["files"][name]["sha256"])
+                                      for name in same}, same)
+        except OSError as exc:
+            raise InvalidInput(f"{version_dir}: verified, but cannot write {STAMP} "
+                               f"({exc.strerror})") from None
 
 
 @dataclass(frozen=True)

@@ -61,6 +61,13 @@ class Settings(BaseSettings):
         "none by default. A JSON list in the environment: '[\"https://shop.example\"]'")
     poll_seconds: float = Field(0.0, ge=0.0, description="check CURRENT this often; 0 is off")
     verify_checksums: bool = True
+    trust_hash_stamp: bool = Field(
+        True, description="with verify_checksums, skip hashing again the files the build "
+        "hashed and that have not changed since (same device, inode, size, mtime and ctime: "
+        "a copy of the bundle is hashed in full); false hashes every byte at every load")
+    mmap: bool = Field(True, description="map the bundle's FAISS indexes and arrays from "
+                       "disk (memory grows with the rows queries touch, replicas share the "
+                       "pages); false reads every file into memory at load")
     search_mode: Literal["threadpool", "batch"] = Field(
         "batch", description="how unfiltered similar-items searches leave the event loop: "
         "concurrent requests batched into one FAISS call (1.1x to 1.8x the throughput of a "

@@ -260,10 +260,18 @@ def write_index(index: faiss.Index, path: Path) -> None:
         raise OSError(f"{path}: could not write the FAISS index (disk full?): {first}") from None
 
 
-def read_index(path: Path) -> faiss.Index:
-    """Load an index; FAISS errors become InvalidBundle naming the file."""
+def read_index(path: Path, mmap: bool = False) -> faiss.Index:
+    """Load an index; FAISS errors become InvalidBundle naming the file.
+
+    With `mmap` the rows stay in the file, mapped read-only (FAISS IO_FLAG_MMAP_IFC: the
+    codes of flat indexes and of HNSW's storage, and IVF's inverted lists): loading reads
+    only the headers, IVF centroids and the HNSW graph, pages come in as searches touch
+    them, and every process mapping the file shares them through the page cache. Such an
+    index is read-only (the bundle's always are). IO_FLAG_MMAP proper maps IVF lists only.
+    """
     try:
-        return faiss.read_index(str(path))  # already the concrete class
+        # already the concrete class
+        return faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC if mmap else 0)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unreadable"
         raise InvalidBundle(f"{path}: not a readable FAISS index ({first})") from None

@@ -35,22 +35,27 @@ __all__ = ["MODES", "NO_FILTER", "RECOMMEND_MODES", "CatalogFilter", "Recommende
 class Recommender(LoadedModel):
     """Similar items, recommendations, similar users, basket fold-in and scores for a bundle."""
 
-    def __init__(self, version_dir: Path, manifest: dict[str, Any]) -> None:
-        super().__init__(version_dir, manifest)
+    def __init__(self, version_dir: Path, manifest: dict[str, Any], mmap: bool = True) -> None:
+        super().__init__(version_dir, manifest, mmap)
         self._catalog_search = CatalogSearch()
 
     @classmethod
-    def load(cls, index_dir: Path, model: str, verify: bool = True) -> Recommender:
-        """Load the version CURRENT names; with verify, every checksum is checked first."""
+    def load(cls, index_dir: Path, model: str, verify: bool = True, mmap: bool = True,
+             trust_stamp: bool = False) -> Recommender:
+        """Load the version CURRENT names; with verify, every checksum is checked first
+        (with trust_stamp, not those of files unchanged since the build hashed them); with
+        mmap, arrays and indexes are mapped from disk rather than read (query.model)."""
         version_dir, manifest = bundle.current_bundle(bundle.model_dir(Path(index_dir), model))
-        return cls.open(version_dir, manifest, verify=verify)
+        return cls.open(version_dir, manifest, verify=verify, mmap=mmap,
+                        trust_stamp=trust_stamp)
 
     @classmethod
     def open(
-        cls, version_dir: Path, manifest: dict[str, Any] | None = None, verify: bool = True
+        cls, version_dir: Path, manifest: dict[str, Any] | None = None, verify: bool = True,
+        mmap: bool = True, trust_stamp: bool = False,
     ) -> Recommender:
         """Load one version folder; checksums are verified before FAISS parses any file."""
-        return cls.open_version(version_dir, manifest, verify)
+        return cls.open_version(version_dir, manifest, verify, mmap, trust_stamp)
 
     # ------------------------------------------------------------------ vectors
 

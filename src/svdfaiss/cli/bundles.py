@@ -66,11 +66,15 @@ def bundles_verify(
     version: Annotated[str | None, typer.Argument(help="Default: CURRENT.")] = None,
     model: ModelOpt = "default",
     index_dir: IndexDirOpt = DEFAULT_INDEX_DIR,
+    stamp: Annotated[bool, typer.Option(
+        "--stamp", help="Also record the verified files (their inode, size and times), so "
+        "that services with SVDFAISS_TRUST_HASH_STAMP (the default) load them without "
+        "hashing them again: for a bundle copied here.")] = False,
 ) -> None:
     """Check every file of a version against the manifest's size and sha256."""
     path = _version_dir(index_dir, model, version)
-    bundle.check(path)
-    out.print(f"{path}: ok")
+    bundle.check(path, stamp)
+    out.print(f"{path}: ok" + (f" (stamped: {path / bundle.STAMP})" if stamp else ""))
 
 
 @bundles_app.command("gc")

@@ -50,7 +50,9 @@ def _serve(settings_env: dict[str, str], host: str, port: int, workers: int) -> 
 
             directory = bundle.model_dir(Path(settings_env["SVDFAISS_INDEX_DIR"]),
                                          settings_env["SVDFAISS_MODEL"])
-            bundle.prefetch_bundle(*bundle.current_bundle(directory))
+            trust = os.environ.get("SVDFAISS_TRUST_HASH_STAMP", "true").lower() not in (
+                "0", "false", "no", "off")
+            bundle.prefetch_bundle(*bundle.current_bundle(directory), trust_stamp=trust)
     import uvicorn
 
     from svdfaiss.config import Settings

@@ -1,11 +1,14 @@
 """A loaded bundle: its arrays, id maps, indexes and catalog columns, and no search logic.
 
-Arrays are memory-mapped read-only; the object never changes after load, so one instance
-serves every thread.
+Arrays and FAISS indexes are memory-mapped read-only by default (`mmap`), so a load reads
+headers rather than rows, memory grows with the rows queries touch, and replicas mapping the
+same files share their pages; `mmap=False` reads every file into memory instead. The object
+never changes after load, so one instance serves every thread.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -30,33 +33,54 @@ from svdfaiss.query.retrieval import Space
 from svdfaiss.weighting import WeightingParams, weight_rows
 
 
-def _load_array(version_dir: Path, name: str) -> np.ndarray:
+def _load_array(version_dir: Path, name: str, mmap: bool = True) -> np.ndarray:
     try:
-        return np.asarray(np.load(version_dir / name, mmap_mode="r", allow_pickle=False))
+        return np.asarray(np.load(version_dir / name, mmap_mode="r" if mmap else None,
+                                  allow_pickle=False))
     except (OSError, ValueError) as exc:
         raise InvalidBundle(f"{version_dir / name}: not a readable .npy array ({exc})") from None
+
+
+def read_rows(path: Path, positions: np.ndarray) -> np.ndarray:
+    """Rows of a 2-d .npy file read with pread, not through a memory map.
+
+    A few thousand rows scattered over a large file, touched through a map, map most of it:
+    the kernel maps the whole page-cache folio around each row (a probe: 238 MB of RSS for
+    the 4,096 head rows of a 1M x 64 float32 matrix, whose own size is 1 MB).
+    """
+    mapped = np.load(path, mmap_mode="r", allow_pickle=False)
+    if mapped.ndim != 2 or not mapped.flags.c_contiguous or not isinstance(mapped, np.memmap):
+        return np.array(mapped[positions])
+    width = mapped.shape[1] * mapped.dtype.itemsize
+    out = np.empty((positions.size, mapped.shape[1]), dtype=mapped.dtype)
+    with path.open("rb") as fh:
+        for i, position in enumerate(positions.tolist()):
+            if os.preadv(fh.fileno(), [out[i]], mapped.offset + position * width) != width:
+                raise InvalidBundle(f"{path}: row {position} lies beyond the end of the file")
+    return out
 
 
 class LoadedModel:
     """The arrays, indexes and catalog of one bundle version, with id lookups."""
 
-    def __init__(self, version_dir: Path, manifest: dict[str, Any]) -> None:
+    def __init__(self, version_dir: Path, manifest: dict[str, Any], mmap: bool = True) -> None:
         self.path = version_dir
+        self.mmap = mmap
         self.manifest = manifest
         self.model: str = manifest["model"]
         self.version: str = manifest["version"]
-        self.item_ids = _load_array(version_dir, "item_ids.npy")
-        self.user_ids = _load_array(version_dir, "user_ids.npy")
-        self.item_vectors = _load_array(version_dir, "item_vectors.npy")
-        self.item_factors = _load_array(version_dir, "item_factors.npy")
+        self.item_ids = self._array("item_ids.npy")
+        self.user_ids = self._array("user_ids.npy")
+        self.item_vectors = self._array("item_vectors.npy")
+        self.item_factors = self._array("item_factors.npy")
         # With shrinkage, rows fold in through V F and items score as V / d (factorize.py).
-        self.fold_factors = (_load_array(version_dir, "fold_factors.npy")
+        self.fold_factors = (self._array("fold_factors.npy")
                              if "fold_factors.npy" in manifest["files"] else self.item_factors)
-        self.item_scale = _load_array(version_dir, "item_scale.npy")
+        self.item_scale = self._array("item_scale.npy")
         self.n_users = int(self.user_ids.shape[0])
         self.n_items = int(self.item_ids.shape[0])
         self.rows = sp.csr_matrix(
-            tuple(_load_array(version_dir, f"rows_{part}.npy")
+            tuple(self._array(f"rows_{part}.npy")
                   for part in ("values", "indices", "indptr")),
             shape=(self.n_users, self.n_items),
         )
@@ -69,17 +93,18 @@ class LoadedModel:
         self.rating_users: np.ndarray | None = None
         self.rating_user_bias: np.ndarray | None = None
         if self.rating_model is not None:
-            self.rating_users = _load_array(version_dir, "rating_users.npy")
-            self.rating_user_bias = _load_array(version_dir, "rating_user_bias.npy")
+            self.rating_users = self._array("rating_users.npy")
+            self.rating_user_bias = self._array("rating_user_bias.npy")
         indexes = manifest["indexes"]
         self._items = self._space(indexes["items"], self.item_vectors, lambda q: q)
         # The recommendation index may hold catalog-only items after the model's: vectors
         # predicted from their content (builder, "map new items").
         self.new_item_factors: np.ndarray | None = None
         if "new_item_factors.npy" in manifest["files"]:
-            self.new_item_factors = _load_array(version_dir, "new_item_factors.npy")
+            self.new_item_factors = self._array("new_item_factors.npy")
         self._rec_rows = self._rec_rows_function()
-        self._mips = self._space(indexes["items_mips"], self._rec_rows, mips_query)
+        self._mips = self._space(indexes["items_mips"], self._rec_rows, mips_query,
+                                 head_rows=self._rec_rows_function(from_files=True))
         self._users: Space | None = None
         if "users" in indexes:
             self._users = self._space(
@@ -91,8 +116,8 @@ class LoadedModel:
         self.similar_scores: np.ndarray | None = None
         self.similar_mode: str = (manifest.get("similar_cache") or {}).get("mode", "cf")
         if manifest.get("similar_cache"):
-            self.similar_ids = _load_array(version_dir, "similar_ids.npy")
-            self.similar_scores = _load_array(version_dir, "similar_scores.npy")
+            self.similar_ids = self._array("similar_ids.npy")
+            self.similar_scores = self._array("similar_scores.npy")
         self.catalog: dict[str, np.ndarray] = {}
         if "catalog.parquet" in manifest["files"]:
             table = pq.read_table(version_dir / "catalog.parquet")
@@ -103,13 +128,13 @@ class LoadedModel:
         self.content_vectors: np.ndarray | None = None
         self._content: Space | None = None
         if self.content is not None:
-            self.new_item_ids = _load_array(version_dir, "new_item_ids.npy")
-            self.content_vectors = _load_array(version_dir, "content_vectors.npy")
+            self.new_item_ids = self._array("new_item_ids.npy")
+            self.content_vectors = self._array("content_vectors.npy")
             self._content = self._space(indexes["content"], self.content_vectors, lambda q: q)
         # The CF vectors content predicts for catalog-only items (their hybrid neighbours).
         self.new_item_vectors: np.ndarray | None = None
         if "new_item_vectors.npy" in manifest["files"]:
-            self.new_item_vectors = _load_array(version_dir, "new_item_vectors.npy")
+            self.new_item_vectors = self._array("new_item_vectors.npy")
         # The fitted content encoder and the content -> CF / recommendation-vector maps: the
         # live catalog gives items added after the build their vectors (query.live).
         self.content_encoder: ContentEncoder | None = None
@@ -117,39 +142,55 @@ class LoadedModel:
         self.content_to_rec: np.ndarray | None = None
         if self.content is not None and ContentEncoder.FILES[-1] in manifest["files"]:
             self.content_encoder = ContentEncoder.from_arrays(
-                {name: _load_array(version_dir, name) for name in ContentEncoder.FILES},
+                {name: self._array(name) for name in ContentEncoder.FILES},
                 self.content)
-            self.content_to_cf = _load_array(version_dir, "content_to_cf.npy")
+            self.content_to_cf = self._array("content_to_cf.npy")
             if "content_to_rec.npy" in manifest["files"]:
-                self.content_to_rec = _load_array(version_dir, "content_to_rec.npy")
+                self.content_to_rec = self._array("content_to_rec.npy")
         self.n_catalog = self.n_items + int(self.new_item_ids.shape[0])
         self.filters = CatalogFilters(self.model, self.catalog, self.n_catalog)
         self.popularity = Popularity(self.rows, self.n_items)
         # Collaborative evidence per item (svdfaiss.evidence); absent in older bundles.
         files = manifest["files"]
         self.evidence = Evidence(
-            _load_array(version_dir, "item_component.npy")
+            self._array("item_component.npy")
             if "item_component.npy" in files else None,
-            _load_array(version_dir, "item_co_users.npy")
+            self._array("item_co_users.npy")
             if "item_co_users.npy" in files else None,
             int((manifest.get("evidence") or {}).get("min_co_users", MIN_CO_USERS)))
         self._item_users: sp.csc_matrix | None = None  # built on first use
         self._item_users_lock = threading.Lock()
 
-    def _rec_rows_function(self) -> Callable[[np.ndarray | None], np.ndarray]:
+    def _array(self, name: str) -> np.ndarray:
+        return _load_array(self.path, name, self.mmap)
+
+    def _rec_rows_function(self, from_files: bool = False
+                           ) -> Callable[[np.ndarray | None], np.ndarray]:
         """Rows of the recommendation vectors by catalog position, without stacking the
-        model's and the new items' arrays into one copy."""
+        model's and the new items' arrays into one copy; `from_files` reads chosen rows
+        with pread (read_rows) rather than through the memory maps."""
         factors, new, n_items = self.item_factors, self.new_item_factors, self.n_items
+        take_model: Callable[[np.ndarray], np.ndarray] = factors.__getitem__
+        take_new: Callable[[np.ndarray], np.ndarray] = (
+            new.__getitem__ if new is not None else factors.__getitem__)
+        if from_files and self.mmap:
+            path = self.path
+
+            def take_model(positions: np.ndarray) -> np.ndarray:
+                return read_rows(path / "item_factors.npy", positions)
+
+            def take_new(positions: np.ndarray) -> np.ndarray:
+                return read_rows(path / "new_item_factors.npy", positions)
 
         def rows(candidates: np.ndarray | None) -> np.ndarray:
             if new is None:
-                return factors if candidates is None else factors[candidates]
+                return factors if candidates is None else take_model(candidates)
             if candidates is None:
                 return np.vstack([factors, new])
             out = np.empty((candidates.size, factors.shape[1]), dtype=np.float32)
             model = candidates < n_items
-            out[model] = factors[candidates[model]]
-            out[~model] = new[candidates[~model] - n_items]
+            out[model] = take_model(candidates[model])
+            out[~model] = take_new(candidates[~model] - n_items)
             return out
 
         return rows
@@ -159,20 +200,22 @@ class LoadedModel:
         meta: dict[str, Any],
         vectors: np.ndarray | Callable[[np.ndarray | None], np.ndarray] | None,
         transform: Callable[[np.ndarray], np.ndarray],
+        head_rows: Callable[[np.ndarray | None], np.ndarray] | None = None,
     ) -> Space:
         """An index and its exact scoring: over `vectors` (an array, or a function giving
-        the rows of candidate positions), or, with None, over the users' folded-in rows."""
+        the rows of candidate positions), or, with None, over the users' folded-in rows;
+        a banded index's head rows come from `head_rows` when given."""
         path = self.path / meta["file"]
-        index = read_index(path)
+        index = read_index(path, self.mmap)
         head: Head | None = None
         if meta["type"] == "banded":  # the IVF file holds the rows outside the head
             check_index(index, path, meta["rows"] - meta["head_rows"], meta["dim"])
-            ids = _load_array(self.path, meta["head_file"])
+            ids = self._array(meta["head_file"])
             if ids.shape != (meta["head_rows"],) or (ids.size and int(ids.max()) >= meta["rows"]):
                 raise InvalidBundle(f"{self.path / meta['head_file']}: not the "
                                     f"{meta['head_rows']} head rows the manifest promises")
             ids = np.asarray(ids, dtype=np.int64)
-            rows_of = vectors if callable(vectors) else None
+            rows_of = head_rows or (vectors if callable(vectors) else None)
             head_vectors = (rows_of(ids) if rows_of is not None
                             else np.asarray(vectors)[ids])
             head = Head(ids, np.ascontiguousarray(head_vectors, dtype=np.float32),
@@ -203,27 +246,31 @@ class LoadedModel:
 
     @classmethod
     def open_version(
-        cls, version_dir: Path, manifest: dict[str, Any] | None = None, verify: bool = True
+        cls, version_dir: Path, manifest: dict[str, Any] | None = None, verify: bool = True,
+        mmap: bool = True, trust_stamp: bool = False,
     ) -> Self:
-        """Load one version folder; checksums are verified before FAISS parses any file."""
+        """Load one version folder; checksums are verified before FAISS parses any file
+        (with `trust_stamp`, not those of files unchanged since the build hashed them:
+        bundle.unchanged_since_hashed)."""
         manifest = manifest or bundle.read_manifest(version_dir)
         if not verify:
-            return cls._construct(version_dir, manifest)
+            return cls._construct(version_dir, manifest, mmap)
         # The FAISS files are verified first; the other files hash meanwhile in the
         # background, and nothing is returned before every file has verified.
         try:
-            faiss_files = bundle.prefetch_bundle(version_dir, manifest)
+            faiss_files = bundle.prefetch_bundle(version_dir, manifest, trust_stamp)
         except (AttributeError, TypeError) as exc:
             raise InvalidBundle(f"{version_dir}: manifest lacks or mistypes {exc}") from None
-        _verified(version_dir, manifest, faiss_files)
-        loaded = cls._construct(version_dir, manifest)
-        _verified(version_dir, manifest, [n for n in manifest["files"] if n not in faiss_files])
+        _verified(version_dir, manifest, faiss_files, trust_stamp)
+        loaded = cls._construct(version_dir, manifest, mmap)
+        _verified(version_dir, manifest, [n for n in manifest["files"] if n not in faiss_files],
+                  trust_stamp)
         return loaded
 
     @classmethod
-    def _construct(cls, version_dir: Path, manifest: dict[str, Any]) -> Self:
+    def _construct(cls, version_dir: Path, manifest: dict[str, Any], mmap: bool) -> Self:
         try:
-            return cls(version_dir, manifest)
+            return cls(version_dir, manifest, mmap)
         except (KeyError, TypeError) as exc:
             raise InvalidBundle(f"{version_dir}: manifest lacks or mistypes {exc}") from None
 
@@ -322,7 +369,8 @@ class LoadedModel:
                  self.new_item_ids[i - self.n_items]).decode("utf-8") for i in idx.tolist()]
 
 
-def _verified(version_dir: Path, manifest: dict[str, Any], names: list[str]) -> None:
-    problems = bundle.verify(version_dir, manifest, names)
+def _verified(version_dir: Path, manifest: dict[str, Any], names: list[str],
+              trust_stamp: bool) -> None:
+    problems = bundle.verify(version_dir, manifest, names, trust_stamp)
     if problems:
         raise InvalidBundle(f"{version_dir} does not verify: " + "; ".join(problems))

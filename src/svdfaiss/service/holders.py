@@ -61,7 +61,9 @@ class ModelHolder:
     def _load(self) -> Loaded:
         start = time.perf_counter()
         rec = Recommender.load(self.settings.index_dir, self.model,
-                               verify=self.settings.verify_checksums)
+                               verify=self.settings.verify_checksums,
+                               mmap=self.settings.mmap,
+                               trust_stamp=self.settings.trust_hash_stamp)
         return Loaded(rec, dt.datetime.now(dt.UTC), time.perf_counter() - start)
 
     async def reload(self, force: bool = False) -> schemas.ReloadResult:
