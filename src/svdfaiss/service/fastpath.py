@@ -135,7 +135,8 @@ class FastPath:
             return None
         control = self.models.experiment.control
         self.models.counted[control.name].inc()
-        return (items_body(rec, result, variant=control.name), rec.version,
+        return (items_body(rec, result, variant=control.name,
+                           recommendation_id=self.models.answer_id(control)), rec.version,
                 self.routes.get("similar_items"))
 
     def _recommendations(self, scope: Scope, k: int) -> tuple[bytes, str, Any] | None:
@@ -148,6 +149,7 @@ class FastPath:
             return None  # the route answers the 503
         row = None if self.models.live is None else self.models.live.get(user_id)
         result = rec.recommend(user_id, k, fallback="popular", live=row)
-        return (items_body(rec, result, variant=variant.name), rec.version,
-                self.routes.get("recommendations"))
+        return (items_body(rec, result, variant=variant.name,
+                           recommendation_id=self.models.answer_id(variant, user_id)),
+                rec.version, self.routes.get("recommendations"))
 
