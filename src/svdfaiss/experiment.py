@@ -170,10 +170,14 @@ def exposure_line(time: float, experiment: str, variant: str, user_id: str | Non
     return orjson.dumps(record) + b"\n"
 
 
+Exposure = tuple[float, str, str, "str | None", str, bool]  # exposure_line's arguments
+
+
 class ExposureLog:
     """Exposures buffered in memory and appended to a JSON-lines file by `flush`: one
     write and one fsync for everything buffered, called about once a second by the
-    service (and at shutdown), so an answer pays a list append, not a system call.
+    service (and at shutdown). An answer pays a tuple and a list append; the lines are
+    formatted at flush time, off the request.
 
     Several workers append to one file (O_APPEND keeps each write whole). A SIGKILL loses
     what was buffered since the last flush; events keep their own attribution (their line
@@ -182,13 +186,16 @@ class ExposureLog:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
-        self._pending: list[bytes] = []
+        self._pending: list[Exposure] = []
         self._lock = threading.Lock()
         self._write_lock = threading.Lock()
 
-    def record(self, line: bytes) -> None:
+    def record(self, time: float, experiment: str, variant: str, user_id: str | None,
+               recommendation_id: str, forced: bool) -> None:
+        """Buffer one exposure (see exposure_line)."""
         with self._lock:
-            self._pending.append(line)
+            self._pending.append((time, experiment, variant, user_id, recommendation_id,
+                                  forced))
 
     def __len__(self) -> int:
         return len(self._pending)
@@ -200,6 +207,5 @@ class ExposureLog:
                 batch, self._pending = self._pending, []
             if not batch:
                 return 0
-            append_lines(self.path, batch)
+            append_lines(self.path, [exposure_line(*one) for one in batch])
             return len(batch)
-

@@ -26,7 +26,6 @@ from svdfaiss.experiment import (
     ExposureLog,
     RecommendationIds,
     Variant,
-    exposure_line,
 )
 from svdfaiss.recommender import Recommender
 from svdfaiss.service import schemas
@@ -149,8 +148,8 @@ class Models:
         the request chose the model (`model=`) instead of being assigned."""
         rid = self.ids.issue(variant.name)
         if self.exposures is not None:
-            self.exposures.record(exposure_line(time.time(), self.experiment.name,
-                                                variant.name, user_id, rid, forced))
+            self.exposures.record(time.time(), self.experiment.name, variant.name, user_id,
+                                  rid, forced)
         return rid
 
     async def reload(self, force: bool = False) -> list[schemas.ReloadResult]:
