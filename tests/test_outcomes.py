@@ -245,6 +245,33 @@ def test_every_answer_carries_a_unique_id_and_events_are_attributed_by_it(two_mo
     assert by_name[other]["events"] == {"click": 1}
 
 
+@pytest.mark.slow
+def test_two_workers_log_to_one_place_and_report_the_same_figures(two_models, population,
+                                                                   tmp_path):
+    """Each worker buffers its own exposures and appends them to the shared log; whichever
+    worker answers GET /experiments reads the same figures."""
+    users = population.users[:80]
+    with server(two_models, model="noise", extra_args=[*EXPERIMENT_ARGS, "--workers", "2"],
+                settings=_settings(tmp_path), start_seconds=120) as url:
+        for user in users:  # a fresh connection each: the workers share them out
+            body = httpx.get(f"{url}/users/{user}/recommendations", timeout=10).json()
+            answer = httpx.post(f"{url}/events", json={
+                "user_id": user, "item_id": body["items"][0]["item_id"], "type": "click",
+                "recommendation_id": body["recommendation_id"]}, timeout=10)
+            assert answer.status_code == 200
+        time.sleep(1.0)  # beyond SVDFAISS_EXPOSURE_FLUSH_SECONDS: every worker has flushed
+        reports = [httpx.get(f"{url}/experiments/sim", timeout=30).json() for _ in range(6)]
+    exposures = [json.loads(x) for x in (tmp_path / "noise.exposures.jsonl").read_text(
+        ).splitlines()]
+    tags = {e["recommendation_id"].split(":")[1][:12] for e in exposures}
+    assert len(tags) == 2, tags  # both workers answered and logged
+    for report in reports:
+        assert report["variants"] == reports[0]["variants"]
+    variants = reports[0]["variants"]
+    assert sum(v["users"] for v in variants) == sum(v["answers"] for v in variants) == 80
+    assert sum(v["conversion"]["click"]["users"] for v in variants) == 80
+
+
 def _simulate(url: str, population: TastePopulation, seed: int,
               events: bool = True) -> dict[str, int]:
     """Every user asks for 10 recommendations (half of them twice), views the list with
