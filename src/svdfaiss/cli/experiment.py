@@ -23,11 +23,13 @@ experiment_app = typer.Typer(help="Outcomes of the A/B experiment `serve` runs."
                              no_args_is_help=True)
 
 
-def _interval(interval: Any, percent: bool = True) -> str:
+def _interval(interval: Any, signed: bool = True) -> str:
+    """An interval of shares as percentages: `+1.2..+3.4%` (signed) or `1.2..3.4%`."""
     if interval is None:
         return "-"
     low, high = interval
-    return f"{100 * low:+.1f}..{100 * high:+.1f}%" if percent else f"{low:.3f}..{high:.3f}"
+    return (f"{100 * low:+.1f}..{100 * high:+.1f}%" if signed
+            else f"{100 * low:.1f}..{100 * high:.1f}%")
 
 
 @experiment_app.command("report")
@@ -101,7 +103,7 @@ def _print(data: dict[str, Any]) -> None:
         for kind in data["event_types"]:
             entry = variant["conversion"][kind]
             rate = "-" if entry["rate"] is None else (
-                f"{100 * entry['rate']:.1f}% ({_interval(entry['interval'])[:-1]})")
+                f"{100 * entry['rate']:.1f}% ({_interval(entry['interval'], signed=False)})")
             lift = "" if "lift" not in entry else "-" if entry["lift"] is None else (
                 f"{100 * entry['lift']:+.1f}% ({_interval(entry['lift_interval'])})")
             always = "" if "always_valid_interval" not in entry else _interval(
