@@ -15,7 +15,9 @@ servers run from DIR/src too, interleaved with this tree's, and the ratios after
 printed: the way to show a refactor left the hot routes' cost unchanged. A bare FastAPI
 endpoint answering a constant runs in the same rounds (`GET /bare`), and every route's
 throughput is also given as a ratio to it. `--index-dir DIR --model NAME` serves an existing
-bundle (its first 500 users and items) instead of the built-in sample.
+bundle (its first 500 users and items) instead of the built-in sample. `--env KEY=VALUE`
+(repeatable) sets a setting on every server, e.g. `--env SVDFAISS_EXPOSURES=on` to measure
+exposure logging, which is otherwise on only with two or more variants.
 
 Recommendations also run on a third server of this tree, the fast path with its answer cache
 off (SVDFAISS_RECOMMENDATION_CACHE_MB=0): with 500 users in rotation, every request after
@@ -84,6 +86,9 @@ def main() -> None:
                         help="another checkout whose src/ serves the same bundle alongside")
     parser.add_argument("--index-dir", type=Path, help="serve this folder's bundle instead")
     parser.add_argument("--model", default="bench")
+    parser.add_argument("--env", action="append", default=[], metavar="KEY=VALUE",
+                        help="a setting for every server of this tree and --against's, e.g. "
+                        "SVDFAISS_EXPOSURES=on (exposure logging with one model served)")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is not installed (apt-get install wrk)")
@@ -114,6 +119,7 @@ def main() -> None:
             scripts[name].write_text(LUA % ",".join(json.dumps(p) for p in paths))
         servers: dict[str, tuple[subprocess.Popen[bytes], str]] = {}
         env = {k: v for k, v in os.environ.items() if not k.startswith("SVDFAISS_")}
+        env.update(dict(pair.split("=", 1) for pair in args.env))
         rows: dict[str, dict[str, Any]] = {}
         try:
             bare_port = free_port()
@@ -193,6 +199,7 @@ def main() -> None:
                       f"{after['cpu_us_per_request']:>12.0f} {before['cpu_us_per_request']:>8.0f}"
                       f" {after['cpu_us_per_request'] / before['cpu_us_per_request']:>6.2f}")
     write_result(args.json, seconds=args.seconds, rounds=args.rounds, wrk="-t1 -c4",
+                 env=args.env,
                  against=None if args.against is None else str(args.against), rows=rows)
 
 

@@ -45,9 +45,10 @@ def free_port() -> int:
 def server(index_dir: Path, model: str = "sample", token: str | None = TOKEN,
            poll: float = 0.0, log: Path | None = None,
            settings: dict[str, str] | None = None,
-           extra_args: Sequence[str] = (), port: int | None = None) -> Iterator[str]:
-    """Start `svdfaiss serve` (on `port`, else a free one) and wait (at most 30 s) until
-    /healthz answers."""
+           extra_args: Sequence[str] = (), port: int | None = None,
+           start_seconds: float = 30) -> Iterator[str]:
+    """Start `svdfaiss serve` (on `port`, else a free one) and wait (at most
+    `start_seconds`) until /healthz answers."""
     port = port or free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SVDFAISS_")}
     env.update(settings or {})
@@ -61,7 +62,7 @@ def server(index_dir: Path, model: str = "sample", token: str | None = TOKEN,
         env=env, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + start_seconds
         while True:
             try:
                 if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -101,6 +102,19 @@ class Settings(BaseSettings):
     live_items: int = Field(10_000, ge=1, le=10_000_000, description="items the live "
                             "catalog holds at most (new, changed and withdrawn) until a build "
                             "folds its log in; a change to a further item is refused (507)")
+    event_types: list[str] = Field(
+        default_factory=lambda: ["view", "click", "add_to_cart", "purchase"],
+        min_length=1, max_length=32, description="the `type`s POST /events accepts, the "
+        "outcomes an experiment counts (a JSON list in the environment)")
+    exposures: Literal["auto", "on", "off"] = Field(
+        "auto", description="log each answer as an exposure of its variant (what the "
+        "experiment report counts): auto logs them when two or more variants are served")
+    exposures_log: Path | None = Field(
+        None, description="where exposures go (JSON lines); default: the events log's "
+        "folder, MODEL.exposures.jsonl")
+    exposure_flush_seconds: float = Field(
+        1.0, gt=0, le=60, description="exposures are buffered and appended this often (a "
+        "SIGKILL loses at most this much)")
     fast_path: bool = Field(True, description="answer similar items and recommendations "
                             "asked with nothing but k without FastAPI's parameter machinery")
     recommendation_cache_mb: float = Field(
@@ -120,6 +134,24 @@ class Settings(BaseSettings):
                              f"{MIN_TOKEN_LENGTH} characters (generate one: python -c "
                              "'import secrets; print(secrets.token_urlsafe(32))')")
         return token
+
+    @field_validator("event_types")
+    @classmethod
+    def _event_type_names(cls, types: list[str]) -> list[str]:
+        for name in types:
+            if not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", name):
+                raise ValueError(f"event type {name!r}: use 1 to 64 letters, digits, '.', "
+                                 "'_' or '-'")
+        if len(set(types)) != len(types):
+            raise ValueError(f"event types must differ, got {types}")
+        return types
+
+    def resolved_exposures_log(self) -> Path:
+        return self.exposures_log or self.resolved_events_log().with_name(
+            f"{self.model}.exposures.jsonl")
+
+    def logs_exposures(self, variants: int) -> bool:
+        return self.exposures == "on" or (self.exposures == "auto" and variants > 1)
 
     def resolved_events_log(self) -> Path:
         return self.events_log or self.index_dir / "events" / f"{self.model}.jsonl"

@@ -38,11 +38,22 @@ class Event:
     item_id: str
     weight: float
     time: float
+    # The outcome an experiment counts (view, click, ...) and the variant it is attributed
+    # to (svdfaiss.outcomes); the build reads only the fields above.
+    type: str | None = None
+    recommendation_id: str | None = None
+    experiment: str | None = None
+    variant: str | None = None
 
     def line(self, known_item: bool) -> bytes:
-        return orjson.dumps({"user_id": self.user_id, "item_id": self.item_id,
-                             "weight": self.weight, "time": self.time,
-                             "known_item": known_item}) + b"\n"
+        record: dict[str, Any] = {"user_id": self.user_id, "item_id": self.item_id,
+                                  "weight": self.weight, "time": self.time,
+                                  "known_item": known_item}
+        for name in ("type", "recommendation_id", "experiment", "variant"):
+            value = getattr(self, name)
+            if value is not None:
+                record[name] = value
+        return orjson.dumps(record) + b"\n"
 
 
 def check_event_id(value: Any, name: str) -> str:
@@ -175,23 +186,31 @@ class EventLog:
         self._lock = threading.Lock()
 
     def append(self, lines: Iterable[bytes]) -> None:
-        data = b"".join(lines)
         with self._lock:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o640)
-            try:
-                size = os.fstat(fd).st_size
-                if size and os.pread(fd, 1, size - 1) != b"\n":
-                    # A torn last line (a process killed mid-write): end it, so that this
-                    # batch starts a line of its own and only the torn one is unusable.
-                    data = b"\n" + data
-                view = memoryview(data)
-                while view:
-                    written = os.write(fd, view)
-                    view = view[written:]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            append_lines(self.path, list(lines))
+
+
+def append_lines(path: Path, lines: list[bytes]) -> None:
+    """Append whole lines to a log with one write and an fsync.
+
+    A process killed mid-write can leave a torn last line with no newline; the first
+    append after it starts on a new line, so the torn line stays one unusable line
+    (skipped by readers) instead of swallowing the next, acknowledged, one.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o640)
+    try:
+        size = os.fstat(fd).st_size
+        data = b"".join(lines)
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            data = b"\n" + data
+        view = memoryview(data)
+        while view:
+            written = os.write(fd, view)
+            view = view[written:]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class LiveUsers:
@@ -318,6 +337,7 @@ class EventFollower(Generic[T]):
         self._handle.seek(self._offset)
         data = self._handle.read(size - self._offset)
         complete = data.rfind(b"\n") + 1  # a line still being written waits for next time
+        start = self._offset
         self._offset += complete
         events: list[T] = []
         for raw in data[:complete].splitlines():
@@ -325,8 +345,12 @@ class EventFollower(Generic[T]):
                 continue
             try:
                 events.append(self._parse(orjson.loads(raw)))
-            except (orjson.JSONDecodeError, InvalidInput):
+            except (orjson.JSONDecodeError, InvalidInput) as exc:
+                # A torn line (a writer killed mid-write) or a bad one: skipped, and said.
                 self.skipped += 1
+                log.warning("events log %s: skipped an unusable line after byte %d (%s): "
+                            "%.80r", self.path, start, "not valid JSON" if isinstance(
+                                exc, orjson.JSONDecodeError) else exc, raw)
         return events
 
 

@@ -227,3 +227,61 @@ def write_sample(spec: SampleSpec, out_dir: Path) -> SampleFiles:
     pacsv.write_csv(events, events_path, write_options=options)
     pacsv.write_csv(catalog, catalog_path, write_options=options)
     return SampleFiles(events=events_path, catalog=catalog_path, rows=events.num_rows)
+
+
+@dataclass(frozen=True)
+class TastePopulation:
+    """Users with a known favourite category, for simulated experiments: the true
+    preference is a click probability, `favourite_click` for an item of the user's
+    favourite category and `other_click` for any other (svdfaiss.outcomes is tested by
+    showing these users two models' answers and letting them click)."""
+
+    users: list[str]
+    items: list[str]
+    favourite: np.ndarray  # per user: a category
+    category: np.ndarray  # per item: a category
+    favourite_click: float = 0.12
+    other_click: float = 0.03
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_positions", {item: n for n, item in enumerate(self.items)})
+
+    def click_probability(self, user: int, item_id: str) -> float:
+        """The chance that user number `user` clicks an item shown to them."""
+        item: int | None = self._positions.get(item_id)  # type: ignore[attr-defined]
+        if item is None:
+            return self.other_click
+        return (self.favourite_click if self.category[item] == self.favourite[user]
+                else self.other_click)
+
+    def write_logs(self, out_dir: Path, per_user: int = 6, seed: int = 0,
+                   ) -> tuple[Path, Path]:
+        """Two training logs of the same users and items: `tastes.csv`, each user's
+        purchases drawn from their favourite category (the true tastes), and
+        `noise.csv`, drawn from the whole catalog at random (no taste at all)."""
+        rng = np.random.default_rng(seed)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        by_category = {c: np.flatnonzero(self.category == c) for c in np.unique(self.category)}
+        tastes, noise = ["user_id,item_id"], ["user_id,item_id"]
+        for n, user in enumerate(self.users):
+            own = by_category[self.favourite[n]]
+            for item in rng.choice(own, min(per_user, own.size), replace=False):
+                tastes.append(f"{user},{self.items[item]}")
+            for item in rng.choice(len(self.items), per_user, replace=False):
+                noise.append(f"{user},{self.items[item]}")
+        paths = out_dir / "tastes.csv", out_dir / "noise.csv"
+        for path, lines in zip(paths, (tastes, noise), strict=True):
+            path.write_text("\n".join(lines) + "\n")
+        return paths
+
+
+def taste_population(users: int = 600, items: int = 200, categories: int = 10,
+                     seed: int = 0) -> TastePopulation:
+    """A population whose every user prefers one category (uniformly drawn)."""
+    if users < 1 or items < categories or categories < 1:
+        raise InvalidInput("taste_population: need users >= 1 and items >= categories >= 1")
+    rng = np.random.default_rng(seed)
+    return TastePopulation(users=[f"S{n:05d}" for n in range(users)],
+                           items=[f"P{n:04d}" for n in range(items)],
+                           favourite=rng.integers(0, categories, users),
+                           category=np.arange(items) % categories)

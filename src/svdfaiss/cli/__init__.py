@@ -8,6 +8,7 @@ lists it; each command lives in the module of its group.
 from svdfaiss.cli.build import build
 from svdfaiss.cli.bundles import bundles_app
 from svdfaiss.cli.evaluate import evaluate, tune
+from svdfaiss.cli.experiment import experiment_app
 from svdfaiss.cli.export import export_app
 from svdfaiss.cli.main import app, run
 from svdfaiss.cli.query import query_app
@@ -17,6 +18,7 @@ from svdfaiss.cli.synth import synth
 app.add_typer(bundles_app, name="bundles")
 app.add_typer(query_app, name="query")
 app.add_typer(export_app, name="export")
+app.add_typer(experiment_app, name="experiment")
 for command in (synth, build, evaluate, tune, serve, demo):
     app.command()(command)
 

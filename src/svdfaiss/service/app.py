@@ -13,11 +13,13 @@ import logging
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
+from fastapi.concurrency import run_in_threadpool
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi_offline import FastAPIOffline
 
 from svdfaiss.config import Settings
 from svdfaiss.events import EventLog, LiveEvents, LiveUsers
+from svdfaiss.experiment import ExposureLog
 from svdfaiss.live_catalog import LiveCatalog
 from svdfaiss.service import params, schemas
 from svdfaiss.service.batching import EventSink, SearchBatcher
@@ -32,6 +34,7 @@ from svdfaiss.service.routes import (
     catalog,
     demo,
     events,
+    experiments,
     items,
     operations,
     users,
@@ -56,12 +59,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await models.reload()  # and the live rows from the events log's tail
-        poller = asyncio.create_task(_poll(models)) if settings.poll_seconds > 0 else None
+        tasks = []
+        if settings.poll_seconds > 0:
+            tasks.append(asyncio.create_task(_poll(models)))
+        exposures = models.exposures
+        if exposures is not None:
+            tasks.append(asyncio.create_task(_flush(exposures,
+                                                    settings.exposure_flush_seconds)))
         yield
-        if poller is not None:
-            poller.cancel()
+        for task in tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await poller
+                await task
+        if exposures is not None:
+            await run_in_threadpool(_flush_once, exposures)
         if live is not None:
             live.follower.close()
         if models.catalog is not None:
@@ -95,7 +106,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         params.include(app, events.router, declared)
     app.state.catalog_sink = EventSink(EventLog(settings.resolved_catalog_log()))
     params.include(app, catalog.router, declared)
-    for resource in (operations, admin, demo):
+    for resource in (experiments, operations, admin, demo):
         params.include(app, resource.router, declared)
     if settings.fast_path:
         routes = {getattr(r, "name", ""): r for r in app.routes
@@ -106,6 +117,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                            allow_methods=["GET", "POST"], allow_headers=["content-type"])
     app.add_middleware(ServiceMiddleware, models=models, metrics=metrics)
     return app
+
+
+async def _flush(exposures: ExposureLog, seconds: float) -> None:
+    """Append the buffered exposures every `seconds` (one write and fsync each time)."""
+    while True:
+        await asyncio.sleep(seconds)
+        await run_in_threadpool(_flush_once, exposures)
+
+
+def _flush_once(exposures: ExposureLog) -> None:
+    try:
+        exposures.flush()
+    except OSError as exc:  # a full disk must not stop the answers; say so each time
+        log.error("exposures log %s: %s (exposures since the last flush are lost)",
+                  exposures.path, exc)
 
 
 async def _poll(models: Models) -> None:

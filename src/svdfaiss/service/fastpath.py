@@ -4,10 +4,12 @@ import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+import orjson
 from cachetools import LRUCache
 
 from svdfaiss.config import Settings
 from svdfaiss.errors import NoBundle, UnknownItem
+from svdfaiss.experiment import Variant
 from svdfaiss.recommender import Recommender
 from svdfaiss.service.holders import Models
 from svdfaiss.service.metrics import Metrics
@@ -100,24 +102,27 @@ class AnswerCache:
 
     Only answers that depend on nothing but the served bundle are kept: those of users
     without live events (the fast path never asks it for the others). The key names the
-    model's version, and every entry goes when a model is served in another version, so a
-    reload never answers from the bundle it replaced. Used on the event loop only.
+    model's version, and every entry goes when a model is served by another Recommender (a
+    reload, or a live catalog change, which serves a new view), so an answer never comes from
+    a bundle or catalog it replaced. Bodies are kept without their recommendation id, which
+    every answer gets afresh. Used on the event loop only.
     """
 
     def __init__(self, max_bytes: int) -> None:
         self._entries: LRUCache[AnswerKey, bytes] = LRUCache(max_bytes, getsizeof=_entry_size)
-        self._versions: dict[str, str] = {}
+        self._served: dict[str, Recommender] = {}
 
     def get(self, rec: Recommender, variant: str, user_id: str, k: int) -> bytes | None:
-        if self._versions.get(rec.model) != rec.version:
-            self._entries.clear()  # another version is served: its answers may differ
-            self._versions[rec.model] = rec.version
+        if self._served.get(rec.model) is not rec:
+            # Another version, or a live catalog change (a new view over the same version):
+            # its answers may differ.
+            self._entries.clear()
+            self._served[rec.model] = rec
             return None
         return self._entries.get((rec.model, rec.version, variant, user_id, k))
 
     def put(self, rec: Recommender, variant: str, user_id: str, k: int, body: bytes) -> None:
-        if _entry_size(body) <= self._entries.maxsize and \
-                self._versions.get(rec.model) == rec.version:
+        if _entry_size(body) <= self._entries.maxsize and self._served.get(rec.model) is rec:
             self._entries[(rec.model, rec.version, variant, user_id, k)] = body
 
     @property
@@ -193,8 +198,16 @@ class FastPath:
             return None
         control = self.models.experiment.control
         self.models.counted[control.name].inc()
-        return (items_body(rec, result, variant=control.name), rec.version,
+        return (items_body(rec, result, variant=control.name,
+                           recommendation_id=self.models.answer_id(control)), rec.version,
                 self.routes.get("similar_items"))
+
+    def _with_answer_id(self, body: bytes, variant: Variant, user_id: str) -> bytes:
+        """The answer with a new recommendation id as its last field: what items_body gives
+        with `recommendation_id=` last, without encoding the answer again (so a cached body
+        never repeats an id, and each answer is logged as its own exposure)."""
+        rid = self.models.answer_id(variant, user_id)
+        return body[:-1] + b',"recommendation_id":' + orjson.dumps(rid) + b"}"
 
     def _recommendations(self, scope: Scope, k: int) -> tuple[bytes, str, Any] | None:
         user_id = _path_id(scope["path"], _RECOMMENDATIONS, self.max_id_length)
@@ -211,7 +224,7 @@ class FastPath:
             body = cache.get(rec, variant.name, user_id, k)
             if body is not None:
                 self._hit.inc()
-                return body, rec.version, route
+                return self._with_answer_id(body, variant, user_id), rec.version, route
         result = rec.recommend(user_id, k, fallback="popular", live=row)
         body = items_body(rec, result, variant=variant.name)
         if cache is not None:
@@ -219,5 +232,5 @@ class FastPath:
             self._miss.inc()
         elif row:
             self._live.inc()
-        return body, rec.version, route
+        return self._with_answer_id(body, variant, user_id), rec.version, route
 

@@ -21,7 +21,12 @@ from svdfaiss import bundle
 from svdfaiss.config import Settings
 from svdfaiss.errors import InvalidBundle, NoBundle
 from svdfaiss.events import LiveEvents
-from svdfaiss.experiment import Experiment, Variant
+from svdfaiss.experiment import (
+    Experiment,
+    ExposureLog,
+    RecommendationIds,
+    Variant,
+)
 from svdfaiss.live_catalog import LiveCatalog
 from svdfaiss.query import live as live_query
 from svdfaiss.recommender import Recommender
@@ -144,6 +149,11 @@ class Models:
         # Each variant's counter child, looked up once rather than per request.
         self.counted = {v.name: metrics.variants.labels(self.experiment.name, v.name, v.model)
                         for v in self.experiment.variants}
+        self.ids = RecommendationIds()
+        # Each answer's exposure, buffered (None when exposures are not logged).
+        self.exposures: ExposureLog | None = (
+            ExposureLog(settings.resolved_exposures_log())
+            if settings.logs_exposures(len(self.experiment.variants)) else None)
 
     @property
     def primary(self) -> ModelHolder:
@@ -182,6 +192,16 @@ class Models:
                 holder.apply_catalog(catalog)
             self._catalog_version = version
             self.metrics.live_items.set(len(catalog))
+
+    def answer_id(self, variant: Variant, user_id: str | None = None,
+                  forced: bool = False) -> str:
+        """A new answer's recommendation id, its exposure buffered for the log. `forced`:
+        the request chose the model (`model=`) instead of being assigned."""
+        rid = self.ids.issue(variant.name)
+        if self.exposures is not None:
+            self.exposures.record(time.time(), self.experiment.name, variant.name, user_id,
+                                  rid, forced)
+        return rid
 
     async def reload(self, force: bool = False) -> list[schemas.ReloadResult]:
         """Reload every model; live rows start over when the primary model changes."""

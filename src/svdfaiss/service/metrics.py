@@ -1,4 +1,5 @@
-"""Prometheus metrics of the service: requests, latency, bundles, reloads, events, variants.
+"""Prometheus metrics of the service: requests, latency, bundles, reloads, events, variants
+and the events attributed to each variant.
 
 With several worker processes each counts its own requests; prometheus-client's
 multiprocess mode (PROMETHEUS_MULTIPROC_DIR, which `svdfaiss serve --workers N` sets to a
@@ -60,6 +61,10 @@ class Metrics:
             "svdfaiss_recommendation_cache", "Plain recommendations on the fast path by "
             "cache result (hit; miss: computed and kept; live: the user has live events, "
             "computed and not kept)", ["result"], registry=self.registry)
+        self.experiment_events = Counter(
+            "svdfaiss_experiment_events", "Events logged by the experiment variant they are "
+            "attributed to and their type (none: sent without a type)",
+            ["experiment", "variant", "type"], registry=self.registry)
         self.live_users = Gauge("svdfaiss_live_users", "Users with live events in memory",
                                 registry=self.registry, multiprocess_mode=across)
         self.catalog_changes = Counter("svdfaiss_catalog_changes", "Live catalog changes by "

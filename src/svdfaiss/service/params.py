@@ -98,7 +98,7 @@ def declarations(settings: Settings) -> dict[str, Any]:
             "item_ids", settings.max_batch, max_ids, max_k, max_len, False), Body()],
         "recommendations_batch": Annotated[schemas.batch_request(
             "user_ids", settings.max_batch, max_ids, max_k, max_len, True), Body()],
-        "event": Annotated[schemas.event_request(max_len), Body()],
+        "event": Annotated[schemas.event_request(max_len, settings.event_types), Body()],
     }
 
 

@@ -47,6 +47,9 @@ class ItemsResponse(BaseModel):
     variant: str | None = Field(None, description="the A/B variant that answered (the "
                                 "model's name when one model is served)")
     items: list[ScoredItem]
+    recommendation_id: str | None = Field(
+        None, description="this answer's id: quote it in POST /events to attribute what "
+        "the user did to the variant that answered")
 
 
 class BasketResponse(ItemsResponse):
@@ -59,6 +62,9 @@ class UsersResponse(BaseModel):
     variant: str | None = Field(None, description="the A/B variant that answered (the "
                                 "model's name when one model is served)")
     users: list[ScoredUser]
+    recommendation_id: str | None = Field(
+        None, description="this answer's id: quote it in POST /events to attribute what "
+        "the user did to the variant that answered")
 
 
 class ScoreResponse(BaseModel):
@@ -69,6 +75,9 @@ class ScoreResponse(BaseModel):
     user_id: str
     item_id: str
     score: float
+    recommendation_id: str | None = Field(
+        None, description="this answer's id: quote it in POST /events to attribute what "
+        "the user did to the variant that answered")
 
 
 class BatchEntry(BaseModel):
@@ -80,6 +89,9 @@ class BatchEntry(BaseModel):
     version: str | None = None
     variant: str | None = Field(None, description="the user's A/B variant (as in one "
                                 "request)")
+    recommendation_id: str | None = Field(
+        None, description="this answer's id: quote it in POST /events to attribute what "
+        "the user did to the variant that answered")
 
 
 class BatchResponse(BaseModel):
@@ -120,6 +132,29 @@ class ModelInfo(BaseModel):
     evidence: dict[str, Any] | None = Field(
         None, description="how many items and users have collaborative evidence, and the "
         "rule that answers the rest (null for bundles built before it was recorded)")
+
+
+class ExperimentReport(BaseModel):
+    """`svdfaiss.outcomes.report`: the outcomes of the served experiment."""
+
+    model_config = ConfigDict(extra="allow")
+    experiment: str
+    control: str
+    event_types: list[str]
+    intervals: dict[str, str] = Field(description="which intervals are shown, and when "
+                                      "each is valid")
+    variants: list[dict[str, Any]] = Field(description="per variant: users, answers, "
+                                           "events by type, conversion per type")
+    sample_ratio: dict[str, Any] | None = Field(
+        description="chi-square of exposed users against the weights; mismatch when "
+        "p < 0.001 (null with one variant or no users)")
+    verdicts: list[dict[str, Any]] = Field(description="per variant and type: the better "
+                                           "of it and the control by each interval, or "
+                                           "null while the interval includes zero")
+    skipped: dict[str, Any] = Field(description="unusable log lines (a torn last line) by "
+                                    "reason")
+    exposures_logged: bool = Field(description="whether this service logs exposures "
+                                   "(SVDFAISS_EXPOSURES)")
 
 
 class Problem(BaseModel):
@@ -169,9 +204,10 @@ def basket_request(max_ids: int, max_k: int, max_id_length: int) -> type[BaseMod
     return BasketRequest
 
 
-def event_request(max_id_length: int) -> type[BaseModel]:
-    """The POST /events body."""
+def event_request(max_id_length: int, event_types: list[str]) -> type[BaseModel]:
+    """The POST /events body; `type` is one of the configured event types."""
     one_id = id_type(max_id_length)
+    event_type: Any = Literal[tuple(event_types)]
 
     class EventRequest(BaseModel):
         model_config = ConfigDict(extra="forbid")
@@ -180,6 +216,12 @@ def event_request(max_id_length: int) -> type[BaseModel]:
         weight: float | None = Field(
             None, allow_inf_nan=False, description="implicit data: a count, above 0 (default "
             "1); explicit ratings: the rating (required)")
+        type: event_type | None = Field(
+            None, description="what the user did, for the experiment report (one of "
+            "SVDFAISS_EVENT_TYPES)")
+        recommendation_id: one_id | None = Field(  # type: ignore[valid-type]
+            None, description="the answer the event follows: the event is attributed to "
+            "the variant that gave it (else to the user's assigned variant)")
 
     return EventRequest
 
@@ -197,6 +239,12 @@ class EventResult(BaseModel):
     logged: bool
     applied: bool
     detail: str | None = None
+    type: str | None = None
+    recommendation_id: str | None = None
+    experiment: str | None = Field(None, description="the experiment the event counts in")
+    attributed_to: str | None = Field(
+        None, description="the variant the event is attributed to: the one that gave "
+        "recommendation_id, else the user's assigned variant")
 
 
 def batch_request(field: str, max_batch: int, max_ids: int, max_k: int, max_id_length: int,

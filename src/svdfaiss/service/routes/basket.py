@@ -28,4 +28,6 @@ def basket(request: Request, body: BasketBody) -> Response:
     except (UnknownItem, UnknownItems):
         return json_response({"detail": "none of the item ids is known",
                               "unknown_item_ids": body.item_ids}, rec.version, 404)
-    return items_response(rec, result, variant=variant.name, unknown_item_ids=result.unknown)
+    return items_response(rec, result, variant=variant.name, unknown_item_ids=result.unknown,
+                          recommendation_id=models.answer_id(variant, body.user_id,
+                                                             body.model is not None))

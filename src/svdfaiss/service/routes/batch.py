@@ -25,9 +25,10 @@ def batch_similar(request: Request, body: SimilarBatchBody) -> Response:
     rec, variant = models.pick(None, body.model)
     catalog_filter = CatalogFilter(body.category, body.min_price, body.max_price,
                                    body.in_stock)
+    forced = body.model is not None
     return _batch(rec, variant, body.item_ids, lambda rec, i: rec.similar_items(
         i, body.k, body.items, body.filter_items, catalog_filter=catalog_filter,
-        mode=body.mode))
+        mode=body.mode), lambda v, _: models.answer_id(v, None, forced))
 
 
 @router.post("/batch/recommendations", response_model=schemas.BatchResponse,
@@ -48,23 +49,32 @@ def batch_recommendations(request: Request, body: RecommendationsBatchBody) -> R
                              live=None if live is None else live.get(user_id),
                              mode=body.mode)
 
+    forced = body.model is not None
+
+    def answer_id(variant: Variant, user_id: str | None) -> str:
+        return models.answer_id(variant, user_id, forced)
+
     if body.model is not None or len(models.experiment.variants) == 1:
         rec, variant = models.pick(None, body.model)
-        return _batch(rec, variant, body.user_ids, query)
+        return _batch(rec, variant, body.user_ids, query, answer_id, user_ids=True)
     control = models.primary.get()  # the top level names the control; entries their own
-    return _batch(control, models.experiment.control, body.user_ids, query, models.pick)
+    return _batch(control, models.experiment.control, body.user_ids, query, answer_id,
+                  models.pick, user_ids=True)
 
 
 def _batch(rec: Recommender, variant: Variant, ids: list[str],
            query: Callable[[Recommender, str], Results],
-           assign: Callable[[str], tuple[Recommender, Variant]] | None = None) -> Response:
+           answer_id: Callable[[Variant, str | None], str],
+           assign: Callable[[str], tuple[Recommender, Variant]] | None = None,
+           user_ids: bool = False) -> Response:
     """A batch answer from `rec`; with `assign`, each id is answered by the model it assigns
     (and counts as a request of its variant), and its entry names that model, version and
-    variant."""
+    variant. Each answered entry is an answer of its own: it carries a recommendation id
+    (`answer_id(variant, user)`; `user_ids`: the ids are users)."""
     results: list[dict[str, Any]] = []
     for one in ids:
         entry: dict[str, Any] = {"id": one}
-        answering = rec
+        answering, own_variant = rec, variant
         if assign is not None:
             answering, own_variant = assign(one)
             entry.update(model=answering.model, version=answering.version,
@@ -73,6 +83,8 @@ def _batch(rec: Recommender, variant: Variant, ids: list[str],
             entry["items"] = query(answering, one).records()
         except (UnknownItem, UnknownUser) as exc:
             entry["error"] = str(exc)
+        else:
+            entry["recommendation_id"] = answer_id(own_variant, one if user_ids else None)
         results.append(entry)
     return json_response({"model": rec.model, "version": rec.version, "variant": variant.name,
                           "results": results}, rec.version)

@@ -9,6 +9,7 @@ from fastapi.responses import Response
 
 from svdfaiss.errors import InvalidInput
 from svdfaiss.events import Event
+from svdfaiss.experiment import variant_of
 from svdfaiss.service import schemas
 from svdfaiss.service.deps import (
     Authorization,
@@ -38,7 +39,11 @@ async def post_event(models: ModelsDep, settings: SettingsDep, metrics: MetricsD
     the user's live row: their next recommendations fold it in at once, and a user the
     bundle never saw becomes known. Events for unknown items are logged for the next
     build (`svdfaiss build --events LOG`) and reported with applied=false. With
-    SVDFAISS_EVENTS_TOKEN set, a bearer token is required."""
+    SVDFAISS_EVENTS_TOKEN set, a bearer token is required.
+
+    `type` (view, click, add_to_cart, purchase by default: SVDFAISS_EVENT_TYPES) is the
+    outcome the experiment report counts; the event is attributed to the variant whose
+    answer `recommendation_id` names, else to the user's assigned variant."""
     if settings.events_token is not None:
         check_bearer(settings.events_token, authorization)
     live = models.live
@@ -52,7 +57,15 @@ async def post_event(models: ModelsDep, settings: SettingsDep, metrics: MetricsD
     if not explicit and weight <= 0:
         metrics.events.labels("refused").inc()
         raise InvalidInput(f"weight must be above 0 for implicit counts, got {weight}")
-    event = Event(body.user_id, body.item_id, weight, time.time())
+    try:  # by the answer it follows, else by the user's assignment
+        attributed = (variant if body.recommendation_id is None
+                      else variant_of(body.recommendation_id, models.experiment))
+    except InvalidInput:
+        metrics.events.labels("refused").inc()
+        raise
+    event = Event(body.user_id, body.item_id, weight, time.time(), type=body.type,
+                  recommendation_id=body.recommendation_id,
+                  experiment=models.experiment.name, variant=attributed.name)
     known = rec.knows_item(body.item_id)
     try:
         await sink.write(event.line(known))
@@ -67,7 +80,12 @@ async def post_event(models: ModelsDep, settings: SettingsDep, metrics: MetricsD
     if not known:
         detail = "unknown item: logged for the next build, not applied"
     metrics.events.labels("applied" if known else "unknown_item").inc()
+    metrics.experiment_events.labels(models.experiment.name, attributed.name,
+                                     body.type or "none").inc()
     return json_response({"model": rec.model, "version": rec.version, "variant": variant.name,
                           "user_id": body.user_id, "item_id": body.item_id, "weight": weight,
                           "logged": True,
-                          "applied": known, "detail": detail}, rec.version)
+                          "applied": known, "detail": detail, "type": body.type,
+                          "recommendation_id": body.recommendation_id,
+                          "experiment": models.experiment.name,
+                          "attributed_to": attributed.name}, rec.version)

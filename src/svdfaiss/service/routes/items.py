@@ -55,4 +55,6 @@ async def similar_items(request: Request, item_id: params.ItemId, k: params.KQue
     elif result is None:
         result = await run_in_threadpool(rec.similar_items, item_id, k, items, filter_items,
                                          False, catalog_filter, mode)
-    return items_response(rec, result, variant=variant.name)
+    return items_response(rec, result, variant=variant.name,
+                          recommendation_id=models.answer_id(variant, user_id,
+                                                             model is not None))

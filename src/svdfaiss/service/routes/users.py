@@ -38,7 +38,9 @@ def recommendations(request: Request, user_id: params.UserId, k: params.KQuery =
     return items_response(rec, rec.recommend(user_id, k, exclude_seen, items, filter_items,
                                              CatalogFilter(category, min_price, max_price,
                                                            in_stock), fallback, explain,
-                                             live, mode), variant=variant.name)
+                                             live, mode), variant=variant.name,
+                          recommendation_id=models.answer_id(variant, user_id,
+                                                             model is not None))
 
 
 @router.get("/users/{user_id:path}/similar", response_model=schemas.UsersResponse,
@@ -51,7 +53,10 @@ def similar_users(request: Request, user_id: params.UserId, k: params.KQuery = 1
     rec, variant = models.pick(user_id, model)
     result = rec.similar_users(user_id, k, users, filter_users)
     return json_response({"model": rec.model, "version": rec.version, "variant": variant.name,
-                          "users": result.records("user_id")}, rec.version)
+                          "users": result.records("user_id"),
+                          "recommendation_id": models.answer_id(variant, user_id,
+                                                                model is not None)},
+                         rec.version)
 
 
 @router.get("/users/{user_id:path}/items/{item_id:path}/score",
@@ -63,4 +68,7 @@ def score(request: Request, user_id: params.UserId, item_id: params.ItemId,
     rec, variant = models.pick(user_id, model)
     return json_response({"model": rec.model, "version": rec.version, "variant": variant.name,
                           "user_id": user_id, "item_id": item_id,
-                          "score": rec.score(user_id, item_id)}, rec.version)
+                          "score": rec.score(user_id, item_id),
+                          "recommendation_id": models.answer_id(variant, user_id,
+                                                                model is not None)},
+                         rec.version)
