@@ -60,6 +60,7 @@ from svdfaiss.index import (
     search,
     write_index,
 )
+from svdfaiss.neural import ALGORITHMS, NeuralModel, NeuralParams
 from svdfaiss.rating import DEFAULT_K as DEFAULT_RATING_K
 from svdfaiss.rating import DEFAULT_REG, cross_validate, fit_rating_model
 from svdfaiss.weighting import WeightingParams, check_scheme, item_column_scale, weight_rows
@@ -140,6 +141,14 @@ class BuildConfig:
     # content (content.map_content), scaled by this; 0 keeps them out of recommendations.
     new_item_weight: float = DEFAULT_NEW_ITEM_WEIGHT
     events: tuple[Path, ...] = ()  # events logs the service wrote (POST /events), folded in
+    # "svd" (the model above) or a neural model trained with PyTorch (svdfaiss.neural), whose
+    # architecture and training take `neural` (its seed is --seed).
+    algorithm: Literal["svd", "multvae", "elsa"] = "svd"
+    neural: NeuralParams = field(default_factory=NeuralParams)
+
+    @property
+    def is_neural(self) -> bool:
+        return self.algorithm != "svd"
 
     def resolved_similar_cache(self, n_items: int) -> int:
         """auto: 50 neighbours up to 200k items (seconds to compute), none above."""
@@ -200,6 +209,29 @@ class BuildConfig:
         if not 0 <= self.new_item_weight <= 100:
             raise InvalidInput(f"--new-item-weight must be in [0, 100], got "
                                f"{self.new_item_weight}")
+        if self.algorithm not in ALGORITHMS:
+            raise InvalidInput(f"--algorithm {self.algorithm!r}: choose one of "
+                               f"{', '.join(ALGORITHMS)}")
+        if self.is_neural:
+            self._check_neural()
+
+    def _check_neural(self) -> None:
+        """The SVD's own flags mean nothing to a neural model: refuse them by name."""
+        algorithm = f"--algorithm {self.algorithm}"
+        given = [flag for flag, value in (("--k", self.k), ("--shrinkage", self.shrinkage),
+                                          ("--beta", self.beta)) if value is not None]
+        if self.weighting not in ("auto", "binary"):
+            given.append(f"--weighting {self.weighting}")
+        if given:
+            raise InvalidInput(f"{algorithm} reads 0/1 interactions and sizes itself with "
+                               f"--dim: {', '.join(given)} applies to --algorithm svd only")
+        if self.objective != "topn":
+            raise InvalidInput(f"{algorithm} ranks items (topn); --objective rating is the "
+                               "SVD's rating model")
+        if self.evaluate:
+            raise InvalidInput(f"{algorithm}: --evaluate scores the SVD; the neural models "
+                               "are compared in scripts/eval_neural.py (docs/evaluation.md)")
+        self.neural.check()
 
 
 @dataclass
@@ -237,8 +269,10 @@ def _input_info(path: Path, inter: Interactions, options: ReadOptions) -> dict[s
     }
 
 
-def build(config: BuildConfig, stage_hook: StageHook | None = None) -> BuildReport:
-    """Run the whole pipeline and publish a new version; nothing is published on error."""
+def build(config: BuildConfig, stage_hook: StageHook | None = None,
+          progress: Callable[[str], None] | None = None) -> BuildReport:
+    """Run the whole pipeline and publish a new version; nothing is published on error.
+    `progress` hears a line per training epoch of a neural model."""
     config.check()
     timer = _Timer(stage_hook)
     input_path = Path(config.input)
@@ -262,24 +296,47 @@ def build(config: BuildConfig, stage_hook: StageHook | None = None) -> BuildRepo
                                    config.read.min_rating)
         del log
         k = config.resolved_k(inter.n_users, inter.n_items)
-        check_rank(k, (inter.n_users, inter.n_items))
+        if config.is_neural:
+            k = config.neural.dim
+        else:
+            check_rank(k, (inter.n_users, inter.n_items))
         if config.objective == "rating" and inter.feedback != "explicit":
             raise InvalidInput(f"{input_path}: --objective rating needs explicit ratings; this "
                                "log holds implicit counts (see --feedback)")
-    with timer.stage("tune"):  # what the flags leave open, on a split of the rows
-        tuned = autotune.tune_matrix(inter.matrix, inter.feedback, config)
-        config = tuned.config
-        k = config.resolved_k(inter.n_users, inter.n_items)
-        beta, shrinkage = config.resolved_beta(), config.resolved_shrinkage()
+    if config.is_neural:  # its early stopping is its tuning
+        tuned = autotune.Tuned(config, {
+            "status": "skipped", "given": {}, "chosen": {},
+            "reason": f"--algorithm {config.algorithm} chooses its epochs by early stopping "
+                      "on a validation split; its size is --dim"})
+        beta, shrinkage = 0.0, 0.0
+    else:
+        with timer.stage("tune"):  # what the flags leave open, on a split of the rows
+            tuned = autotune.tune_matrix(inter.matrix, inter.feedback, config)
+            config = tuned.config
+            k = config.resolved_k(inter.n_users, inter.n_items)
+            beta, shrinkage = config.resolved_beta(), config.resolved_shrinkage()
     with timer.stage("weight"):
-        scheme = config.resolved_weighting(inter.feedback)
+        # The neural models read 0/1 interactions: the bundle's weighting says so, and the
+        # service folds rows in the same way.
+        scheme = "binary" if config.is_neural else config.resolved_weighting(inter.feedback)
         scale, mean_row = item_column_scale(inter.matrix, scheme, beta)
         weighting = WeightingParams(scheme=scheme, beta=beta,  # type: ignore[arg-type]
                                     mean_row_length=mean_row)
         x = weight_rows(inter.matrix, weighting, scale)
-    with timer.stage("factorize"):
-        factors = truncated_svd(x, k, config.solver, config.seed)
-        del x
+    factors: Factors | None = None
+    neural: NeuralModel | None = None
+    if config.is_neural:
+        with timer.stage(f"train {config.algorithm}"):
+            from svdfaiss.neural import train
+
+            neural = train(x, replace(config.neural,
+                                      algorithm=config.algorithm,  # type: ignore[arg-type]
+                                      seed=config.seed), progress)
+            del x
+    else:
+        with timer.stage("factorize"):
+            factors = truncated_svd(x, k, config.solver, config.seed)
+            del x
     with timer.stage("evidence"):
         components = evidence.item_components(inter.matrix)
         co_users = evidence.item_evidence(inter.matrix).astype(np.int32)
@@ -297,33 +354,13 @@ def build(config: BuildConfig, stage_hook: StageHook | None = None) -> BuildRepo
                 evaluation["rating"] = cross_validate(inter.matrix, k=config.rating_k,
                                                       reg=config.rating_reg)
     with timer.stage("embed"):
-        s = factors.singular_values.astype(np.float32)
-        item_vectors = normalize_rows(factors.item_factors * (s ** np.float32(config.gamma)))
-        if rating is None:
-            embedding = shrinkage_embedding(factors, shrinkage, inter.n_items)
-        else:  # rows are not folded: every user has [p_u, 1], every item [q_i, b_i]
-            augmented = rating.item_vectors()
-            embedding = Embedding(augmented, augmented, np.ones(0, dtype=np.float32), 0.0)
-        # Users whose recommendations the builder checks against exact scoring (recall.py),
-        # with their query vectors taken before the similar-users rows overwrite U.
-        sampled = recall.sample_users(evidence.users_with_evidence(components, inter.matrix),
-                                      seed=config.seed)
-        if rating is None:
-            sample_queries = (factors.user_factors[sampled]
-                              * (s * embedding.component_weights)).astype(np.float32)
+        if neural is not None:
+            vectors = _neural_vectors(neural, inter, components, config)
         else:
-            sample_queries = rating.user_vectors()[sampled].astype(np.float32)
-        user_vectors = None
-        if config.user_index is not None and rating is not None:
-            if config.rating_k > 0:  # biases alone say nothing about who is alike
-                user_vectors = normalize_rows(rating.user_factors.astype(np.float32))
-        elif config.user_index is not None:  # in place: at 4.2M users every copy is 1 GB
-            user_vectors = factors.user_factors  # U S F = X V F: each user's own query
-            user_vectors *= s * embedding.component_weights
-            normalize_rows(user_vectors, in_place=True)
-            # A user without evidence has a vector of rounding noise: 0, never a neighbour
-            # with a confident score (svdfaiss.evidence).
-            user_vectors[~evidence.users_with_evidence(components, inter.matrix)] = 0
+            assert factors is not None
+            vectors = _svd_vectors(factors, rating, inter, components, config, shrinkage)
+        item_vectors, embedding, similarity_basis, sample_queries, user_vectors, sampled = (
+            vectors)
     catalog, content = None, None
     if config.catalog is not None:
         with timer.stage("catalog"):
@@ -345,8 +382,7 @@ def build(config: BuildConfig, stage_hook: StageHook | None = None) -> BuildRepo
         with timer.stage("map new items"):
             # Catalog-only items get a CF vector for similar items (the hybrid's CF part) and,
             # unless the weight is 0, a recommendation vector: both predicted from content.
-            new_vectors, similar_r2 = predicted_item_vectors(
-                content[0], factors.item_factors * (s ** np.float32(config.gamma)))
+            new_vectors, similar_r2 = predicted_item_vectors(content[0], similarity_basis)
             new_similar = {"items": int(new_vectors.shape[0]), "cf_share": NEW_ITEM_CF_SHARE,
                            "popularity_prior": NEW_ITEM_POPULARITY_PRIOR,
                            "ridge": NEW_ITEM_RIDGE, "r2": round(similar_r2, 4),
@@ -435,6 +471,9 @@ def build(config: BuildConfig, stage_hook: StageHook | None = None) -> BuildRepo
                     writer.save_array("new_item_factors.npy", new_factors)
                 if new_vectors is not None:
                     writer.save_array("new_item_vectors.npy", new_vectors)
+                if neural is not None and neural.linear_fold() is None:
+                    for name, array in neural.encoder.files().items():
+                        writer.save_array(name, array)
                 if rating is not None:
                     writer.save_array("rating_users.npy", rating.user_vectors())
                     writer.save_array("rating_user_bias.npy",
@@ -464,6 +503,7 @@ def build(config: BuildConfig, stage_hook: StageHook | None = None) -> BuildRepo
             manifest["parameters"]["k_requested"] = tuned.record["given"].get("k", "auto")
             manifest["evidence"] = evidence.summary(components, co_users, inter.matrix)
             manifest["input"]["events"] = events_info
+            manifest["neural"] = None if neural is None else neural.record()
             manifest["rating_model"] = None if rating is None else {
                 "mu": rating.mu, "k": config.rating_k, "reg": config.rating_reg,
                 "low": rating.low, "high": rating.high,
@@ -485,6 +525,72 @@ def build(config: BuildConfig, stage_hook: StageHook | None = None) -> BuildRepo
             raise
     manifest["timings_seconds"] = timer.seconds
     return BuildReport(path=path, manifest=manifest, seconds=timer.seconds)
+
+
+ModelVectors = tuple[np.ndarray, Embedding, np.ndarray, np.ndarray, np.ndarray | None,
+                     np.ndarray]
+
+
+def _svd_vectors(factors: Factors, rating: Any, inter: Interactions, components: np.ndarray,
+                 config: BuildConfig, shrinkage: float) -> ModelVectors:
+    """The SVD model's vectors: (similar-items vectors, recommendation embedding, the basis
+    content maps catalog-only items to, sampled users' query vectors, similar-users
+    vectors or None, the sampled users)."""
+    s = factors.singular_values.astype(np.float32)
+    similarity_basis = factors.item_factors * (s ** np.float32(config.gamma))
+    item_vectors = normalize_rows(similarity_basis)
+    if rating is None:
+        embedding = shrinkage_embedding(factors, shrinkage, inter.n_items)
+    else:  # rows are not folded: every user has [p_u, 1], every item [q_i, b_i]
+        augmented = rating.item_vectors()
+        embedding = Embedding(augmented, augmented, np.ones(0, dtype=np.float32), 0.0)
+    # Users whose recommendations the builder checks against exact scoring (recall.py),
+    # with their query vectors taken before the similar-users rows overwrite U.
+    sampled = recall.sample_users(evidence.users_with_evidence(components, inter.matrix),
+                                  seed=config.seed)
+    if rating is None:
+        sample_queries = (factors.user_factors[sampled]
+                          * (s * embedding.component_weights)).astype(np.float32)
+    else:
+        sample_queries = rating.user_vectors()[sampled].astype(np.float32)
+    user_vectors = None
+    if config.user_index is not None and rating is not None:
+        if config.rating_k > 0:  # biases alone say nothing about who is alike
+            user_vectors = normalize_rows(rating.user_factors.astype(np.float32))
+    elif config.user_index is not None:  # in place: at 4.2M users every copy is 1 GB
+        user_vectors = factors.user_factors  # U S F = X V F: each user's own query
+        user_vectors *= s * embedding.component_weights
+        normalize_rows(user_vectors, in_place=True)
+        # A user without evidence has a vector of rounding noise: 0, never a neighbour
+        # with a confident score (svdfaiss.evidence).
+        user_vectors[~evidence.users_with_evidence(components, inter.matrix)] = 0
+    return item_vectors, embedding, similarity_basis, sample_queries, user_vectors, sampled
+
+
+def _neural_vectors(neural: NeuralModel, inter: Interactions, components: np.ndarray,
+                    config: BuildConfig, block: int = 65_536) -> ModelVectors:
+    """The neural model's vectors, as _svd_vectors gives the SVD's: items score by their
+    exported vectors, rows fold in through the encoder (ELSA's linear one is the basis
+    itself, like the SVD's), similar items and users are cosines of the item embeddings
+    and of the users' query vectors without the bias coordinate."""
+    linear = neural.linear_fold()
+    items = np.ascontiguousarray(neural.item_vectors, dtype=np.float32)
+    embedding = Embedding(items if linear is None else linear, items,
+                          np.ones(0, dtype=np.float32), 0.0)
+    x = weight_rows(inter.matrix, WeightingParams(scheme="binary"),
+                    np.ones(inter.n_items, dtype=np.float32))
+    queries = np.vstack([neural.encoder.encode(x[start : start + block])
+                         for start in range(0, inter.n_users, block)])
+    with_evidence = evidence.users_with_evidence(components, inter.matrix)
+    sampled = recall.sample_users(with_evidence, seed=config.seed)
+    sample_queries = np.ascontiguousarray(queries[sampled])
+    user_vectors = None
+    if config.user_index is not None:
+        user_vectors = normalize_rows(np.ascontiguousarray(
+            queries[:, :-1] if neural.encoder.append_one else queries))
+        user_vectors[~with_evidence] = 0  # no evidence: never a neighbour (evidence.py)
+    basis = np.ascontiguousarray(neural.similarity_vectors, dtype=np.float32)
+    return normalize_rows(basis.copy()), embedding, basis, sample_queries, user_vectors, sampled
 
 
 def _content(config: BuildConfig, table: pa.Table,
@@ -579,7 +685,7 @@ def keep_evidence(similar: tuple[np.ndarray, np.ndarray], components: np.ndarray
 def _write_files(
     writer: bundle.BundleWriter,
     inter: Interactions,
-    factors: Factors,
+    factors: Factors | None,
     item_vectors: np.ndarray,
     embedding: Embedding,
     scale: np.ndarray,
@@ -594,7 +700,8 @@ def _write_files(
     writer.save_array("item_factors.npy", embedding.items)
     if not embedding.shared:
         writer.save_array("fold_factors.npy", embedding.fold)
-    writer.save_array("singular_values.npy", factors.singular_values.astype(np.float32))
+    if factors is not None:
+        writer.save_array("singular_values.npy", factors.singular_values.astype(np.float32))
     writer.save_array("item_scale.npy", scale)
     matrix = inter.matrix
     writer.save_array("rows_indptr.npy", matrix.indptr.astype(np.int64))
@@ -670,7 +777,7 @@ def _manifest(
     input_path: Path,
     inter: Interactions,
     weighting: WeightingParams,
-    factors: Factors,
+    factors: Factors | None,
     embedding: Embedding,
     indexes: dict[str, Any],
     catalog_info: dict[str, Any] | None,
@@ -695,7 +802,8 @@ def _manifest(
             "min_rating": config.read.min_rating,
         },
         "parameters": {
-            "k": factors.k,
+            "algorithm": config.algorithm,
+            "k": factors.k if factors is not None else config.neural.dim,
             "k_requested": config.k if config.k is not None else "auto",
             "objective": config.objective,
             "shrinkage": config.resolved_shrinkage(),
@@ -715,7 +823,8 @@ def _manifest(
             "users_removed_by_filters": inter.filtered_users,
             "items_removed_by_filters": inter.filtered_items,
         },
-        "factorization": {
+        # the SVD's; a neural model has none (its record is the manifest's "neural")
+        "factorization": None if factors is None else {
             "k": factors.k,
             "singular_values": [float(v) for v in factors.singular_values],
             "explained_energy": factors.explained_energy,

@@ -42,7 +42,7 @@ from svdfaiss.cli.options import (
     check_choice,
     read_options,
 )
-from svdfaiss.cli.printing import out, print_summary, stage_status
+from svdfaiss.cli.printing import out, print_summary, progress_line, stage_status
 from svdfaiss.errors import InvalidInput
 
 
@@ -132,6 +132,23 @@ def build(
         "--evaluate", help="Also score this configuration on a 20% holdout (docs/"
         "evaluation.md) and store the result in the manifest (GET /model shows it).")]
     = False,
+    algorithm: Annotated[str, typer.Option(
+        help="svd: the truncated SVD with EASE shrinkage (the model above); multvae: "
+             "Mult-VAE, elsa: ELSA, neural models trained with PyTorch on the CPU (pip "
+             "install 'svdfaiss[neural]'), served by the same indexes without PyTorch.")]
+    = "svd",
+    dim: Annotated[int | None, typer.Option(
+        min=1, help="Neural models: latent size (default 200 for multvae, 256 for elsa).")]
+    = None,
+    epochs: Annotated[int, typer.Option(
+        min=1, help="Neural models: at most this many epochs (early stopping usually "
+        "ends sooner).")] = 200,
+    patience: Annotated[int, typer.Option(
+        min=1, help="Neural models: stop after this many epochs without a better "
+        "validation NDCG@10.")] = 10,
+    time_budget: Annotated[float, typer.Option(
+        min=1.0, help="Neural models: seconds of training at most; the best epoch so far "
+        "is kept.")] = 600.0,
     seed: int = 0,
     version: Annotated[str | None, typer.Option(help="Version name (default: UTC time).")]
     = None,
@@ -142,10 +159,12 @@ def build(
     from svdfaiss.builder import build as run_build
     from svdfaiss.content import ContentParams
     from svdfaiss.index import IndexParams
+    from svdfaiss.neural import ALGORITHMS, DEFAULT_DIMS, NeuralParams
 
     check_choice("--weighting", weighting)
     choices = {"--solver": (solver, ("arpack", "randomized")),
                "--objective": (objective, ("topn", "rating")),
+               "--algorithm": (algorithm, ALGORITHMS),
                "--content": (content, ("auto", "on", "off")),
                "--index": (index, ("auto", "flat", "hnsw", "ivf")),
                "--rec-index": (rec_index, ("auto", "flat", "hnsw", "ivf")),
@@ -198,9 +217,13 @@ def build(
         hybrid_interactions=hybrid_interactions,
         new_item_weight=new_item_weight,
         events=tuple(events or ()),
+        algorithm=algorithm,  # type: ignore[arg-type]
+        neural=NeuralParams(dim=dim or DEFAULT_DIMS.get(algorithm, 200), max_epochs=epochs,
+                            patience=patience, time_budget=time_budget),
     )
     # --json is for programs: only the JSON (and errors), no progress lines.
-    report = run_build(config, None if json_out else stage_status)
+    report = run_build(config, None if json_out else stage_status,
+                       None if json_out else progress_line)
     if json_out:
         out.print_json(json.dumps({"path": str(report.path), **report.manifest}))
     else:
