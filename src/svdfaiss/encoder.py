@@ -61,18 +61,25 @@ class Encoder:
         A row with no entries encodes as the encoder's response to an empty input (its
         biases): it carries no evidence, and the recommenders answer it with popular items.
         """
+        first = self.layers[0].weight
         if sp.issparse(rows):
-            x = sp.csr_matrix(rows, dtype=np.float32)
+            x = sp.csr_matrix(rows)
+            data = np.asarray(x.data, dtype=np.float32)
             if self.normalize_input:
-                norms = np.sqrt(np.asarray(x.multiply(x).sum(axis=1)).ravel())
-                x = sp.csr_matrix(sp.diags(1.0 / np.where(norms > 0, norms, 1.0)) @ x)
-            h = np.asarray(x @ self.layers[0].weight, dtype=np.float32)
+                owner = np.repeat(np.arange(x.shape[0]), np.diff(x.indptr))
+                norms = np.sqrt(np.bincount(owner, weights=data * data, minlength=x.shape[0]))
+                data = (data / np.where(norms > 0, norms, 1.0)[owner]).astype(np.float32)
+            if x.shape[0] == 1:  # one user or basket (the service's case): a gather
+                h = (data @ first[x.indices])[None, :]
+            else:
+                h = np.asarray(sp.csr_matrix((data, x.indices, x.indptr), shape=x.shape)
+                               @ first, dtype=np.float32)
         else:
             dense = np.asarray(rows, dtype=np.float32)
             if self.normalize_input:
                 norms = np.linalg.norm(dense, axis=1, keepdims=True)
                 dense = (dense / np.where(norms > 0, norms, 1.0)).astype(np.float32)
-            h = dense @ self.layers[0].weight
+            h = dense @ first
         h = ACTIVATIONS[self.layers[0].activation](h + self.layers[0].bias)
         for layer in self.layers[1:]:
             h = ACTIVATIONS[layer.activation](h @ layer.weight + layer.bias)

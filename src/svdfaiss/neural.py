@@ -320,6 +320,7 @@ def train(matrix: sp.csr_matrix, params: NeuralParams,
         net.train()
         order = rng.permutation(active)
         total = 0.0
+        begin = 0
         for begin in range(0, order.size, params.batch_size):
             rows = order[begin : begin + params.batch_size]
             x = _batch(torch, x_train[rows])
@@ -329,16 +330,20 @@ def train(matrix: sp.csr_matrix, params: NeuralParams,
             optimizer.step()
             step += 1
             total += float(loss.detach()) * rows.size
+            if time.perf_counter() - start >= params.time_budget:
+                break  # the budget holds inside a long epoch too: validate what was learnt
         scores = torch_scores(torch, params, net, val_seen)
         ndcg = _validation_ndcg(scores, val_seen, val_items)
         elapsed = time.perf_counter() - start
-        history.append({"epoch": epoch, "loss": round(total / max(order.size, 1), 5),
+        seen = min(order.size, (begin // params.batch_size + 1) * params.batch_size)
+        total /= max(seen, 1)
+        history.append({"epoch": epoch, "loss": round(total, 5),
                         "validation_ndcg@10": round(ndcg, 5), "seconds": round(elapsed, 2)})
         if ndcg > best_ndcg:
             best_ndcg, best_epoch = ndcg, epoch
             best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
         if progress is not None:
-            progress(f"epoch {epoch}: loss {total / max(order.size, 1):.4f}, validation "
+            progress(f"epoch {epoch}: loss {total:.4f}, validation "
                      f"ndcg@10 {ndcg:.4f} (best {best_ndcg:.4f} at {best_epoch}), "
                      f"{elapsed:.1f} s")
         if not math.isfinite(total):
