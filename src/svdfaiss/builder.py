@@ -67,6 +67,7 @@ from svdfaiss.live_catalog import (
     read_changes,
     without_items,
 )
+from svdfaiss.neural import ALGORITHMS, NeuralModel, NeuralParams
 from svdfaiss.rating import DEFAULT_K as DEFAULT_RATING_K
 from svdfaiss.rating import DEFAULT_REG, cross_validate, fit_rating_model
 from svdfaiss.weighting import WeightingParams, check_scheme, item_column_scale, weight_rows
@@ -149,6 +150,14 @@ class BuildConfig:
     events: tuple[Path, ...] = ()  # events logs the service wrote (POST /events), folded in
     # live catalog logs the service wrote (PUT/DELETE /items), folded into the catalog
     catalog_updates: tuple[Path, ...] = ()
+    # "svd" (the model above) or a neural model trained with PyTorch (svdfaiss.neural), whose
+    # architecture and training take `neural` (its seed is --seed).
+    algorithm: Literal["svd", "multvae", "elsa"] = "svd"
+    neural: NeuralParams = field(default_factory=NeuralParams)
+
+    @property
+    def is_neural(self) -> bool:
+        return self.algorithm != "svd"
 
     def resolved_similar_cache(self, n_items: int) -> int:
         """auto: 50 neighbours up to 200k items (seconds to compute), none above."""
@@ -212,6 +221,29 @@ class BuildConfig:
         if not 0 <= self.new_item_weight <= 100:
             raise InvalidInput(f"--new-item-weight must be in [0, 100], got "
                                f"{self.new_item_weight}")
+        if self.algorithm not in ALGORITHMS:
+            raise InvalidInput(f"--algorithm {self.algorithm!r}: choose one of "
+                               f"{', '.join(ALGORITHMS)}")
+        if self.is_neural:
+            self._check_neural()
+
+    def _check_neural(self) -> None:
+        """The SVD's own flags mean nothing to a neural model: refuse them by name."""
+        algorithm = f"--algorithm {self.algorithm}"
+        given = [flag for flag, value in (("--k", self.k), ("--shrinkage", self.shrinkage),
+                                          ("--beta", self.beta)) if value is not None]
+        if self.weighting not in ("auto", "binary"):
+            given.append(f"--weighting {self.weighting}")
+        if given:
+            raise InvalidInput(f"{algorithm} reads 0/1 interactions and sizes itself with "
+                               f"--dim: {', '.join(given)} applies to --algorithm svd only")
+        if self.objective != "topn":
+            raise InvalidInput(f"{algorithm} ranks items (topn); --objective rating is the "
+                               "SVD's rating model")
+        if self.evaluate:
+            raise InvalidInput(f"{algorithm}: --evaluate scores the SVD; the neural models "
+                               "are compared in scripts/eval_neural.py (docs/evaluation.md)")
+        self.neural.check()
 
 
 @dataclass
@@ -249,8 +281,10 @@ def _input_info(path: Path, inter: Interactions, options: ReadOptions) -> dict[s
     }
 
 
-def build(config: BuildConfig, stage_hook: StageHook | None = None) -> BuildReport:
-    """Run the whole pipeline and publish a new version; nothing is published on error."""
+def build(config: BuildConfig, stage_hook: StageHook | None = None,
+          progress: Callable[[str], None] | None = None) -> BuildReport:
+    """Run the whole pipeline and publish a new version; nothing is published on error.
+    `progress` hears a line per training epoch of a neural model."""
     config.check()
     timer = _Timer(stage_hook)
     input_path = Path(config.input)
@@ -279,24 +313,47 @@ def build(config: BuildConfig, stage_hook: StageHook | None = None) -> BuildRepo
                                    config.read.min_rating)
         del log
         k = config.resolved_k(inter.n_users, inter.n_items)
-        check_rank(k, (inter.n_users, inter.n_items))
+        if config.is_neural:
+            k = config.neural.dim
+        else:
+            check_rank(k, (inter.n_users, inter.n_items))
         if config.objective == "rating" and inter.feedback != "explicit":
             raise InvalidInput(f"{input_path}: --objective rating needs explicit ratings; this "
                                "log holds implicit counts (see --feedback)")
-    with timer.stage("tune"):  # what the flags leave open, on a split of the rows
-        tuned = autotune.tune_matrix(inter.matrix, inter.feedback, config)
-        config = tuned.config
-        k = config.resolved_k(inter.n_users, inter.n_items)
-        beta, shrinkage = config.resolved_beta(), config.resolved_shrinkage()
+    if config.is_neural:  # its early stopping is its tuning
+        tuned = autotune.Tuned(config, {
+            "status": "skipped", "given": {}, "chosen": {},
+            "reason": f"--algorithm {config.algorithm} chooses its epochs by early stopping "
+                      "on a validation split; its size is --dim"})
+        beta, shrinkage = 0.0, 0.0
+    else:
+        with timer.stage("tune"):  # what the flags leave open, on a split of the rows
+            tuned = autotune.tune_matrix(inter.matrix, inter.feedback, config)
+            config = tuned.config
+            k = config.resolved_k(inter.n_users, inter.n_items)
+            beta, shrinkage = config.resolved_beta(), config.resolved_shrinkage()
     with timer.stage("weight"):
-        scheme = config.resolved_weighting(inter.feedback)
+        # The neural models read 0/1 interactions: the bundle's weighting says so, and the
+        # service folds rows in the same way.
+        scheme = "binary" if config.is_neural else config.resolved_weighting(inter.feedback)
         scale, mean_row = item_column_scale(inter.matrix, scheme, beta)
         weighting = WeightingParams(scheme=scheme, beta=beta,  # type: ignore[arg-type]
                                     mean_row_length=mean_row)
         x = weight_rows(inter.matrix, weighting, scale)
-    with timer.stage("factorize"):
-        factors = truncated_svd(x, k, config.solver, config.seed)
-        del x
+    factors: Factors | None = None
+    neural: NeuralModel | None = None
+    if config.is_neural:
+        with timer.stage(f"train {config.algorithm}"):
+            from svdfaiss.neural import train
+
+            neural = train(x, replace(config.neural,
+                                      algorithm=config.algorithm,  # type: ignore[arg-type]
+                                      seed=config.seed), progress)
+            del x
+    else:
+        with timer.stage("factorize"):
+            factors = truncated_svd(x, k, config.solver, config.seed)
+            del x
     with timer.stage("evidence"):
         components = evidence.item_components(inter.matrix)
         co_users = evidence.item_evidence(inter.matrix).astype(np.int32)
@@ -314,33 +371,13 @@ def build(config: BuildConfig, stage_hook: StageHook | None = None) -> BuildRepo
                 evaluation["rating"] = cross_validate(inter.matrix, k=config.rating_k,
                                                       reg=config.rating_reg)
     with timer.stage("embed"):
-        s = factors.singular_values.astype(np.float32)
-        item_vectors = normalize_rows(factors.item_factors * (s ** np.float32(config.gamma)))
-        if rating is None:
-            embedding = shrinkage_embedding(factors, shrinkage, inter.n_items)
-        else:  # rows are not folded: every user has [p_u, 1], every item [q_i, b_i]
-            augmented = rating.item_vectors()
-            embedding = Embedding(augmented, augmented, np.ones(0, dtype=np.float32), 0.0)
-        # Users whose recommendations the builder checks against exact scoring (recall.py),
-        # with their query vectors taken before the similar-users rows overwrite U.
-        sampled = recall.sample_users(evidence.users_with_evidence(components, inter.matrix),
-                                      seed=config.seed)
-        if rating is None:
-            sample_queries = (factors.user_factors[sampled]
-                              * (s * embedding.component_weights)).astype(np.float32)
+        if neural is not None:
+            vectors = _neural_vectors(neural, inter, components, config)
         else:
-            sample_queries = rating.user_vectors()[sampled].astype(np.float32)
-        user_vectors = None
-        if config.user_index is not None and rating is not None:
-            if config.rating_k > 0:  # biases alone say nothing about who is alike
-                user_vectors = normalize_rows(rating.user_factors.astype(np.float32))
-        elif config.user_index is not None:  # in place: at 4.2M users every copy is 1 GB
-            user_vectors = factors.user_factors  # U S F = X V F: each user's own query
-            user_vectors *= s * embedding.component_weights
-            normalize_rows(user_vectors, in_place=True)
-            # A user without evidence has a vector of rounding noise: 0, never a neighbour
-            # with a confident score (svdfaiss.evidence).
-            user_vectors[~evidence.users_with_evidence(components, inter.matrix)] = 0
+            assert factors is not None
+            vectors = _svd_vectors(factors, rating, inter, components, config, shrinkage)
+        item_vectors, embedding, similarity_basis, sample_queries, user_vectors, sampled = (
+            vectors)
     catalog, content = None, None
     if config.catalog is not None:
         with timer.stage("catalog"):
@@ -369,7 +406,7 @@ def build(config: BuildConfig, stage_hook: StageHook | None = None) -> BuildRepo
             # after the build its vectors the same way (svdfaiss.live_catalog).
             n_model = inter.n_items
             cf_weights, similar_r2 = map_content(
-                content[0][:n_model], factors.item_factors * (s ** np.float32(config.gamma)))
+                content[0][:n_model], similarity_basis)
             content_maps["content_to_cf.npy"] = cf_weights
             new_vectors = normalize_rows(
                 np.asarray(content[0][n_model:], dtype=np.float32) @ cf_weights)
@@ -463,12 +500,16 @@ def build(config: BuildConfig, stage_hook: StageHook | None = None) -> BuildRepo
                     writer.save_array("content_vectors.npy", content[0])
                     writer.save_array("new_item_ids.npy", catalog[2])
                     write_index(content_index, writer.path("content.faiss"))
-                    for name, array in {**content[2].arrays(), **content_maps}.items():
+                    encoder_files = content[2].arrays() if content[2] is not None else {}
+                    for name, array in {**encoder_files, **content_maps}.items():
                         writer.save_array(name, array)
                 if new_factors is not None:
                     writer.save_array("new_item_factors.npy", new_factors)
                 if new_vectors is not None:
                     writer.save_array("new_item_vectors.npy", new_vectors)
+                if neural is not None and neural.linear_fold() is None:
+                    for name, array in neural.encoder.files().items():
+                        writer.save_array(name, array)
                 if rating is not None:
                     writer.save_array("rating_users.npy", rating.user_vectors())
                     writer.save_array("rating_user_bias.npy",
@@ -501,6 +542,7 @@ def build(config: BuildConfig, stage_hook: StageHook | None = None) -> BuildRepo
             manifest["input"]["events"] = events_info
             # the service's live catalog starts after the newest change folded in
             manifest["input"]["catalog_updates"] = updates_info
+            manifest["neural"] = None if neural is None else neural.record()
             manifest["rating_model"] = None if rating is None else {
                 "mu": rating.mu, "k": config.rating_k, "reg": config.rating_reg,
                 "low": rating.low, "high": rating.high,
@@ -522,6 +564,72 @@ def build(config: BuildConfig, stage_hook: StageHook | None = None) -> BuildRepo
             raise
     manifest["timings_seconds"] = timer.seconds
     return BuildReport(path=path, manifest=manifest, seconds=timer.seconds)
+
+
+ModelVectors = tuple[np.ndarray, Embedding, np.ndarray, np.ndarray, np.ndarray | None,
+                     np.ndarray]
+
+
+def _svd_vectors(factors: Factors, rating: Any, inter: Interactions, components: np.ndarray,
+                 config: BuildConfig, shrinkage: float) -> ModelVectors:
+    """The SVD model's vectors: (similar-items vectors, recommendation embedding, the basis
+    content maps catalog-only items to, sampled users' query vectors, similar-users
+    vectors or None, the sampled users)."""
+    s = factors.singular_values.astype(np.float32)
+    similarity_basis = factors.item_factors * (s ** np.float32(config.gamma))
+    item_vectors = normalize_rows(similarity_basis)
+    if rating is None:
+        embedding = shrinkage_embedding(factors, shrinkage, inter.n_items)
+    else:  # rows are not folded: every user has [p_u, 1], every item [q_i, b_i]
+        augmented = rating.item_vectors()
+        embedding = Embedding(augmented, augmented, np.ones(0, dtype=np.float32), 0.0)
+    # Users whose recommendations the builder checks against exact scoring (recall.py),
+    # with their query vectors taken before the similar-users rows overwrite U.
+    sampled = recall.sample_users(evidence.users_with_evidence(components, inter.matrix),
+                                  seed=config.seed)
+    if rating is None:
+        sample_queries = (factors.user_factors[sampled]
+                          * (s * embedding.component_weights)).astype(np.float32)
+    else:
+        sample_queries = rating.user_vectors()[sampled].astype(np.float32)
+    user_vectors = None
+    if config.user_index is not None and rating is not None:
+        if config.rating_k > 0:  # biases alone say nothing about who is alike
+            user_vectors = normalize_rows(rating.user_factors.astype(np.float32))
+    elif config.user_index is not None:  # in place: at 4.2M users every copy is 1 GB
+        user_vectors = factors.user_factors  # U S F = X V F: each user's own query
+        user_vectors *= s * embedding.component_weights
+        normalize_rows(user_vectors, in_place=True)
+        # A user without evidence has a vector of rounding noise: 0, never a neighbour
+        # with a confident score (svdfaiss.evidence).
+        user_vectors[~evidence.users_with_evidence(components, inter.matrix)] = 0
+    return item_vectors, embedding, similarity_basis, sample_queries, user_vectors, sampled
+
+
+def _neural_vectors(neural: NeuralModel, inter: Interactions, components: np.ndarray,
+                    config: BuildConfig, block: int = 65_536) -> ModelVectors:
+    """The neural model's vectors, as _svd_vectors gives the SVD's: items score by their
+    exported vectors, rows fold in through the encoder (ELSA's linear one is the basis
+    itself, like the SVD's), similar items and users are cosines of the item embeddings
+    and of the users' query vectors without the bias coordinate."""
+    linear = neural.linear_fold()
+    items = np.ascontiguousarray(neural.item_vectors, dtype=np.float32)
+    embedding = Embedding(items if linear is None else linear, items,
+                          np.ones(0, dtype=np.float32), 0.0)
+    x = weight_rows(inter.matrix, WeightingParams(scheme="binary"),
+                    np.ones(inter.n_items, dtype=np.float32))
+    queries = np.vstack([neural.encoder.encode(x[start : start + block])
+                         for start in range(0, inter.n_users, block)])
+    with_evidence = evidence.users_with_evidence(components, inter.matrix)
+    sampled = recall.sample_users(with_evidence, seed=config.seed)
+    sample_queries = np.ascontiguousarray(queries[sampled])
+    user_vectors = None
+    if config.user_index is not None:
+        user_vectors = normalize_rows(np.ascontiguousarray(
+            queries[:, :-1] if neural.encoder.append_one else queries))
+        user_vectors[~with_evidence] = 0  # no evidence: never a neighbour (evidence.py)
+    basis = np.ascontiguousarray(neural.similarity_vectors, dtype=np.float32)
+    return normalize_rows(basis.copy()), embedding, basis, sample_queries, user_vectors, sampled
 
 
 def _read_catalog_updates(config: BuildConfig,
@@ -561,7 +669,7 @@ def _apply_updates(table: pa.Table, new_ids: np.ndarray, info: dict[str, Any],
 
 
 def _content(config: BuildConfig, table: pa.Table, info: dict[str, Any],
-             ) -> tuple[np.ndarray, dict[str, Any], ContentEncoder] | None:
+             ) -> tuple[np.ndarray, dict[str, Any], ContentEncoder | None] | None:
     """Content vectors for the catalog rows, what made them and the fitted encoder, or None
     when off (or auto and nothing to use)."""
     if config.content == "off":
@@ -653,7 +761,7 @@ def keep_evidence(similar: tuple[np.ndarray, np.ndarray], components: np.ndarray
 def _write_files(
     writer: bundle.BundleWriter,
     inter: Interactions,
-    factors: Factors,
+    factors: Factors | None,
     item_vectors: np.ndarray,
     embedding: Embedding,
     scale: np.ndarray,
@@ -668,7 +776,8 @@ def _write_files(
     writer.save_array("item_factors.npy", embedding.items)
     if not embedding.shared:
         writer.save_array("fold_factors.npy", embedding.fold)
-    writer.save_array("singular_values.npy", factors.singular_values.astype(np.float32))
+    if factors is not None:
+        writer.save_array("singular_values.npy", factors.singular_values.astype(np.float32))
     writer.save_array("item_scale.npy", scale)
     matrix = inter.matrix
     writer.save_array("rows_indptr.npy", matrix.indptr.astype(np.int64))
@@ -772,7 +881,7 @@ def _manifest(
     rows: dict[str, Any],
     counts: dict[str, Any],
     weighting: WeightingParams,
-    factors: Factors,
+    factors: Factors | None,
     embedding: Embedding,
     indexes: dict[str, Any],
     catalog_info: dict[str, Any] | None,
@@ -788,7 +897,8 @@ def _manifest(
         "input": input_info,
         "rows": rows,
         "parameters": {
-            "k": factors.k,
+            "algorithm": config.algorithm,
+            "k": factors.k if factors is not None else config.neural.dim,
             "k_requested": config.k if config.k is not None else "auto",
             "objective": config.objective,
             "shrinkage": config.resolved_shrinkage(),
@@ -801,7 +911,8 @@ def _manifest(
             "weighting": weighting.to_dict(),
         },
         "counts": counts,
-        "factorization": {
+        # the SVD's; a neural model has none (its record is the manifest's "neural")
+        "factorization": None if factors is None else {
             "k": factors.k,
             "singular_values": [float(v) for v in factors.singular_values],
             "explained_energy": factors.explained_energy,

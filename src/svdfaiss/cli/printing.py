@@ -86,9 +86,19 @@ def print_summary(path: Path, manifest: dict[str, Any]) -> None:
                                    f" {fmt_int(counts['interactions'])} interactions, density "
                                    f"{counts['density']:.2e}")
     w = params["weighting"]
-    table.add_row("factorization", f"k={fact['k']}, weighting {w['scheme']}, beta {w['beta']},"
-                                   f" shrinkage {params.get('shrinkage', 0):g}, explained "
-                                   f"energy {fact['explained_energy']:.1%}")
+    neural = manifest.get("neural")
+    if fact is not None:
+        table.add_row("factorization", f"k={fact['k']}, weighting {w['scheme']}, beta "
+                                       f"{w['beta']}, shrinkage {params.get('shrinkage', 0):g},"
+                                       f" explained energy {fact['explained_energy']:.1%}")
+    if neural is not None:
+        arch, trained = neural["architecture"], neural["training"]
+        table.add_row("model", f"{arch['name']} {' -> '.join(map(str, arch['encoder']))}, "
+                               f"{fmt_int(trained['parameters'])} parameters, "
+                               f"{trained['epochs']} epochs in {trained['seconds']:.1f} s "
+                               f"(best {trained['best_epoch']}: validation ndcg@10 "
+                               f"{trained['best_validation_ndcg@10']:.4f}; stopped: "
+                               f"{trained['stopped']})")
     tuning = manifest.get("tuning")
     if tuning:
         table.add_row("tuning", tuning_line(tuning))
@@ -192,6 +202,8 @@ def _add_reasons(table: Table, counts: dict[str, int], examples: list[dict[str, 
 def tuning_line(tuning: dict[str, Any]) -> str:
     """What the build's tuning chose, on what, and in how long; or why it did not run."""
     c = tuning["chosen"]
+    if not c:  # a neural model: nothing of the SVD's to choose
+        return f"{tuning['status']} ({tuning['reason']})"
     chosen = (f"k {c['k']}, weighting {c['weighting']}, beta {c['beta']:g}, shrinkage "
               f"{c['shrinkage']:g}")
     if tuning["status"] != "tuned":

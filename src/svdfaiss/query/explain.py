@@ -19,14 +19,19 @@ def explain(model: LoadedModel, row: sp.csr_matrix,
     """For each recommended item, the history items that add most to its score.
 
     The score is q . v_i with q = sum_j w_j fold_j over the weighted history row w, so
-    item j adds exactly w_j (fold_j . v_i); the largest positive shares are named.
+    item j adds exactly w_j (fold_j . v_i); the largest positive shares are named. A neural
+    encoder is not a sum over items: there item j's share is how much the score falls
+    when j is left out of the history (_leave_one_out).
     """
     weighted = weight_rows(row, model.weighting, model.item_scale)
     history = weighted.indices.astype(np.int64)
     if history.size == 0 or idx.size == 0:
         return [[] for _ in idx]
-    shares = (np.asarray(model.fold_factors[history]) * weighted.data[:, None]) @ np.asarray(
-        model.recommendation_vectors(idx)).T
+    if model.encoder is not None:
+        shares = _leave_one_out(model, weighted, idx)
+    else:
+        shares = (np.asarray(model.fold_factors[history]) * weighted.data[:, None]
+                  ) @ np.asarray(model.recommendation_vectors(idx)).T
     titles = model.catalog.get("title")
     out = []
     for column in shares.T:
@@ -40,3 +45,17 @@ def explain(model: LoadedModel, row: sp.csr_matrix,
             named.append(entry)
         out.append(named)
     return out
+
+
+def _leave_one_out(model: LoadedModel, weighted: sp.csr_matrix, idx: np.ndarray) -> np.ndarray:
+    """(history x recommended) score drops: q(w) . v_i - q(w without item j) . v_i, one
+    encoder pass over the history's rows with one item removed each."""
+    n = weighted.nnz
+    keep = ~np.eye(n, dtype=bool)
+    rows = sp.csr_matrix((np.tile(weighted.data, n)[keep.ravel()],
+                          np.tile(weighted.indices, n)[keep.ravel()],
+                          np.arange(0, n * (n - 1) + 1, n - 1) if n > 1 else np.zeros(2, int)),
+                         shape=(n, weighted.shape[1]))
+    vectors = np.asarray(model.recommendation_vectors(idx))
+    full = model.fold(weighted) @ vectors.T
+    return np.asarray(full - model.fold(rows) @ vectors.T)

@@ -21,6 +21,7 @@ import scipy.sparse as sp
 from svdfaiss import bundle
 from svdfaiss.content import ContentEncoder
 from svdfaiss.data import decode_ids, lookup, lookup_one
+from svdfaiss.encoder import Encoder
 from svdfaiss.errors import InvalidBundle, UnknownItem, UnknownUser
 from svdfaiss.evidence import MIN_CO_USERS, Evidence
 from svdfaiss.factorize import fold_in
@@ -88,6 +89,15 @@ class LoadedModel:
         # folds in straight from the arrays (query.vectors.fold_entries).
         self.rows_sorted = bool(self.rows.has_sorted_indices)
         self.weighting = WeightingParams(**manifest["parameters"]["weighting"])
+        # A neural bundle (svdfaiss.neural) folds rows in through its numpy encoder; ELSA's
+        # is linear and folds through fold_factors like the SVD.
+        self.neural: dict[str, Any] | None = manifest.get("neural")
+        self.encoder: Encoder | None = None
+        if self.neural is not None and self.neural.get("encoder") is not None:
+            self.encoder = Encoder.from_spec(
+                self.neural["encoder"], lambda name: _load_array(version_dir, name),
+                self.n_items)
+        self.fold = fold_function(self.encoder, self.fold_factors)
         # --objective rating: users carry [p_u, 1] and biases; items [q_i, b_i] (rating.py)
         self.rating_model: dict[str, Any] | None = manifest.get("rating_model")
         self.rating_users: np.ndarray | None = None
@@ -235,11 +245,14 @@ class LoadedModel:
             # make a cycle, and a replaced model would wait for the cyclic GC to free its
             # indexes (measured: RSS stepping up 4 MB a reload in the soak).
             rows, weighting = self.rows, self.weighting
-            scale, factors = self.item_scale, self.fold_factors
+            scale, fold = self.item_scale, self.fold
+            drop_bias = self.encoder is not None and self.encoder.append_one
 
             def exact(candidates: np.ndarray | None) -> np.ndarray:
                 chosen = rows if candidates is None else rows[candidates]
-                return normalize_rows(fold_in(weight_rows(chosen, weighting, scale), factors))
+                queries = fold(weight_rows(chosen, weighting, scale))
+                return normalize_rows(np.ascontiguousarray(
+                    queries[:, :-1] if drop_bias else queries))
         return Space(index, kind_of(index), int(meta["rows"]), transform, exact, head)
 
     # ------------------------------------------------------------------ loading
@@ -367,6 +380,19 @@ class LoadedModel:
             return decode_ids(self.item_ids[idx])
         return [(self.item_ids[i] if i < self.n_items else
                  self.new_item_ids[i - self.n_items]).decode("utf-8") for i in idx.tolist()]
+
+
+def fold_function(encoder: Encoder | None,
+                  factors: np.ndarray) -> Callable[[sp.csr_matrix], np.ndarray]:
+    """Weighted rows -> query vectors: the encoder's forward pass for a neural bundle, else
+    the linear fold-in q = x V F (factorize.fold_in)."""
+    if encoder is not None:
+        return encoder.encode
+
+    def linear(weighted: sp.csr_matrix) -> np.ndarray:
+        return fold_in(weighted, factors)
+
+    return linear
 
 
 def _verified(version_dir: Path, manifest: dict[str, Any], names: list[str],

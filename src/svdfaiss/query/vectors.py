@@ -1,7 +1,8 @@
 """Query vectors by fold-in: known users, raw rows, baskets, and rows with live events.
 
 For the SVD model a row x folds in as q = x V F (F = 1 without shrinkage, factorize.py);
-under a rating model a row is a ridge fit [p, 1] (rating.py).
+under a rating model a row is a ridge fit [p, 1] (rating.py); a neural bundle's encoder
+(svdfaiss.encoder) maps the row to its query vector, [z, 1] for Mult-VAE.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import numpy as np
 import scipy.sparse as sp
 
 from svdfaiss.data import lookup
-from svdfaiss.factorize import fold_in
 from svdfaiss.query.model import LoadedModel
 from svdfaiss.query.retrieval import NONE
 from svdfaiss.rating import fold_in_augmented
@@ -27,8 +27,9 @@ def seen_items(model: LoadedModel, user: int) -> np.ndarray:
 
 
 def fold_rows(model: LoadedModel, raw_rows: sp.csr_matrix) -> np.ndarray:
-    """q = w(x) V F for each raw row x, w the bundle's weighting."""
-    return fold_in(weight_rows(raw_rows, model.weighting, model.item_scale), model.fold_factors)
+    """q = w(x) V F for each raw row x, w the bundle's weighting (a neural bundle: the
+    encoder's output for w(x))."""
+    return model.fold(weight_rows(raw_rows, model.weighting, model.item_scale))
 
 
 def user_vector(model: LoadedModel, user: int) -> np.ndarray:
@@ -60,6 +61,8 @@ def similarity_vector(model: LoadedModel, user: int) -> np.ndarray:
     """The vector the similar-users index holds for a user, before normalization."""
     if model.rating_users is not None:
         return np.asarray(model.rating_users[user, :-1])
+    if model.encoder is not None and model.encoder.append_one:  # [z, 1]: z alone
+        return user_vector(model, user)[:-1]
     return user_vector(model, user)
 
 

@@ -121,7 +121,11 @@ class ModelInfo(BaseModel):
     builder_version: str | None
     counts: dict[str, Any]
     parameters: dict[str, Any]
-    explained_energy: float
+    explained_energy: float | None = Field(
+        None, description="the SVD's explained energy; null for a neural model")
+    neural: dict[str, Any] | None = Field(
+        None, description="a neural model's architecture and training figures (epochs, "
+        "early stopping, validation NDCG@10, seconds); null for the SVD")
     indexes: dict[str, dict[str, Any]]
     similar_cache: dict[str, Any] | None
     content: dict[str, Any] | None = Field(

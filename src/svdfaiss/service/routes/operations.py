@@ -56,7 +56,8 @@ def model_info(models: ModelsDep, model: Annotated[str | None, Query(
             "created_at": manifest.get("created_at"),
             "builder_version": manifest.get("builder_version"),
             "counts": manifest["counts"], "parameters": manifest["parameters"],
-            "explained_energy": manifest["factorization"]["explained_energy"],
+            "explained_energy": (manifest.get("factorization") or {}).get("explained_energy"),
+            "neural": _neural_summary(manifest.get("neural")),
             "indexes": {k: {"type": v["type"], "rows": v["rows"],
                             **{f: v[f] for f in RECALL_FIELDS if f in v}}
                         for k, v in manifest["indexes"].items()},
@@ -64,6 +65,15 @@ def model_info(models: ModelsDep, model: Annotated[str | None, Query(
             "similar_cache": manifest.get("similar_cache"),
             "content": manifest.get("content"),
             "evaluation": manifest.get("evaluation")}
+
+
+def _neural_summary(neural: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The manifest's neural record without its per-epoch history and encoder files."""
+    if neural is None:
+        return None
+    training = {k: v for k, v in neural["training"].items() if k != "history"}
+    return {"algorithm": neural["algorithm"], "architecture": neural["architecture"],
+            "parameters": neural["parameters"], "training": training}
 
 
 @router.get("/metrics", tags=["operations"], response_class=Response)
