@@ -303,7 +303,7 @@ def _serve(index_dir: Path, log: Path, port: int, out: Path) -> subprocess.Popen
 
 
 def _wait_ready(url: str, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 120  # a start took 51 s on the shared VM at load 19
     while time.monotonic() < deadline:
         try:
             if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
@@ -312,7 +312,7 @@ def _wait_ready(url: str, proc: subprocess.Popen[bytes]) -> None:
             pass
         assert proc.poll() is None, "the server exited"
         time.sleep(0.1)
-    raise AssertionError("server not ready in 30 s")
+    raise AssertionError("server not ready in 120 s")
 
 
 TRIALS = int(os.environ.get("SVDFAISS_KILL_TRIALS", "4"))
@@ -428,7 +428,7 @@ def test_sigkill_during_a_stream_of_catalog_changes_loses_no_acknowledged_write(
                             "killed_after_s": round(killed_after, 2)})
         finally:
             proc.terminate()
-            proc.wait(10)
+            proc.wait(60)
     assert "unusable line" in out.read_text()
     assert all(r["acknowledged"] > 0 for r in results), results
     (tmp_path / "trials.json").write_text(json.dumps(results))
