@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from svdfaiss.builder import BuildConfig, build
+from svdfaiss.errors import UnknownItem
 from svdfaiss.live_catalog import CatalogChange, LiveCatalog, read_changes
 from svdfaiss.query.live import Encodings, live_items, view
 from svdfaiss.recommender import Recommender
@@ -102,6 +103,26 @@ def test_a_live_item_is_answered_like_a_catalog_item_with_the_same_record(rec):
     assert "LIVE-1" in searched.ids
     assert live.similar_items(item, rank + 2, filter_items=["LIVE-1"]).ids == rec.similar_items(
         item, rank + 2).ids
+
+
+def test_without_a_content_encoder_new_items_wait_for_the_build(rec):
+    """A bundle built before the encoder was stored (or without content) cannot place a new
+    item: it stays unknown (404, never a 500) while changes to bundle items still apply."""
+    import copy
+
+    old = copy.copy(rec)
+    old.content_encoder = None
+    changed = rec.item_ids[2].decode()
+    changes = [CatalogChange("put", "LIVE-X", _record(rec, 0), 1.0),
+               CatalogChange("put", changed, {**_record(rec, 2), "price": 7.0}, 2.0)]
+    live = view(old, live_items(old, changes, Encodings()))
+    user = rec.user_ids[11].decode()
+    for call in (lambda: live.similar_items("LIVE-X", 5), lambda: live.score(user, "LIVE-X"),
+                 lambda: live.similar_items("LIVE-X", 5, mode="content")):
+        with pytest.raises(UnknownItem):
+            call()
+    shown = live.recommend(user, 1, items=[changed])
+    assert shown.ids == [changed] and shown.fields["price"] == [7.0]
 
 
 def test_over_http_new_changed_and_withdrawn_items_apply_at_once(sample_index_dir, rec,
