@@ -189,6 +189,27 @@ def test_over_http_new_changed_and_withdrawn_items_apply_at_once(sample_index_di
     assert ops == [("put", "LIVE-1"), ("put", top), ("delete", neighbour), ("delete", top)]
 
 
+def test_two_servers_on_one_catalog_log_see_each_others_changes_at_once(sample_index_dir,
+                                                                        rec, tmp_path):
+    """Two processes share the log, as `--workers 2` does: a change accepted by one is in
+    the other's next answer, the fast path's stored neighbours included."""
+    settings = _settings(tmp_path / "catalog.jsonl")
+    item, twin, rank = _catalog_only_neighbour(rec)
+    with server(sample_index_dir, settings=settings) as url_a, \
+            server(sample_index_dir, settings=settings) as url_b, \
+            httpx.Client(timeout=10) as client:
+        put = client.put(f"{url_a}/items/LIVE-W", json=_record(rec, rec.catalog_index(twin)),
+                         headers=AUTH)
+        assert put.status_code == 200
+        similar = client.get(f"{url_b}/items/{item}/similar", params={"k": rank + 2}).json()
+        assert [i["item_id"] for i in similar["items"]][rank + 1] == "LIVE-W"
+        neighbour = similar["items"][0]["item_id"]
+        assert client.delete(f"{url_b}/items/{neighbour}", headers=AUTH).status_code == 200
+        again = client.get(f"{url_a}/items/{item}/similar").json()["items"]
+        assert neighbour not in [i["item_id"] for i in again]
+        assert client.get(f"{url_a}/items/{neighbour}/similar").status_code == 404
+
+
 def test_the_token_guards_the_catalog_and_bad_input_changes_nothing(sample_index_dir, rec,
                                                                     tmp_path):
     record = _record(rec, 0)
