@@ -23,6 +23,7 @@ from svdfaiss.builder import BuildConfig, build
 from .helpers import TOKEN, server
 
 EXAMPLES = 40  # per operation and generation mode
+CATALOG_TOKEN = "fuzz-catalog-token-0123456789"
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
           response_schema_conformance]
 
@@ -32,7 +33,10 @@ def api_url(tmp_path_factory, sample) -> Iterator[str]:
     index_dir: Path = tmp_path_factory.mktemp("fuzzed")
     build(BuildConfig(input=sample.events, model="sample", index_dir=index_dir, k=16,
                       catalog=sample.catalog))
-    with server(index_dir) as url:
+    # The live catalog on, so that its routes are fuzzed past the token check too.
+    settings = {"SVDFAISS_CATALOG_TOKEN": CATALOG_TOKEN,
+                "SVDFAISS_CATALOG_LOG": str(index_dir / "catalog.jsonl")}
+    with server(index_dir, settings=settings) as url:
         yield url
 
 
@@ -43,7 +47,7 @@ def test_no_server_error_and_every_answer_fits_the_schema(api_url, mode, capsys)
     statuses: collections.Counter[int] = collections.Counter()
     no_input: set[str] = set()
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert len(operations) == 17, [op.label for op in operations]  # every endpoint
+    assert len(operations) == 20, [op.label for op in operations]  # every endpoint
     for operation in operations:
 
         @given(case=operation.as_strategy(generation_mode=mode))
@@ -52,6 +56,9 @@ def test_no_server_error_and_every_answer_fits_the_schema(api_url, mode, capsys)
         def run(case):
             if case.path == "/admin/reload" and mode == GenerationMode.POSITIVE:
                 case.headers = {**(case.headers or {}), "authorization": f"Bearer {TOKEN}"}
+            if case.method in ("PUT", "DELETE") and mode == GenerationMode.POSITIVE:
+                case.headers = {**(case.headers or {}),
+                                "authorization": f"Bearer {CATALOG_TOKEN}"}
             response = case.call_and_validate(base_url=api_url, checks=CHECKS)
             cases[case.operation.label] += 1
             statuses[response.status_code] += 1

@@ -109,6 +109,14 @@ def serve(
         envvar="SVDFAISS_LIVE_USERS", min=0,
         help="Users whose live events stay in memory (LRU); 0 turns POST /events off.")]
     = 100_000,
+    catalog_log: Annotated[Path | None, typer.Option(
+        envvar="SVDFAISS_CATALOG_LOG",
+        help="Where the live catalog (PUT/DELETE /items, on with SVDFAISS_CATALOG_TOKEN) "
+             "appends (default: INDEX_DIR/catalog/MODEL.jsonl).")] = None,
+    live_items: Annotated[int, typer.Option(
+        envvar="SVDFAISS_LIVE_ITEMS", min=1,
+        help="Items the live catalog holds at most until a --catalog-updates build folds "
+             "its log in (507 beyond).")] = 10_000,
 ) -> None:
     """Serve the model's CURRENT bundle over HTTP (admin token: SVDFAISS_ADMIN_TOKEN)."""
     import os
@@ -120,11 +128,14 @@ def serve(
            "SVDFAISS_HOST": host, "SVDFAISS_PORT": str(port), "SVDFAISS_WORKERS": str(workers),
            "SVDFAISS_POLL_SECONDS": str(poll_seconds), "SVDFAISS_MAX_K": str(max_k),
            "SVDFAISS_LIVE_USERS": str(live_users), "SVDFAISS_EXPERIMENT": experiment,
+           "SVDFAISS_LIVE_ITEMS": str(live_items),
            "SVDFAISS_MODELS": json.dumps(models), "SVDFAISS_WEIGHTS": json.dumps(weight or [])}
     if experiment_file is not None:
         env["SVDFAISS_EXPERIMENT_FILE"] = str(experiment_file)
     if events_log is not None:
         env["SVDFAISS_EVENTS_LOG"] = str(events_log)
+    if catalog_log is not None:
+        env["SVDFAISS_CATALOG_LOG"] = str(catalog_log)
     check_port(host, port)
     try:
         _serve(env, host, port, workers)

@@ -162,6 +162,8 @@ def live_items(model: LoadedModel, changes: Sequence[CatalogChange],
         else:
             new.append(change)
     content, cf, rec = encodings.vectors(model, new)
+    if content is None:  # no encoder (a bundle built before it was stored, or no content):
+        new = []  # new items wait for the build that folds the log in
     return LiveItems([c.item_id for c in new], [c.fields or {} for c in new], content,
                      cf, rec, changed, np.unique(np.asarray(withdrawn, dtype=np.int64)))
 
