@@ -46,7 +46,7 @@ def server(index_dir: Path, model: str = "sample", token: str | None = TOKEN,
            poll: float = 0.0, log: Path | None = None,
            settings: dict[str, str] | None = None,
            extra_args: Sequence[str] = (), port: int | None = None,
-           start_seconds: float = 30) -> Iterator[str]:
+           start_seconds: float = 60) -> Iterator[str]:
     """Start `svdfaiss serve` (on `port`, else a free one) and wait (at most
     `start_seconds`) until /healthz answers."""
     port = port or free_port()
