@@ -48,6 +48,8 @@ from svdfaiss.spark.linalg import randomized_svd
 from svdfaiss.spark.read import Block, SparkLog, read_blocks
 from svdfaiss.weighting import WeightingParams, column_scale, weight_rows
 
+USERS_RECALL_SLICE = 16_384  # users scored at once against the sampled queries
+
 
 def refuse_unsupported(config: BuildConfig) -> None:
     """What the Spark engine does not build yet is an error, never a silent difference."""
@@ -373,14 +375,18 @@ def _measure_users(log: SparkLog, vectors_of: Any, index: Any, flags: np.ndarray
 
     def best(block: Block, queries: np.ndarray = queries, sampled: np.ndarray = sampled
              ) -> np.ndarray:
+        # The block's users are scored a slice at a time (a slice x queries matrix of a
+        # few MB, not the block's users x queries) and each slice's best kk kept with a
+        # partial sort: a full sort of the block's scores dominated this stage.
         _, stored = vectors_of(block)
-        scores = stored @ queries.T  # block users x queries
-        own = (sampled >= block.start) & (sampled < block.start + block.n_users)
-        scores[sampled[own] - block.start, np.flatnonzero(own)] = -np.inf
-        top = -np.sort(-scores, axis=0)[:kk]
-        if top.shape[0] < kk:
-            top = np.vstack([top, np.full((kk - top.shape[0], top.shape[1]), -np.inf)])
-        return np.asarray(top, dtype=np.float32)
+        top = np.full((kk, queries.shape[0]), -np.inf, dtype=np.float32)
+        for lo in range(0, block.n_users, USERS_RECALL_SLICE):
+            hi = min(lo + USERS_RECALL_SLICE, block.n_users)
+            scores = np.vstack([top, stored[lo:hi] @ queries.T])
+            own = (sampled >= block.start + lo) & (sampled < block.start + hi)
+            scores[kk + sampled[own] - block.start - lo, np.flatnonzero(own)] = -np.inf
+            top = np.partition(scores, scores.shape[0] - kk, axis=0)[-kk:]
+        return np.asarray(-np.sort(-top, axis=0), dtype=np.float32)
 
     merged = log.blocks.map(best).treeReduce(
         lambda a, b: -np.sort(-np.vstack([a, b]), axis=0)[:kk], depth=2)
