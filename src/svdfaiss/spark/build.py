@@ -48,6 +48,8 @@ from svdfaiss.spark.linalg import randomized_svd
 from svdfaiss.spark.read import Block, SparkLog, read_blocks
 from svdfaiss.weighting import WeightingParams, column_scale, weight_rows
 
+USERS_RECALL_SLICE = 16_384  # users scored at once against the sampled queries
+
 
 def refuse_unsupported(config: BuildConfig) -> None:
     """What the Spark engine does not build yet is an error, never a silent difference."""
@@ -359,6 +361,25 @@ def _gather(log: SparkLog, vectors_of: Any, rows: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.vstack([p[1] for p in parts]), dtype=np.float32)
 
 
+def best_scores(stored: np.ndarray, start: int, queries: np.ndarray, sampled: np.ndarray,
+                kk: int) -> np.ndarray:
+    """The kk best scores (kk x queries, descending; -inf where fewer) of each query over a
+    block's stored user vectors (positions start..), the query's own user excluded.
+
+    The users are scored a slice at a time (a slice x queries matrix of a few MB, not the
+    block's users x queries) and each slice's best kk kept by partial sort: a full sort of
+    the block's scores dominated the users-recall stage."""
+    top = np.full((kk, queries.shape[0]), -np.inf, dtype=np.float32)
+    n = stored.shape[0]
+    for lo in range(0, n, USERS_RECALL_SLICE):
+        hi = min(lo + USERS_RECALL_SLICE, n)
+        scores = np.vstack([top, stored[lo:hi] @ queries.T])
+        own = (sampled >= start + lo) & (sampled < start + hi)
+        scores[kk + sampled[own] - start - lo, np.flatnonzero(own)] = -np.inf
+        top = np.partition(scores, scores.shape[0] - kk, axis=0)[-kk:]
+    return np.asarray(-np.sort(-top, axis=0), dtype=np.float32)
+
+
 def _measure_users(log: SparkLog, vectors_of: Any, index: Any, flags: np.ndarray,
                    seed: int) -> dict[str, Any]:
     """recall.measure_users with its exact truth computed per block: each block scores its
@@ -374,13 +395,7 @@ def _measure_users(log: SparkLog, vectors_of: Any, index: Any, flags: np.ndarray
     def best(block: Block, queries: np.ndarray = queries, sampled: np.ndarray = sampled
              ) -> np.ndarray:
         _, stored = vectors_of(block)
-        scores = stored @ queries.T  # block users x queries
-        own = (sampled >= block.start) & (sampled < block.start + block.n_users)
-        scores[sampled[own] - block.start, np.flatnonzero(own)] = -np.inf
-        top = -np.sort(-scores, axis=0)[:kk]
-        if top.shape[0] < kk:
-            top = np.vstack([top, np.full((kk - top.shape[0], top.shape[1]), -np.inf)])
-        return np.asarray(top, dtype=np.float32)
+        return best_scores(stored, block.start, queries, sampled, kk)
 
     merged = log.blocks.map(best).treeReduce(
         lambda a, b: -np.sort(-np.vstack([a, b]), axis=0)[:kk], depth=2)
