@@ -123,7 +123,9 @@ def _parse_lines(names: list[str], header_line: str | None, fmt: str, delimiter:
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         from pyspark import TaskContext
 
-        pid = TaskContext.get().partitionId()  # type: ignore[union-attr]
+        context = TaskContext.get()  # None only outside a task
+        assert context is not None
+        pid = context.partitionId()
         seen = 0
         for batch in batches:
             lines = [line.lstrip("\ufeff") for line in batch.column(0).to_pylist()]
@@ -189,7 +191,9 @@ def _parse_parquet(cols: Columns) -> Any:
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         from pyspark import TaskContext
 
-        pid = TaskContext.get().partitionId()  # type: ignore[union-attr]
+        context = TaskContext.get()  # None only outside a task
+        assert context is not None
+        pid = context.partitionId()
         seen = 0
         for batch in batches:
             table = pa.Table.from_batches([batch])
@@ -428,7 +432,9 @@ def _pack(item_ids: Any) -> Any:
         from pyspark import TaskContext
 
         table = pa.Table.from_batches(list(batches))
-        pid = TaskContext.get().partitionId()  # type: ignore[union-attr]
+        context = TaskContext.get()  # None only outside a task
+        assert context is not None
+        pid = context.partitionId()
         if table.num_rows == 0:
             return
         items = item_ids.value
