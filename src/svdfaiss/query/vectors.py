@@ -37,7 +37,9 @@ def user_vector(model: LoadedModel, user: int) -> np.ndarray:
     [p_u, 1] under a rating model."""
     if model.rating_users is not None:
         return np.asarray(model.rating_users[user])
-    if not model.rows_sorted:  # an unsorted row is sorted by weight_rows first
+    # A neural bundle's rows go through its encoder; an unsorted row is sorted by weight_rows
+    # first. Otherwise the linear fold-in of the stored arrays, without a sparse matrix.
+    if model.encoder is not None or not model.rows_sorted:
         vector: np.ndarray = fold_rows(model, model.rows[user : user + 1])[0]
         return vector
     start, end = model.rows.indptr[user], model.rows.indptr[user + 1]
