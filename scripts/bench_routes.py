@@ -22,7 +22,10 @@ exposure logging, which is otherwise on only with two or more variants.
 Recommendations also run on a third server of this tree, the fast path with its answer cache
 off (SVDFAISS_RECOMMENDATION_CACHE_MB=0): with 500 users in rotation, every request after
 the first 500 is a cache hit on the fast path, so that row is what a user not asked for
-recently costs.
+recently costs: an array slice of the recommendations the build stored. A fourth server
+(built-in sample only) serves the same sample built with `--stored-recommendations 0`, cache
+off: every request searches, what a user with live events, or of a bundle without stored
+rows, costs.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from serving import free_port, sample_bundle, start_bare, wait_ready  # noqa: E4
 
 RECOMMENDATIONS = "GET /users/{id}/recommendations?k=10"
 NO_CACHE = "fast path, no cache"
+COMPUTED = "fast path, no cache, no stored rows"
 
 LUA = """local paths = {%s}
 local n = #paths
@@ -94,8 +98,15 @@ def main() -> None:
         sys.exit("wrk is not installed (apt-get install wrk)")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
+        computed_model = None
         if args.index_dir is None:
             index_dir, all_users, all_items = sample_bundle(work, args.model)
+            from svdfaiss.builder import BuildConfig, build
+
+            computed_model = f"{args.model}-computed"
+            build(BuildConfig(input=work / "data" / "events.csv", model=computed_model,
+                              index_dir=index_dir, catalog=work / "data" / "items.csv",
+                              stored_recommendations=0))
         else:
             from svdfaiss.data import decode_ids
             from svdfaiss.recommender import Recommender
@@ -132,14 +143,18 @@ def main() -> None:
             kinds = [("fast path", {"SVDFAISS_FAST_PATH": "true"}),
                      ("FastAPI only", {"SVDFAISS_FAST_PATH": "false"})]
             flavours = [(t, f) for t in trees for f in kinds]
-            flavours.append((trees[0], (NO_CACHE, {"SVDFAISS_FAST_PATH": "true",
-                                                   "SVDFAISS_RECOMMENDATION_CACHE_MB": "0"})))
+            no_cache = {"SVDFAISS_FAST_PATH": "true", "SVDFAISS_RECOMMENDATION_CACHE_MB": "0"}
+            flavours.append((trees[0], (NO_CACHE, no_cache)))
+            if computed_model is not None:
+                flavours.append((trees[0], (COMPUTED, {**no_cache, "model": computed_model})))
             for (prefix, src), (server, settings) in flavours:
                 server = prefix + server
+                settings = dict(settings)
+                model = settings.pop("model", args.model)
                 port = free_port()
                 proc = subprocess.Popen(
                     [sys.executable, "-m", "svdfaiss", "serve", "--index-dir", str(index_dir),
-                     "--model", args.model, "--port", str(port)],
+                     "--model", model, "--port", str(port)],
                     env={**env, **settings, "PYTHONPATH": str(src)},
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 servers[server] = (proc, f"http://127.0.0.1:{port}")
@@ -150,7 +165,7 @@ def main() -> None:
                     for server, (proc, url) in servers.items():
                         if (server == "bare FastAPI") != route.startswith("GET /bare"):
                             continue  # the bare app has one route, and only it
-                        if server == NO_CACHE and route != RECOMMENDATIONS:
+                        if server in (NO_CACHE, COMPUTED) and route != RECOMMENDATIONS:
                             continue  # the cache serves recommendations only
                         runs.setdefault((route, server), []).append(
                             wrk(url, scripts[route], args.seconds, proc.pid))
@@ -181,10 +196,13 @@ def main() -> None:
               f"{fast['cpu_us_per_request']:>12.0f} {slow['cpu_us_per_request']:>8.0f} "
               f"{fast['cpu_us_per_request'] / slow['cpu_us_per_request']:>6.2f} "
               f"{fast['requests_per_s'] / bare_rate:>9.2f} {errors}")
-    uncached = rows[RECOMMENDATIONS][NO_CACHE]
-    print(f"{RECOMMENDATIONS + ', ' + NO_CACHE:<58} {uncached['requests_per_s']:>10.0f} "
-          f"req/s {uncached['cpu_us_per_request']:>6.0f} CPU us "
-          f"{uncached['requests_per_s'] / bare_rate:>5.2f} of bare")
+    for server in (NO_CACHE, COMPUTED):
+        if server not in rows[RECOMMENDATIONS]:
+            continue
+        uncached = rows[RECOMMENDATIONS][server]
+        print(f"{RECOMMENDATIONS + ', ' + server:<75} {uncached['requests_per_s']:>7.0f} "
+              f"req/s {uncached['cpu_us_per_request']:>6.0f} CPU us "
+              f"{uncached['requests_per_s'] / bare_rate:>5.2f} of bare")
     if args.against is not None:
         print(f"\n{'route':<38} {'server':<14} {'req/s after':>11} {'before':>8} {'ratio':>6} "
               f"{'CPU us after':>12} {'before':>8} {'ratio':>6}")

@@ -91,6 +91,14 @@ RECOMMENDATION_INDEX = IndexParams(kind="auto", flat_max=25_000, hnsw_max=0,
 SIMILAR_CACHE_K = 50
 SIMILAR_CACHE_MAX_ITEMS = 200_000
 
+# Recommendations change only at rebuild too: each user's top STORED_RECOMMENDATIONS_K,
+# computed by the query itself, make a plain request an array slice (query.model.
+# StoredRecommendations). The single query costs 68 us a user on the built-in sample and
+# about 0.2 ms at 1M items (docs/benchmarks.md), so auto stops where that stays minutes.
+STORED_RECOMMENDATIONS_K = 20
+STORED_RECOMMENDATIONS_MAX_USERS = 1_000_000
+MAX_STORED_RECOMMENDATIONS = 1000
+
 # Defaults chosen on three datasets (docs/evaluation.md, "Defaults"): k 128 with shrinkage 30
 # reaches 88-98% of the best validation NDCG@10 found on each. Above 100k items k 64 keeps
 # the Amazon-scale build inside its time and memory budget (docs/benchmarks.md).
@@ -134,6 +142,8 @@ class BuildConfig:
     seed: int = 0
     version: str | None = None
     similar_cache: int | None = None  # neighbours stored per item; None: auto, 0: off
+    # recommendations stored per user; None: auto, 0: off
+    stored_recommendations: int | None = None
     evaluate: bool = False  # hold out 20% per user, score, store it in the manifest
     # "rating": recommendations rank by the biased-MF predicted rating (explicit data only)
     objective: Literal["topn", "rating"] = "topn"
@@ -164,6 +174,24 @@ class BuildConfig:
         if self.similar_cache is not None:
             return min(self.similar_cache, n_items - 1)
         return min(SIMILAR_CACHE_K, n_items - 1) if n_items <= SIMILAR_CACHE_MAX_ITEMS else 0
+
+    def resolved_stored_recommendations(self, n_users: int, n_items: int,
+                                        rec_kind: str) -> tuple[int, str]:
+        """How many recommendations to store per user, and why none when 0. auto: 20 up to
+        1M users. Never over an HNSW recommendation index, whose search effort follows k
+        (a stored top 20 need not begin with the top 10 that k=10 would find)."""
+        if self.stored_recommendations == 0:
+            return 0, "--stored-recommendations 0"
+        if rec_kind == "hnsw":
+            return 0, ("an HNSW recommendation index searches with an effort that follows k; "
+                       "use --rec-index auto, ivf or flat to store recommendations")
+        if self.stored_recommendations is not None:
+            return min(self.stored_recommendations, n_items), "--stored-recommendations"
+        if n_users > STORED_RECOMMENDATIONS_MAX_USERS:
+            return 0, (f"{n_users:,} users: auto stores recommendations up to "
+                       f"{STORED_RECOMMENDATIONS_MAX_USERS:,} users (--stored-recommendations "
+                       "N stores them anyway)")
+        return min(STORED_RECOMMENDATIONS_K, n_items), "auto"
 
     def resolved_k(self, n_users: int, n_items: int) -> int:
         return self.k if self.k is not None else auto_k(n_users, n_items)
@@ -205,6 +233,11 @@ class BuildConfig:
                                f"{self.rating_k} and {self.rating_reg}")
         if self.similar_cache is not None and self.similar_cache < 0:
             raise InvalidInput(f"--similar-cache must be >= 0, got {self.similar_cache}")
+        if self.stored_recommendations is not None and not (
+                0 <= self.stored_recommendations <= MAX_STORED_RECOMMENDATIONS):
+            raise InvalidInput(f"--stored-recommendations must be in [0, "
+                               f"{MAX_STORED_RECOMMENDATIONS}], got "
+                               f"{self.stored_recommendations}")
         if self.catalog is not None and not Path(self.catalog).is_file():
             raise InvalidInput(f"{self.catalog}: catalog file not found")
         if self.content not in ("auto", "on", "off"):
@@ -557,6 +590,14 @@ def build(config: BuildConfig, stage_hook: StageHook | None = None,
             manifest["similar_cache"] = None if similar is None else {
                 "k": cache_k, "source": indexes["items"]["type"],
                 "mode": "cf" if content is None else "hybrid"}
+            stored_k, why = config.resolved_stored_recommendations(
+                inter.n_users, inter.n_items, rec_kind)
+            manifest["stored_recommendations"] = {"k": 0, "reason": why}
+            if stored_k > 0:
+                with timer.stage("store recommendations"):
+                    manifest["stored_recommendations"] = _store_recommendations(
+                        writer, manifest, stored_k, why)
+                manifest["timings_seconds"] = dict(timer.seconds)
             with timer.stage("publish"):
                 path = writer.publish(manifest, version)
         except BaseException:
@@ -681,6 +722,30 @@ def _content(config: BuildConfig, table: pa.Table, info: dict[str, Any],
                 config.content_params.category_column is not None:
             raise InvalidInput(f"{info['path']}: {exc}") from None
         return None
+
+
+def _store_recommendations(writer: bundle.BundleWriter, manifest: dict[str, Any], k: int,
+                           why: str) -> dict[str, Any]:
+    """Each user's k recommendations, as the query computes them over the files written so
+    far (query.batch.stored_rows), saved beside them; the manifest section that says so."""
+    from svdfaiss.query.batch import stored_rows
+    from svdfaiss.query.model import LoadedModel
+    from svdfaiss.query.recommend import ranks_new_items
+
+    model = LoadedModel(writer.tmp, {**manifest, "files": {name: {} for name in writer.files}})
+    start = time.perf_counter()
+    ids, scores, popular = stored_rows(model, k)
+    seconds = time.perf_counter() - start
+    writer.save_array("stored_rec_ids.npy", ids)
+    writer.save_array("stored_rec_scores.npy", scores)
+    writer.save_array("stored_rec_popular.npy", popular)
+    return {"k": k, "reason": why, "users": model.n_users,
+            "popular_rows": int(popular.sum()),
+            "ranks_new_items": ranks_new_items(model, "hybrid"),
+            "us_per_user": round(1e6 * seconds / max(model.n_users, 1), 1),
+            "answers": "plain recommendations (seen items excluded, popular fallback, no "
+                       "filter, list, explanation or live events, k up to this) of known "
+                       "users, when no scores tie among the first k + 1"}
 
 
 def precompute_hybrid(cf_index: Any, cf_vectors: np.ndarray, content_index: Any,

@@ -185,6 +185,7 @@ class Recommender(LoadedModel):
         explain: bool = False,
         live: Mapping[str, float] | None = None,
         mode: str = "hybrid",
+        use_stored: bool = True,
     ) -> Results:
         """Items with the highest predicted score q . v for a known user.
 
@@ -197,9 +198,15 @@ class Recommender(LoadedModel):
         `mode="hybrid"` (the default) also ranks the catalog items nobody has interacted
         with through vectors predicted from their content (reason "content"); "cf" ranks
         the model's items only. A model without such items answers both alike.
+
+        A plain request (seen items excluded, no filter, list or explanation, no live
+        events) of a known user is answered from the rows the build stored, when the bundle
+        has them and they hold the answer (`query.recommend.stored_recommendations`): the
+        same query run at build time with k = the stored length, so an array slice instead
+        of a search. `use_stored=False` always searches.
         """
         return _recommend.recommend(self, user_id, k, exclude_seen, items, filter_items,
-                                    catalog_filter, fallback, explain, live, mode)
+                                    catalog_filter, fallback, explain, live, mode, use_stored)
 
     def recommend_for_items(
         self,

@@ -131,6 +131,9 @@ def build(
     similar_cache: Annotated[int | None, typer.Option(
         min=0, help="Neighbours precomputed per item (default: 50 up to 200k items; 0: off).")]
     = None,
+    stored_recommendations: Annotated[int | None, typer.Option(
+        min=0, help="Recommendations precomputed per user, so that a plain request with k up "
+        "to this is an array slice (default: 20 up to 1M users; 0: off).")] = None,
     objective: Annotated[str, typer.Option(
         help="topn: rank by the SVD's scores; rating: by the predicted rating of a biased "
              "MF model (explicit ratings only).")] = "topn",
@@ -223,6 +226,7 @@ def build(
         seed=seed,
         version=version,
         similar_cache=similar_cache,
+        stored_recommendations=stored_recommendations,
         evaluate=evaluate_model,
         objective=objective,  # type: ignore[arg-type]
         rating_k=rating_k,

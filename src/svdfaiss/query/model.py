@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
 
@@ -59,6 +60,22 @@ def read_rows(path: Path, positions: np.ndarray) -> np.ndarray:
             if os.preadv(fh.fileno(), [out[i]], mapped.offset + position * width) != width:
                 raise InvalidBundle(f"{path}: row {position} lies beyond the end of the file")
     return out
+
+
+@dataclass(frozen=True)
+class StoredRecommendations:
+    """Each known user's `k` best recommendations with the route's defaults (seen items
+    excluded, popular fallback), computed at build time by the query itself
+    (builder, "store recommendations"): row u is user u's answer, best first, positions -1
+    past its end; `popular` marks rows that are the popular fallback (a history without
+    evidence). `ranks_new_items`: whether the rows rank catalog-only items (hybrid mode of a
+    model that has them)."""
+
+    k: int
+    ranks_new_items: bool
+    ids: np.ndarray  # (users, k) int32 catalog positions
+    scores: np.ndarray  # (users, k) float32
+    popular: np.ndarray  # (users,) uint8
 
 
 class LoadedModel:
@@ -128,6 +145,14 @@ class LoadedModel:
         if manifest.get("similar_cache"):
             self.similar_ids = self._array("similar_ids.npy")
             self.similar_scores = self._array("similar_scores.npy")
+        # Each user's top recommendations computed at build time (StoredRecommendations).
+        self.stored: StoredRecommendations | None = None
+        stored = manifest.get("stored_recommendations") or {}
+        if stored.get("k"):
+            self.stored = StoredRecommendations(
+                int(stored["k"]), bool(stored["ranks_new_items"]),
+                self._array("stored_rec_ids.npy"), self._array("stored_rec_scores.npy"),
+                self._array("stored_rec_popular.npy"))
         self.catalog: dict[str, np.ndarray] = {}
         if "catalog.parquet" in manifest["files"]:
             table = pq.read_table(version_dir / "catalog.parquet")

@@ -103,15 +103,21 @@ def recommend(
     model: LoadedModel, user_id: str, k: int, exclude_seen: bool,
     items: Iterable[str] | None, filter_items: Iterable[str] | None,
     catalog_filter: CatalogFilter, fallback: str, explain_items: bool,
-    live: Mapping[str, float] | None, mode: str,
+    live: Mapping[str, float] | None, mode: str, use_stored: bool = True,
 ) -> Results:
-    """Recommendations for a known user or a user known by live events (Recommender.recommend)."""
+    """Recommendations for a known user or a user known by live events (Recommender.recommend);
+    with `use_stored`, a plain request of a stored user is answered from the stored rows."""
     with_new = ranks_new_items(model, mode)
     try:
         user = model.user_index(user_id)
     except UnknownUser:
         user = -1
     row = live_row(model, user, live) if live else None
+    if (use_stored and row is None and user >= 0 and exclude_seen and items is None
+            and filter_items is None and not catalog_filter.active and not explain_items):
+        stored = stored_recommendations(model, user, k, with_new)
+        if stored is not None:
+            return stored
     if user < 0 and (row is None or row.nnz == 0):
         if fallback == "popular":
             return popular(model, k, items, filter_items, catalog_filter, None)
@@ -129,6 +135,35 @@ def recommend(
         row = model.rows[user : user + 1]
     return _with_reasons(model, result, row, "cf" if model.rating_model is None else "rating",
                          explain_items)
+
+
+def stored_recommendations(model: LoadedModel, user: int, k: int,
+                           with_new: bool) -> Results | None:
+    """A known user's answer from the rows stored at build time (query.model.
+    StoredRecommendations), or None where they cannot give the computed answer: none stored,
+    k beyond them, another mode, an empty row, or equal scores among the first k + 1 (the
+    search may order tied items otherwise; the popular order breaks ties by position)."""
+    stored = model.stored
+    if stored is None or k > stored.k or with_new != stored.ranks_new_items:
+        return None
+    ids = stored.ids[user]
+    n = int(np.count_nonzero(ids >= 0))  # -1 pads a row past its end
+    if n == 0:
+        return None
+    take = min(k, n)
+    scores = stored.scores[user]
+    popular_row = bool(stored.popular[user])
+    if not popular_row:
+        head = scores[: take + 1]
+        if bool((head[1:] == head[:-1]).any()):
+            return None
+    idx = np.asarray(ids[:take], dtype=np.int64)
+    result = model.items_result(scores[:take], idx)
+    if popular_row:
+        return Results(result.ids, result.scores, idx, result.fields, reason="popular")
+    reason = "cf" if model.rating_model is None else "rating"
+    return Results(result.ids, result.scores, idx, result.fields, reason=reason,
+                   reasons=_item_reasons(model, idx, reason))
 
 
 def _with_reasons(model: LoadedModel, result: Results, row: sp.csr_matrix | None, reason: str,

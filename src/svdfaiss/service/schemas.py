@@ -128,6 +128,10 @@ class ModelInfo(BaseModel):
         "early stopping, validation NDCG@10, seconds); null for the SVD")
     indexes: dict[str, dict[str, Any]]
     similar_cache: dict[str, Any] | None
+    stored_recommendations: dict[str, Any] | None = Field(
+        None, description="recommendations the build stored per user (k, users, cost), which "
+        "answer plain requests with k up to that; k 0 with the reason when none were stored "
+        "(null for bundles built before they existed)")
     content: dict[str, Any] | None = Field(
         None, description="the content vectors (columns, size) and the hybrid blend")
     evaluation: dict[str, Any] | None = Field(

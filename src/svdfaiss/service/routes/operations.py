@@ -63,6 +63,7 @@ def model_info(models: ModelsDep, model: Annotated[str | None, Query(
                         for k, v in manifest["indexes"].items()},
             "evidence": manifest.get("evidence"),
             "similar_cache": manifest.get("similar_cache"),
+            "stored_recommendations": manifest.get("stored_recommendations"),
             "content": manifest.get("content"),
             "evaluation": manifest.get("evaluation")}
 
