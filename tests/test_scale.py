@@ -69,7 +69,8 @@ def test_recommendation_recall_with_and_without_shrinkage(medium, medium_data, t
     """The MIPS weak spot (docs/benchmarks.md): one reduction over every item reached
     0.875-0.918 here with shrinkage; the norm bands reach 0.98 with and without it."""
     build(BuildConfig(input=medium_data.events, model="plain", index_dir=tmp_path,
-                      shrinkage=0.0, user_index=None, similar_cache=0))
+                      shrinkage=0.0, user_index=None, similar_cache=0,
+                      stored_recommendations=0))
     assert _recommend_recall(Recommender.load(tmp_path, "plain")) >= 0.98
     assert _recommend_recall(medium[0]) >= 0.98
 
@@ -86,6 +87,12 @@ def test_recall_at_300k_items_is_measured_and_reaches_098(tmp_path):
     assert meta["recall_at_10"] >= 0.98 and meta["recall_meets_target"]
     rec = Recommender.load(tmp_path / "ix", "shop")
     assert _recommend_recall(rec, seed=3) >= 0.98
+    # the stored rows (600k users) are the banded index's own answers, ties searched
+    assert report.manifest["stored_recommendations"]["k"] == 20
+    for u in np.random.default_rng(4).choice(rec.n_users, 50, replace=False).tolist():
+        user = decode_ids(rec.user_ids[u : u + 1])[0]
+        assert rec.recommend(user, 10, fallback="popular").records() == rec.recommend(
+            user, 10, fallback="popular", use_stored=False).records()
     user = decode_ids(rec.user_ids[5:6])[0]
     deny = rec.recommend(user, 100).ids
     result = rec.recommend(user, 10, filter_items=deny)
