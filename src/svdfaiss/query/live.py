@@ -233,7 +233,7 @@ class LiveView(Recommender):
         return [next(names) if i < self._offset else self.live.new_ids[i - self._offset]
                 for i in idx.tolist()]
 
-    def items_result(self, scores: np.ndarray, idx: np.ndarray,
+    def items_result(self, scores: np.ndarray | list[float], idx: np.ndarray,
                      unknown: list[str] | None = None, reason: str | None = None) -> Results:
         """Results with the catalog fields as they are now: a changed item's live fields, a
         new item's record."""

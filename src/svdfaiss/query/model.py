@@ -392,7 +392,7 @@ class LoadedModel:
 
     # ------------------------------------------------------------------ results
 
-    def items_result(self, scores: np.ndarray, idx: np.ndarray,
+    def items_result(self, scores: np.ndarray | list[float], idx: np.ndarray,
                      unknown: list[str] | None = None, reason: str | None = None) -> Results:
         """Results for item positions, with their catalog fields."""
         fields = {name: col[idx].tolist() for name, col in self.catalog.items()}

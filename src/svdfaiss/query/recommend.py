@@ -11,6 +11,7 @@ carry evidence of their own).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from itertools import pairwise
 
 import numpy as np
 import scipy.sparse as sp
@@ -147,21 +148,19 @@ def stored_recommendations(model: LoadedModel, user: int, k: int,
     if stored is None or k > stored.k or with_new != stored.ranks_new_items:
         return None
     ids = stored.ids[user]
-    n = int(np.count_nonzero(ids >= 0))  # -1 pads a row past its end
-    if n == 0:
+    # -1 pads a row past its end: a full first k needs no count
+    take = k if ids[k - 1] >= 0 else int(np.count_nonzero(ids >= 0))
+    if take == 0:
         return None
-    take = min(k, n)
-    scores = stored.scores[user]
+    scores = stored.scores[user, : take + 1].tolist()  # one past the cut, for its tie
     popular_row = bool(stored.popular[user])
-    if not popular_row:
-        head = scores[: take + 1]
-        if bool((head[1:] == head[:-1]).any()):
-            return None
+    if not popular_row and any(a == b for a, b in pairwise(scores)):
+        return None
     idx = np.asarray(ids[:take], dtype=np.int64)
-    result = model.items_result(scores[:take], idx)
-    if popular_row:
-        return Results(result.ids, result.scores, idx, result.fields, reason="popular")
-    reason = "cf" if model.rating_model is None else "rating"
+    reason = "popular" if popular_row else "cf" if model.rating_model is None else "rating"
+    result = model.items_result(scores[:take], idx, reason=reason)
+    if popular_row or not stored.ranks_new_items:
+        return result
     return Results(result.ids, result.scores, idx, result.fields, reason=reason,
                    reasons=_item_reasons(model, idx, reason))
 
