@@ -13,11 +13,16 @@ Variants, started one after the other in each round (alternating, `--rounds` tim
 Each start is timed from the process's launch to the first 200 from /readyz; RSS (and its
 anonymous and file-backed parts) is read at ready and again after `--queries` requests
 (similar items with k=60, beyond the stored neighbours, so each one searches the IVF; and
-recommendations), bounded by `--query-seconds`. "imports" times `python -c "import
-svdfaiss.service.app, uvicorn"`, the floor under any start-up, and "load alone" times
-`Recommender.load` (checksums off) in a fresh process, mapped and eager. The bundle's files are in
-the page cache (a warm start: caches are not dropped on this shared machine). Prints a table
-and writes JSON.
+recommendations), bounded by `--query-seconds`, with the CPU seconds the server had used
+at ready (on a shared machine, the part of a start-up that other processes' load does not
+stretch). "imports" times, for both trees, `python -c "import svdfaiss.service.app,
+uvicorn"` and what `python -m svdfaiss serve` imports before it can answer (the command
+line too): the floor under any start-up. "load alone" times `Recommender.load` (checksums
+off) in a fresh process, mapped and eager (and mapped with the baseline's code). The bundle's
+files are in the page cache (a warm start: caches are not dropped on this shared machine).
+`--variants` and `--loads` choose what to time; `--compile` byte-compiles both trees first,
+as a pip install does (a tree run from source under PYTHONDONTWRITEBYTECODE compiles every
+module of its own at each start). Prints a table and writes JSON.
 
     python scripts/bench_startup.py --baseline-src /tmp/svdfaiss-today/src \\
         --json docs/results/startup-1m.json
@@ -54,6 +59,13 @@ def memory_mb(pid: int) -> dict[str, float]:
         if key in ("VmRSS", "RssAnon", "RssFile"):
             out[key] = round(int(line.split()[1]) / 1024, 1)
     return out
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used: on a shared machine, the part of
+    a start-up that other processes' load does not stretch."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return round((int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"), 2)
 
 
 def query(port: int, paths: list[str], seconds: float) -> dict[str, float]:
@@ -94,8 +106,9 @@ def run_variant(src: Path, env: dict[str, str], index_dir: Path, model: str,
     try:
         ready = wait_ready(f"http://127.0.0.1:{port}/readyz", proc)
         at_ready = memory_mb(proc.pid)
+        cpu = cpu_seconds(proc.pid)
         served = query(port, paths, seconds)
-        return {"ready_s": round(ready, 3), "at_ready": at_ready,
+        return {"ready_s": round(ready, 3), "cpu_at_ready_s": cpu, "at_ready": at_ready,
                 "after_queries": memory_mb(proc.pid), "queries": served}
     finally:
         proc.terminate()
@@ -122,20 +135,31 @@ print(json.dumps({"load_s": round(seconds, 3),
 """
 
 
-def load_in_process(env: dict[str, str], index_dir: Path, model: str, mmap: bool
+def load_in_process(env: dict[str, str], src: Path, index_dir: Path, model: str, mmap: bool
                     ) -> dict[str, float]:
     """`Recommender.load` alone, checksums off, in a fresh process: seconds and RSS growth."""
     done = subprocess.run([sys.executable, "-c", LOAD, str(index_dir), model, str(int(mmap))],
-                          env={**env, "PYTHONPATH": str(SRC)}, check=True,
+                          env={**env, "PYTHONPATH": str(src)}, check=True,
                           capture_output=True, text=True)
     return dict(json.loads(done.stdout.strip().splitlines()[-1]))
 
 
-def import_seconds(env: dict[str, str]) -> float:
-    start = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "import svdfaiss.service.app, uvicorn"],
-                   env={**env, "PYTHONPATH": str(SRC)}, check=True)
-    return time.perf_counter() - start
+VARIANTS = ("today", "eager", "mmap, full hash", "mmap, stamped", "mmap, unverified")
+IMPORTS = {"app": "import svdfaiss.service.app, uvicorn",
+           # what `python -m svdfaiss serve` imports before the first request: the command
+           # line too (typer, rich, every command's module)
+           "serve": "import svdfaiss.cli, svdfaiss.service.app, uvicorn, faiss"}
+
+
+def import_seconds(env: dict[str, str], src: Path, what: str) -> dict[str, float]:
+    """Wall and CPU seconds of a fresh `python -c IMPORTS[what]` with `src` first."""
+    before, start = os.times(), time.perf_counter()
+    subprocess.run([sys.executable, "-c", IMPORTS[what]],
+                   env={**env, "PYTHONPATH": str(src)}, check=True)
+    wall, after = time.perf_counter() - start, os.times()
+    cpu = (after.children_user - before.children_user
+           + after.children_system - before.children_system)
+    return {"wall_s": round(wall, 3), "cpu_s": round(cpu, 3)}
 
 
 def main() -> None:
@@ -148,7 +172,18 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=2000)
     parser.add_argument("--query-seconds", type=float, default=20.0)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS),
+                        help="which starts to time (default: all; 'eager' takes a minute)")
+    parser.add_argument("--loads", nargs="*", choices=("mmap", "eager", "baseline mmap"),
+                        default=["mmap", "eager"], help="which loads alone to time")
+    parser.add_argument("--compile", action="store_true",
+                        help="byte-compile both trees first (python -m compileall), as a pip "
+                             "install does; without it a tree run from source with "
+                             "PYTHONDONTWRITEBYTECODE set compiles every module at each start")
     args = parser.parse_args()
+    if args.compile:
+        for tree in (SRC, args.baseline_src):
+            subprocess.run([sys.executable, "-m", "compileall", "-q", str(tree)], check=True)
 
     index_dir = args.work / "indexes-service"
     model = f"items{args.items}"
@@ -179,20 +214,28 @@ def main() -> None:
 
     base = {k: v for k, v in os.environ.items() if not k.startswith("SVDFAISS_")}
     full = {**base, "SVDFAISS_TRUST_HASH_STAMP": "false"}
-    variants: dict[str, tuple[Path, dict[str, str]]] = {
+    everything: dict[str, tuple[Path, dict[str, str]]] = {
         "today": (args.baseline_src, base),
         "eager": (SRC, {**full, "SVDFAISS_MMAP": "false"}),
         "mmap, full hash": (SRC, full),
         "mmap, stamped": (SRC, base),
         "mmap, unverified": (SRC, {**base, "SVDFAISS_VERIFY_CHECKSUMS": "false"}),
     }
+    variants = {name: everything[name] for name in VARIANTS if name in args.variants}
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in variants}
-    imports: list[float] = []
-    loads: dict[str, list[dict[str, float]]] = {"mmap": [], "eager": []}
+    trees = {"today": args.baseline_src, "this": SRC}
+    imports: dict[str, list[dict[str, float]]] = {
+        f"{what}, {tree}": [] for tree in trees for what in IMPORTS}
+    loads: dict[str, list[dict[str, float]]] = {name: [] for name in args.loads}
     for r in range(args.rounds):
-        imports.append(import_seconds(base))
+        for tree, src in trees.items():
+            for what in IMPORTS:
+                imports[f"{what}, {tree}"].append(import_seconds(base, src, what))
+        print(f"round {r + 1} imports: {({k: v[-1] for k, v in imports.items()})}", flush=True)
         for name in loads:
-            loads[name].append(load_in_process(base, index_dir, model, name == "mmap"))
+            loads[name].append(load_in_process(
+                base, args.baseline_src if name.startswith("baseline") else SRC, index_dir,
+                model, name != "eager"))
             print(f"round {r + 1} load only, {name}: {loads[name][-1]}", flush=True)
         for name, (src, env) in variants.items():
             runs[name].append(run_variant(src, env, index_dir, model, paths,
@@ -208,10 +251,11 @@ def main() -> None:
             values.append(float(value))
         return round(statistics.median(values), 3)
 
-    today = median("today", "ready_s")
+    today = median("today", "ready_s") if "today" in runs else float("nan")
     summary = {name: {
         "ready_s": median(name, "ready_s"),
         "ready_vs_today": round(median(name, "ready_s") / today, 2),
+        "cpu_at_ready_s": median(name, "cpu_at_ready_s"),
         "rss_at_ready_mb": median(name, "at_ready", "VmRSS"),
         "anon_at_ready_mb": median(name, "at_ready", "RssAnon"),
         "file_at_ready_mb": median(name, "at_ready", "RssFile"),
@@ -224,9 +268,12 @@ def main() -> None:
         "query_max_ms": max(float(run["queries"]["max_ms"]) for run in runs[name]),
         "query_errors": sum(run["queries"]["errors"] for run in runs[name]),
     } for name in variants}
-    print(f"\nbundle {bundle_mb:,.0f} MB; imports alone {statistics.median(imports):.2f} s "
-          f"(median of {args.rounds}); medians of {args.rounds} rounds:")
-    header = ("variant", "ready s", "x today", "RSS ready", "anon", "file", "RSS after",
+    print(f"\nbundle {bundle_mb:,.0f} MB; medians of {args.rounds} rounds")
+    for name, values in imports.items():
+        print(f"imports alone ({IMPORTS[name.split(',')[0]]!r}), {name.split(', ')[1]}: "
+              f"{statistics.median(v['wall_s'] for v in values):.2f} s wall, "
+              f"{statistics.median(v['cpu_s'] for v in values):.2f} s CPU")
+    header = ("variant", "ready s", "x today", "CPU s", "RSS ready", "anon", "file", "RSS after",
               "anon", "file", "queries", "p50 ms", "p99 ms", "max ms")
     for name, values in loads.items():
         print(f"Recommender.load alone, {name}, unverified: "
@@ -236,7 +283,7 @@ def main() -> None:
     print(" | ".join(header))
     for name, s in summary.items():
         print(" | ".join(str(x) for x in (
-            name, s["ready_s"], s["ready_vs_today"], s["rss_at_ready_mb"],
+            name, s["ready_s"], s["ready_vs_today"], s["cpu_at_ready_s"], s["rss_at_ready_mb"],
             s["anon_at_ready_mb"], s["file_at_ready_mb"], s["rss_after_queries_mb"],
             s["anon_after_queries_mb"], s["file_after_queries_mb"],
             f"{s['queries']:.0f} ({s['query_errors']} errors)", s["query_p50_ms"],
@@ -246,7 +293,8 @@ def main() -> None:
         args.json.write_text(json.dumps({
             "date": time.strftime("%Y-%m-%d"), "machine": f"{os.cpu_count()} cores, shared",
             "python": platform.python_version(), "bundle_mb": round(bundle_mb),
-            "items": args.items, "imports_s": [round(s, 3) for s in imports],
+            "items": args.items, "compiled": args.compile,
+            "baseline_src": str(args.baseline_src), "imports": imports,
             "load_in_process": loads,
             "summary": summary, "runs": runs}, indent=2) + "\n")
 

@@ -25,7 +25,6 @@ from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
-from scipy.sparse.csgraph import connected_components
 
 # Below this many co-users an item's neighbours come from co-occurrence ("co_bought")
 # instead of the factors ("cf"): the one gate of SVD that was level with item-kNN on both
@@ -73,6 +72,10 @@ def item_components(matrix: sp.csr_matrix) -> np.ndarray:
                            np.asarray(matrix.indices, dtype=np.int64) + n_users,
                            np.append(matrix.indptr, np.full(n_items, matrix.nnz))),
                           shape=(size, size))
+    # Imported here, by the builders: scipy.sparse.csgraph brings scipy.sparse.linalg and
+    # scipy.linalg (0.1 s) that the service, which imports this module, never calls.
+    from scipy.sparse.csgraph import connected_components
+
     _, labels = connected_components(graph, directed=False)
     return relabel_by_first_item(labels[n_users:])
 
@@ -97,6 +100,8 @@ def merge_components(labels: np.ndarray, edges: np.ndarray) -> np.ndarray:
     rows = np.concatenate([np.arange(n, dtype=np.int64), edges[:, 0].astype(np.int64)])
     cols = np.concatenate([root.astype(np.int64), edges[:, 1].astype(np.int64)])
     graph = sp.csr_matrix((np.ones(rows.size, dtype=np.int8), (rows, cols)), shape=(n, n))
+    from scipy.sparse.csgraph import connected_components
+
     _, merged = connected_components(graph, directed=False)
     return np.asarray(merged, dtype=np.int64)
 

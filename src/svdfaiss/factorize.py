@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import scipy.sparse as sp
-from scipy.sparse.linalg import ArpackError, ArpackNoConvergence, LinearOperator, eigsh
 
 from svdfaiss.errors import InvalidInput
+
+if TYPE_CHECKING:
+    from scipy.sparse.linalg import LinearOperator
 
 Solver = Literal["arpack", "randomized"]
 DENSE_MAX = 400  # a Gram matrix this small is solved exactly (eigh: milliseconds)
@@ -143,6 +145,10 @@ def _gram_operator(x: sp.csr_matrix) -> LinearOperator:
     threading it made OpenBLAS's spinning threads (used by ARPACK between products) and the
     product threads fight for the two cores, and the whole solve got 3x slower.
     """
+    # scipy.sparse.linalg (with scipy.linalg) imported where the build needs it: the
+    # service imports this module for fold_in, and not those 0.1 s at start-up.
+    from scipy.sparse.linalg import LinearOperator
+
     xt = x.T
 
     def matvec(v: np.ndarray) -> np.ndarray:
@@ -180,6 +186,8 @@ def _arpack(x: sp.csr_matrix, k: int, seed: int) -> tuple[np.ndarray, np.ndarray
     if n <= max(DENSE_MAX, DENSE_K_SHARE * k):
         eigenvalues, vectors = _dense_eigh(a, k)
     else:
+        from scipy.sparse.linalg import ArpackError, ArpackNoConvergence, eigsh
+
         v0 = np.random.default_rng(seed).standard_normal(n).astype(a.dtype)
         try:
             eigenvalues, vectors = eigsh(_gram_operator(a), k=k, v0=v0, which="LM")
