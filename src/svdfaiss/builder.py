@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
@@ -93,10 +94,13 @@ SIMILAR_CACHE_MAX_ITEMS = 200_000
 
 # Recommendations change only at rebuild too: each user's top STORED_RECOMMENDATIONS_K,
 # computed by the query itself, make a plain request an array slice (query.model.
-# StoredRecommendations). The single query costs 68 us a user on the built-in sample and
-# about 0.2 ms at 1M items (docs/benchmarks.md), so auto stops where that stays minutes.
+# StoredRecommendations). The query costs 68 us a user on the built-in sample and 0.6 ms at
+# 1M items (k 20, banded index; docs/benchmarks.md), so auto times it on a sample of users
+# first and stores the rows only when all of them would take at most as long as the build
+# so far (and at least STORED_BUDGET_MIN_SECONDS): at most about twice a plain build.
 STORED_RECOMMENDATIONS_K = 20
-STORED_RECOMMENDATIONS_MAX_USERS = 1_000_000
+STORED_PROBE_USERS = 1000
+STORED_BUDGET_MIN_SECONDS = 30.0
 MAX_STORED_RECOMMENDATIONS = 1000
 
 # Defaults chosen on three datasets (docs/evaluation.md, "Defaults"): k 128 with shrinkage 30
@@ -177,9 +181,10 @@ class BuildConfig:
 
     def resolved_stored_recommendations(self, n_users: int, n_items: int,
                                         rec_kind: str) -> tuple[int, str]:
-        """How many recommendations to store per user, and why none when 0. auto: 20 up to
-        1M users. Never over an HNSW recommendation index, whose search effort follows k
-        (a stored top 20 need not begin with the top 10 that k=10 would find)."""
+        """How many recommendations to store per user, and why none when 0 ("auto": 20,
+        if the build's time probe agrees). Never over an HNSW recommendation index, whose
+        search effort follows k (a stored top 20 need not begin with the top 10 that k=10
+        would find)."""
         if self.stored_recommendations == 0:
             return 0, "--stored-recommendations 0"
         if rec_kind == "hnsw":
@@ -187,10 +192,6 @@ class BuildConfig:
                        "use --rec-index auto, ivf or flat to store recommendations")
         if self.stored_recommendations is not None:
             return min(self.stored_recommendations, n_items), "--stored-recommendations"
-        if n_users > STORED_RECOMMENDATIONS_MAX_USERS:
-            return 0, (f"{n_users:,} users: auto stores recommendations up to "
-                       f"{STORED_RECOMMENDATIONS_MAX_USERS:,} users (--stored-recommendations "
-                       "N stores them anyway)")
         return min(STORED_RECOMMENDATIONS_K, n_items), "auto"
 
     def resolved_k(self, n_users: int, n_items: int) -> int:
@@ -594,9 +595,11 @@ def build(config: BuildConfig, stage_hook: StageHook | None = None,
                 inter.n_users, inter.n_items, rec_kind)
             manifest["stored_recommendations"] = {"k": 0, "reason": why}
             if stored_k > 0:
+                so_far = sum(timer.seconds.values())
                 with timer.stage("store recommendations"):
                     manifest["stored_recommendations"] = _store_recommendations(
-                        writer, manifest, stored_k, why)
+                        writer, manifest, stored_k, why,
+                        max(so_far, STORED_BUDGET_MIN_SECONDS) if why == "auto" else None)
                 manifest["timings_seconds"] = dict(timer.seconds)
             with timer.stage("publish"):
                 path = writer.publish(manifest, version)
@@ -725,16 +728,29 @@ def _content(config: BuildConfig, table: pa.Table, info: dict[str, Any],
 
 
 def _store_recommendations(writer: bundle.BundleWriter, manifest: dict[str, Any], k: int,
-                           why: str) -> dict[str, Any]:
+                           why: str, budget: float | None) -> dict[str, Any]:
     """Each user's k recommendations, as the query computes them over the files written so
-    far (query.batch.stored_rows), saved beside them; the manifest section that says so."""
+    far (query.batch.stored_rows), saved beside them; the manifest section that says so.
+    With a `budget` (seconds, auto), a sample of users is timed first, and nothing is
+    stored when every user would take longer."""
     from svdfaiss.query.batch import stored_rows
     from svdfaiss.query.model import LoadedModel
     from svdfaiss.query.recommend import ranks_new_items
 
     model = LoadedModel(writer.tmp, {**manifest, "files": {name: {} for name in writer.files}})
+    threads = max(1, min(2, os.cpu_count() or 1))
+    if budget is not None and model.n_users > STORED_PROBE_USERS:
+        probe = np.linspace(0, model.n_users - 1, STORED_PROBE_USERS).astype(np.int64)
+        start = time.perf_counter()
+        stored_rows(model, k, probe, threads)
+        estimate = (time.perf_counter() - start) * model.n_users / probe.size
+        if estimate > budget:
+            return {"k": 0, "reason": (
+                f"storing {model.n_users:,} users' recommendations would take about "
+                f"{estimate:.0f} s (timed on {probe.size:,} users), more than the build so far "
+                f"({budget:.0f} s); --stored-recommendations {k} stores them anyway")}
     start = time.perf_counter()
-    ids, scores, popular = stored_rows(model, k)
+    ids, scores, popular = stored_rows(model, k, threads=threads)
     seconds = time.perf_counter() - start
     writer.save_array("stored_rec_ids.npy", ids)
     writer.save_array("stored_rec_scores.npy", scores)
@@ -742,7 +758,7 @@ def _store_recommendations(writer: bundle.BundleWriter, manifest: dict[str, Any]
     return {"k": k, "reason": why, "users": model.n_users,
             "popular_rows": int(popular.sum()),
             "ranks_new_items": ranks_new_items(model, "hybrid"),
-            "us_per_user": round(1e6 * seconds / max(model.n_users, 1), 1),
+            "seconds": round(seconds, 2), "threads": threads,
             "answers": "plain recommendations (seen items excluded, popular fallback, no "
                        "filter, list, explanation or live events, k up to this) of known "
                        "users, when no scores tie among the first k + 1"}

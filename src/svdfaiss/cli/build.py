@@ -133,7 +133,8 @@ def build(
     = None,
     stored_recommendations: Annotated[int | None, typer.Option(
         min=0, help="Recommendations precomputed per user, so that a plain request with k up "
-        "to this is an array slice (default: 20 up to 1M users; 0: off).")] = None,
+        "to this is an array slice (default: 20 when a timed sample of users says they take "
+        "at most as long as the build so far; 0: off).")] = None,
     objective: Annotated[str, typer.Option(
         help="topn: rank by the SVD's scores; rating: by the predicted rating of a biased "
              "MF model (explicit ratings only).")] = "topn",

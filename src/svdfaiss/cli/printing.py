@@ -155,8 +155,8 @@ def print_summary(path: Path, manifest: dict[str, Any]) -> None:
     stored = manifest.get("stored_recommendations")
     if stored:
         table.add_row("stored", f"{stored['k']} recommendations for each of "
-                                f"{fmt_int(stored['users'])} users ({stored['us_per_user']:g} "
-                                "us a user)" if stored["k"] else
+                                f"{fmt_int(stored['users'])} users, in {stored['seconds']:g} s"
+                                if stored["k"] else
                                 f"no recommendations stored: {stored['reason']}")
     for events in manifest["input"].get("events", []):
         table.add_row("events", f"{fmt_int(events['events'])} folded in from {events['path']}"

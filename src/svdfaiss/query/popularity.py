@@ -29,6 +29,17 @@ class Popularity:
     def counts(self) -> np.ndarray:
         return self.counts_and_order()[0]
 
+    def top_without(self, k: int, excluded: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """`top` with every item kept but `excluded` (positions): the answer lies in the first
+        k + len(excluded) of the order, so no mask over every item (a 1M-item catalog: 1.5
+        ms a call against microseconds)."""
+        counts, order = self.counts_and_order()
+        excluded = np.unique(excluded)
+        first = order[: k + excluded.size]
+        idx = first[~np.isin(first, excluded)][:k] if excluded.size else first[:k]
+        users = max(self._rows.shape[0], 1)
+        return (counts[idx] / np.float32(users)).astype(np.float32), idx
+
     def top(self, k: int, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The k most popular items where `keep` (a mask over the model's items) holds:
         their scores (the share of the model's users who interacted with each, in [0, 1])

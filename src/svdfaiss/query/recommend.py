@@ -60,14 +60,16 @@ def popular(model: LoadedModel, k: int, items: Iterable[str] | None,
     if k < 1:
         raise InvalidInput(f"k must be at least 1, got {k}")
     allowed = model._allowed(items, catalog_filter)
-    keep = np.ones(model.n_items, dtype=bool)
-    if allowed is not None:
-        keep[:] = False
+    excluded = [e for e in (model._item_set(filter_items), exclude) if e is not None]
+    if allowed is None:
+        counts, idx = model.popularity.top_without(
+            k, np.concatenate(excluded) if excluded else np.empty(0, dtype=np.int64))
+    else:
+        keep = np.zeros(model.n_items, dtype=bool)
         keep[allowed] = True
-    for excluded in (model._item_set(filter_items), exclude):
-        if excluded is not None:
-            keep[excluded] = False
-    counts, idx = model.popularity.top(k, keep)
+        for positions in excluded:
+            keep[positions] = False
+        counts, idx = model.popularity.top(k, keep)
     result = model.items_result(counts, idx)
     return Results(result.ids, result.scores, idx, result.fields, reason="popular")
 
