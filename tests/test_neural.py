@@ -96,6 +96,17 @@ def test_the_model_learns_the_planted_groups(trained, planted):
     assert trained.training["best_validation_ndcg@10"] > 0.2
 
 
+def test_one_item_rows_teach_elsa_nothing_so_training_skips_them():
+    params = replace(TINY, algorithm="elsa")
+    net = neural._networks(torch, params, 50)
+    ones = sp.csr_matrix((np.ones(4, np.float32), ([0, 1, 2, 3], [3, 7, 7, 40])), shape=(4, 50))
+    loss = neural._loss(torch, params, net, neural._batch(torch, ones), 0)
+    loss.backward()
+    assert float(loss.detach()) == pytest.approx(2.0)
+    assert float(net.a.grad.abs().max()) < 1e-6
+    assert neural._min_row(params) == 2 and neural._min_row(replace(TINY)) == 1
+
+
 def test_training_is_seeded_and_reproducible(planted):
     params = replace(TINY, max_epochs=2)
     a, b = train(planted, params), train(planted, params)

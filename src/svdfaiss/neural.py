@@ -281,6 +281,19 @@ def _validation_ndcg(scores: np.ndarray, seen: sp.csr_matrix,
     return float(ranking_metrics(ranked, relevant, cutoffs=(k,))[f"ndcg@{k}"])
 
 
+def _min_row(params: NeuralParams) -> int:
+    """The fewest items a training row needs to teach the model anything.
+
+    Empty rows teach nothing. Nor, for ELSA, does a row of one item j: its prediction at j
+    is |A_j|^2 - 1 = 0 whatever A is (unit rows), so its loss is 2 and its gradient 0. On
+    the Amazon sample 44,944 of 47,141 users have one item: skipping them leaves the loss
+    to minimise as it was (less a constant) and an epoch costs 1/20th (0.15 s against 3.5 s,
+    one thread). An epoch is then fewer Adam steps (9 against 185 at batch 256), each on 256
+    rows that move it instead of about 12.
+    """
+    return 2 if params.algorithm == "elsa" else 1
+
+
 def train(matrix: sp.csr_matrix, params: NeuralParams,
           progress: Callable[[str], None] | None = None,
           validation: tuple[sp.csr_matrix, np.ndarray, list[np.ndarray]] | None = None,
@@ -314,7 +327,7 @@ def train(matrix: sp.csr_matrix, params: NeuralParams,
     torch.set_num_threads(params.threads)
     rng = np.random.default_rng(params.seed)
     n_items = x_train.shape[1]
-    active = np.flatnonzero(np.diff(x_train.indptr) > 0)  # empty rows teach nothing
+    active = np.flatnonzero(np.diff(x_train.indptr) >= _min_row(params))
     net = _networks(torch, params, n_items)
     # fused: one kernel per tensor instead of a dozen passes; an Adam step of Mult-VAE's 8M
     # parameters took 9 ms against 48 ms (one thread, measured 2026-12-05)
