@@ -96,6 +96,23 @@ def test_the_model_learns_the_planted_groups(trained, planted):
     assert trained.training["best_validation_ndcg@10"] > 0.2
 
 
+def test_the_epochs_validation_ndcg_equals_the_evaluation_protocols():
+    from svdfaiss.evaluation import ranking_metrics, top_n_from_scores
+
+    rng = np.random.default_rng(3)
+    users, items = 40, 30
+    seen = sp.random(users, items, density=0.3, format="lil", random_state=4, dtype=np.float32)
+    seen[0, :25] = 1  # 5 unseen items: a list shorter than k
+    seen = seen.tocsr()
+    relevant = [np.sort(rng.choice(items, rng.integers(0, 6), replace=False))
+                for _ in range(users)]  # some users hold none: not counted
+    scores = rng.normal(size=(users, items)).astype(np.float32)
+    expected = ranking_metrics(top_n_from_scores(scores, seen, 10), relevant,
+                               cutoffs=(10,))["ndcg@10"]
+    got = neural.ValidationNdcg(seen, relevant)(scores.copy())
+    assert 0 < expected < 1 and got == pytest.approx(expected, rel=1e-12)
+
+
 def test_one_item_rows_teach_elsa_nothing_so_training_skips_them():
     params = replace(TINY, algorithm="elsa")
     net = neural._networks(torch, params, 50)

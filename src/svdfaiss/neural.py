@@ -271,14 +271,43 @@ def torch_scores(torch: Any, params: NeuralParams, net: Any, rows: sp.csr_matrix
 # --------------------------------------------------------------------------- training
 
 
-def _validation_ndcg(scores: np.ndarray, seen: sp.csr_matrix,
-                     relevant: list[np.ndarray], k: int = 10) -> float:
-    """Mean NDCG@k of score rows, the user's training items excluded (evaluation.py's
-    protocol)."""
-    from svdfaiss.evaluation import ranking_metrics, top_n_from_scores
+class ValidationNdcg:
+    """Mean NDCG@k of score rows against held-out items, the rows' training items
+    excluded: evaluation.ranking_metrics' figure on top_n_from_scores' lists (ties within
+    the top k to the lower item index), vectorised, as every epoch computes it. For
+    ml-latest-small's 610 validation users those two functions took 90 ms, as long as half
+    an ELSA epoch's updates; this takes 15 ms (a test holds the two equal)."""
 
-    ranked = top_n_from_scores(scores, seen, k)
-    return float(ranking_metrics(ranked, relevant, cutoffs=(k,))[f"ndcg@{k}"])
+    def __init__(self, seen: sp.csr_matrix, relevant: list[np.ndarray], k: int = 10) -> None:
+        seen = sp.csr_matrix(seen)
+        self.k, self.n_items = k, int(seen.shape[1])
+        self.seen = seen.nonzero()
+        counts = np.array([len(r) for r in relevant], dtype=np.int64)
+        self.counted = counts > 0
+        self.keys = np.sort(np.concatenate(
+            [np.zeros(0, np.int64)] + [u * self.n_items + np.asarray(r, dtype=np.int64)
+                                       for u, r in enumerate(relevant)]))
+        self.discounts = 1.0 / np.log2(np.arange(2, k + 2))
+        self.ideal = np.cumsum(self.discounts)[np.clip(counts, 1, k) - 1]
+
+    def __call__(self, scores: np.ndarray) -> float:
+        """NDCG@k of `scores` (users x items, float32; masked in place)."""
+        import torch
+
+        if not self.counted.any():
+            return 0.0
+        scores[self.seen] = -np.inf
+        k = min(self.k, self.n_items)
+        found = torch.topk(torch.from_numpy(scores), k, dim=1)
+        values, top = found.values.numpy(), found.indices.numpy()
+        order = np.lexsort((top, -values), axis=1)  # ties to the lower item index
+        values = np.take_along_axis(values, order, axis=1)
+        top = np.take_along_axis(top, order, axis=1)
+        query = np.arange(len(top))[:, None] * self.n_items + top
+        where = np.minimum(np.searchsorted(self.keys, query), max(self.keys.size - 1, 0))
+        hits = (self.keys[where] == query) & np.isfinite(values)
+        gains = hits @ self.discounts[:k]
+        return float(np.mean(gains[self.counted] / self.ideal[self.counted]))
 
 
 def _min_row(params: NeuralParams) -> int:
@@ -323,6 +352,7 @@ def train(matrix: sp.csr_matrix, params: NeuralParams,
     train_rows, val_users, val_items = validation
     x_train = binary(train_rows)
     val_seen = x_train[val_users]
+    validation_ndcg = ValidationNdcg(val_seen, val_items)
     torch.manual_seed(params.seed)
     torch.set_num_threads(params.threads)
     rng = np.random.default_rng(params.seed)
@@ -353,7 +383,7 @@ def train(matrix: sp.csr_matrix, params: NeuralParams,
             if time.perf_counter() - start >= params.time_budget:
                 break  # the budget holds inside a long epoch too: validate what was learnt
         scores = torch_scores(torch, params, net, val_seen)
-        ndcg = _validation_ndcg(scores, val_seen, val_items)
+        ndcg = validation_ndcg(scores)
         elapsed = time.perf_counter() - start
         seen = min(order.size, (begin // params.batch_size + 1) * params.batch_size)
         total /= max(seen, 1)
