@@ -140,11 +140,13 @@ def test_early_stopping_keeps_the_best_epoch_and_the_time_budget_holds(planted):
                     progress=lines.append)
     history = stopped.training["history"]
     assert stopped.training["epochs"] < 200 and "no better" in stopped.training["stopped"]
+    assert stopped.training["stopped_by"] == "patience"
     best = max(history, key=lambda h: h["validation_ndcg@10"])
     assert stopped.training["best_epoch"] == best["epoch"]
     assert len(lines) == len(history) and lines[0].startswith("epoch 1: loss ")
     budget = train(planted, replace(TINY, max_epochs=200, patience=200, time_budget=0.01))
     assert budget.training["epochs"] == 1 and "time budget" in budget.training["stopped"]
+    assert budget.training["stopped_by"] == "time_budget"
 
 
 def test_bad_parameters_are_refused_by_name(planted):

@@ -365,7 +365,7 @@ def train(matrix: sp.csr_matrix, params: NeuralParams,
                                  weight_decay=params.weight_decay, fused=True)
     best_ndcg, best_epoch, best_state = -1.0, 0, None
     history: list[dict[str, float]] = []
-    step, stopped = 0, "max_epochs"
+    step, stopped, stopped_by = 0, "max_epochs", "max_epochs"
     for epoch in range(1, params.max_epochs + 1):
         net.train()
         order = rng.permutation(active)
@@ -397,13 +397,15 @@ def train(matrix: sp.csr_matrix, params: NeuralParams,
                      f"ndcg@10 {ndcg:.4f} (best {best_ndcg:.4f} at {best_epoch}), "
                      f"{elapsed:.1f} s")
         if not math.isfinite(total):
-            stopped = "the loss is not finite"
+            stopped, stopped_by = "the loss is not finite", "not_finite"
             break
         if epoch - best_epoch >= params.patience:
             stopped = f"no better validation ndcg@10 for {params.patience} epochs"
+            stopped_by = "patience"
             break
         if elapsed >= params.time_budget:
             stopped = f"time budget of {params.time_budget:g} s spent"
+            stopped_by = "time_budget"
             break
     if best_state is not None:
         net.load_state_dict(best_state)
@@ -412,6 +414,7 @@ def train(matrix: sp.csr_matrix, params: NeuralParams,
     training: dict[str, Any] = {
         "epochs": len(history), "best_epoch": best_epoch,
         "best_validation_ndcg@10": round(best_ndcg, 5), "stopped": stopped,
+        "stopped_by": stopped_by,  # patience, time_budget, max_epochs or not_finite
         "seconds": round(time.perf_counter() - start, 2),
         "updates": step, "parameters": int(sum(p.numel() for p in net.parameters())),
         "validation": {"users": int(val_users.size), "split": (
