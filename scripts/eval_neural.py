@@ -58,7 +58,7 @@ from svdfaiss.evaluation import (
     item_knn_scorer,
     popularity_scorer,
 )
-from svdfaiss.neural import NeuralParams, train
+from svdfaiss.neural import NeuralParams, binary, train
 from svdfaiss.recommender import Recommender
 
 GRIDS: dict[str, dict[str, tuple[Any, ...]]] = {
@@ -101,8 +101,13 @@ def tune_neural(algorithm: str, split: Any, validation: Any, base: NeuralParams,
         model = train(validation.train, params,
                       validation=(validation.train, validation.test_users,
                                   validation.test_items))
-        val = score(lambda rows, m=model: m.scores(validation.train[rows]), validation.train,
-                    validation.test_users, validation.test_items, n_items)["ndcg@10"]
+        # binary rows: what the model trained on and what its bundle folds in (not ratings)
+        val = score(lambda rows, m=model: m.scores(binary(validation.train[rows])),
+                    validation.train, validation.test_users, validation.test_items,
+                    n_items)["ndcg@10"]
+        if abs(val - model.training["best_validation_ndcg@10"]) > 1e-4:  # the same split
+            log(f"warning: validation ndcg@10 {val:.5f} but training's best epoch had "
+                f"{model.training['best_validation_ndcg@10']:.5f}")
         trials.append({"params": dict(zip(grid, values, strict=True)),
                        "validation_ndcg@10": val, "epochs": model.training["epochs"],
                        "best_epoch": model.training["best_epoch"],
@@ -119,8 +124,8 @@ def tune_neural(algorithm: str, split: Any, validation: Any, base: NeuralParams,
     start = time.perf_counter()
     model = train(split.train, params, progress=None)  # as `svdfaiss build` trains it
     fit = time.perf_counter() - start
-    test = score(lambda rows: model.scores(split.train[rows]), split.train, split.test_users,
-                 split.test_items, n_items)
+    test = score(lambda rows: model.scores(binary(split.train[rows])), split.train,
+                 split.test_users, split.test_items, n_items)
     log(f"{algorithm}: test ndcg@10 {test['ndcg@10']:.4f} ({model.training['epochs']} epochs, "
         f"best {model.training['best_epoch']}, {fit:.1f} s, {model.training['stopped']})")
     return {"params": best["params"], "grid": {k: list(v) for k, v in grid.items()},
