@@ -149,6 +149,18 @@ def test_early_stopping_keeps_the_best_epoch_and_the_time_budget_holds(planted):
     assert budget.training["stopped_by"] == "time_budget"
 
 
+def test_a_refit_trains_on_all_rows_for_the_given_epochs_and_keeps_the_last(planted):
+    params = replace(TINY, algorithm="elsa")
+    refit = train(planted, params, epochs_on_all_rows=3)
+    assert refit.training["epochs"] == 3 and refit.training["best_epoch"] == 3
+    assert refit.training["stopped_by"] == "fixed_epochs"
+    assert refit.training["validation"]["users"] == 0
+    again = train(planted, params, epochs_on_all_rows=3)
+    np.testing.assert_array_equal(refit.item_vectors, again.item_vectors)
+    with pytest.raises(InvalidInput, match="refit"):
+        train(planted, params, epochs_on_all_rows=0)
+
+
 def test_bad_parameters_are_refused_by_name(planted):
     with pytest.raises(InvalidInput, match="--dropout"):
         train(planted, replace(TINY, dropout=1.0))

@@ -326,19 +326,27 @@ def _min_row(params: NeuralParams) -> int:
 def train(matrix: sp.csr_matrix, params: NeuralParams,
           progress: Callable[[str], None] | None = None,
           validation: tuple[sp.csr_matrix, np.ndarray, list[np.ndarray]] | None = None,
-          keep_network: bool = False) -> NeuralModel:
+          keep_network: bool = False,
+          epochs_on_all_rows: int | None = None) -> NeuralModel:
     """Train on `matrix` (users x items; values are read as 0/1) and export the best epoch.
 
     Early stopping watches NDCG@10 on `validation` = (train rows, users, held-out items):
     by default carved from `matrix` (autotune.validation_split), training then on its train
     rows. `keep_network` keeps the torch module in `network` (tests compare it with the
-    export).
+    export). `epochs_on_all_rows` instead trains on all of `matrix` for that many epochs
+    (within the time budget), with no validation, and exports the last: a refit once early
+    stopping has found the number of epochs (scripts/eval_neural.py --refit).
     """
     params.check()
     torch = require_torch()
     start = time.perf_counter()
     carved = validation is None
-    if validation is None:
+    refit = epochs_on_all_rows is not None
+    if epochs_on_all_rows is not None:
+        if epochs_on_all_rows < 1:
+            raise InvalidInput(f"a refit needs at least 1 epoch, got {epochs_on_all_rows}")
+        validation = (matrix, np.zeros(0, dtype=np.int64), [])
+    elif validation is None:
         from svdfaiss.autotune import validation_split
 
         try:
@@ -352,7 +360,7 @@ def train(matrix: sp.csr_matrix, params: NeuralParams,
     train_rows, val_users, val_items = validation
     x_train = binary(train_rows)
     val_seen = x_train[val_users]
-    validation_ndcg = ValidationNdcg(val_seen, val_items)
+    validation_ndcg = None if refit else ValidationNdcg(val_seen, val_items)
     torch.manual_seed(params.seed)
     torch.set_num_threads(params.threads)
     rng = np.random.default_rng(params.seed)
@@ -366,7 +374,9 @@ def train(matrix: sp.csr_matrix, params: NeuralParams,
     best_ndcg, best_epoch, best_state = -1.0, 0, None
     history: list[dict[str, float]] = []
     step, stopped, stopped_by = 0, "max_epochs", "max_epochs"
-    for epoch in range(1, params.max_epochs + 1):
+    if epochs_on_all_rows is not None:
+        stopped = stopped_by = "fixed_epochs"
+    for epoch in range(1, (epochs_on_all_rows or params.max_epochs) + 1):
         net.train()
         order = rng.permutation(active)
         total = 0.0
@@ -382,14 +392,17 @@ def train(matrix: sp.csr_matrix, params: NeuralParams,
             total += float(loss.detach()) * rows.size
             if time.perf_counter() - start >= params.time_budget:
                 break  # the budget holds inside a long epoch too: validate what was learnt
-        scores = torch_scores(torch, params, net, val_seen)
-        ndcg = validation_ndcg(scores)
+        ndcg = -1.0  # a refit's epochs are not validated
+        if validation_ndcg is not None:
+            ndcg = validation_ndcg(torch_scores(torch, params, net, val_seen))
         elapsed = time.perf_counter() - start
         seen = min(order.size, (begin // params.batch_size + 1) * params.batch_size)
         total /= max(seen, 1)
         history.append({"epoch": epoch, "loss": round(total, 5),
                         "validation_ndcg@10": round(ndcg, 5), "seconds": round(elapsed, 2)})
-        if ndcg > best_ndcg:
+        if refit:
+            best_epoch = epoch  # the last epoch is the one exported
+        elif ndcg > best_ndcg:
             best_ndcg, best_epoch = ndcg, epoch
             best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
         if progress is not None:
@@ -399,7 +412,7 @@ def train(matrix: sp.csr_matrix, params: NeuralParams,
         if not math.isfinite(total):
             stopped, stopped_by = "the loss is not finite", "not_finite"
             break
-        if epoch - best_epoch >= params.patience:
+        if not refit and epoch - best_epoch >= params.patience:
             stopped = f"no better validation ndcg@10 for {params.patience} epochs"
             stopped_by = "patience"
             break
@@ -407,7 +420,7 @@ def train(matrix: sp.csr_matrix, params: NeuralParams,
             stopped = f"time budget of {params.time_budget:g} s spent"
             stopped_by = "time_budget"
             break
-    if best_state is not None:
+    if best_state is not None and not refit:
         net.load_state_dict(best_state)
     net.eval()
     encoder, items, similarity = export(torch, params, net)
@@ -420,6 +433,7 @@ def train(matrix: sp.csr_matrix, params: NeuralParams,
         "validation": {"users": int(val_users.size), "split": (
             "random holdout per user (20% of up to 2,000 users with 5+ interactions), "
             "carved from the build's rows; the model trains on the rest" if carved
+            else "none: a fixed number of epochs on all rows" if refit
             else "given by the caller")},
         "history": history, "torch_version": str(torch.__version__),
         "threads": params.threads,
