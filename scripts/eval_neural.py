@@ -10,7 +10,9 @@ validation split carved from its train (seed 43).
   --algorithm NAME` trains it (on the test split's train rows, stopping early on a split it
   carves from them) and scored once on the test split. Every training records what
   stopped it (`stopped_by`: patience, time_budget, max_epochs); a converged comparison is
-  one where none stopped on the budget.
+  one where none stopped on the budget. `--refit` also trains each winner on all the test
+  split's train rows for the epochs its final fit chose (the build's early stopping holds
+  20% of its users' rows out) and scores that too, under `refit_on_all_rows`.
 - The peers are re-fitted in the same run with the parameters scripts/eval_peers.py chose
   on the same validation split (read from its JSON: `--peers`), so fit times compare on one
   machine state; their NDCG@10 is checked against the recorded figure.
