@@ -96,6 +96,34 @@ def test_the_model_learns_the_planted_groups(trained, planted):
     assert trained.training["best_validation_ndcg@10"] > 0.2
 
 
+def test_the_epochs_validation_ndcg_equals_the_evaluation_protocols():
+    from svdfaiss.evaluation import ranking_metrics, top_n_from_scores
+
+    rng = np.random.default_rng(3)
+    users, items = 40, 30
+    seen = sp.random(users, items, density=0.3, format="lil", random_state=4, dtype=np.float32)
+    seen[0, :25] = 1  # 5 unseen items: a list shorter than k
+    seen = seen.tocsr()
+    relevant = [np.sort(rng.choice(items, rng.integers(0, 6), replace=False))
+                for _ in range(users)]  # some users hold none: not counted
+    scores = rng.normal(size=(users, items)).astype(np.float32)
+    expected = ranking_metrics(top_n_from_scores(scores, seen, 10), relevant,
+                               cutoffs=(10,))["ndcg@10"]
+    got = neural.ValidationNdcg(seen, relevant)(scores.copy())
+    assert 0 < expected < 1 and got == pytest.approx(expected, rel=1e-12)
+
+
+def test_one_item_rows_teach_elsa_nothing_so_training_skips_them():
+    params = replace(TINY, algorithm="elsa")
+    net = neural._networks(torch, params, 50)
+    ones = sp.csr_matrix((np.ones(4, np.float32), ([0, 1, 2, 3], [3, 7, 7, 40])), shape=(4, 50))
+    loss = neural._loss(torch, params, net, neural._batch(torch, ones), 0)
+    loss.backward()
+    assert float(loss.detach()) == pytest.approx(2.0)
+    assert float(net.a.grad.abs().max()) < 1e-6
+    assert neural._min_row(params) == 2 and neural._min_row(replace(TINY)) == 1
+
+
 def test_training_is_seeded_and_reproducible(planted):
     params = replace(TINY, max_epochs=2)
     a, b = train(planted, params), train(planted, params)
@@ -112,11 +140,25 @@ def test_early_stopping_keeps_the_best_epoch_and_the_time_budget_holds(planted):
                     progress=lines.append)
     history = stopped.training["history"]
     assert stopped.training["epochs"] < 200 and "no better" in stopped.training["stopped"]
+    assert stopped.training["stopped_by"] == "patience"
     best = max(history, key=lambda h: h["validation_ndcg@10"])
     assert stopped.training["best_epoch"] == best["epoch"]
     assert len(lines) == len(history) and lines[0].startswith("epoch 1: loss ")
     budget = train(planted, replace(TINY, max_epochs=200, patience=200, time_budget=0.01))
     assert budget.training["epochs"] == 1 and "time budget" in budget.training["stopped"]
+    assert budget.training["stopped_by"] == "time_budget"
+
+
+def test_a_refit_trains_on_all_rows_for_the_given_epochs_and_keeps_the_last(planted):
+    params = replace(TINY, algorithm="elsa")
+    refit = train(planted, params, epochs_on_all_rows=3)
+    assert refit.training["epochs"] == 3 and refit.training["best_epoch"] == 3
+    assert refit.training["stopped_by"] == "fixed_epochs"
+    assert refit.training["validation"]["users"] == 0
+    again = train(planted, params, epochs_on_all_rows=3)
+    np.testing.assert_array_equal(refit.item_vectors, again.item_vectors)
+    with pytest.raises(InvalidInput, match="refit"):
+        train(planted, params, epochs_on_all_rows=0)
 
 
 def test_bad_parameters_are_refused_by_name(planted):
