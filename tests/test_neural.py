@@ -265,7 +265,29 @@ def test_the_cli_builds_a_neural_bundle_that_verifies_and_serves_without_torch(t
     assert manifest["neural"]["training"]["epochs"] <= 2
 
 
+def test_the_cli_takes_the_training_flags_and_refits_on_every_row(tmp_path, sample):
+    """--lr, --batch-size and --dropout reach the model; --refit trains again on all rows
+    for the early-stopped run's best epoch count and records both runs."""
+    index_dir = tmp_path / "indexes"
+    built = run_cli(["build", str(sample.events), "--index-dir", str(index_dir), "--algorithm",
+                     "multvae", "--dim", "8", "--epochs", "3", "--patience", "2",
+                     "--time-budget", "60", "--lr", "0.003", "--batch-size", "128",
+                     "--dropout", "0.2", "--refit", "--json"])
+    assert built.returncode == 0, built.stderr
+    manifest = json.loads(built.stdout)
+    neural_record = manifest["neural"]
+    assert {k: neural_record["parameters"][k] for k in ("lr", "batch_size", "dropout")} == {
+        "lr": 0.003, "batch_size": 128, "dropout": 0.2}
+    training, stopped = neural_record["training"], neural_record["training"]["early_stopping"]
+    assert stopped["stopped_by"] in ("patience", "max_epochs") and stopped["best_epoch"] >= 1
+    assert training["stopped_by"] == "fixed_epochs"
+    assert training["epochs"] == training["best_epoch"] == stopped["best_epoch"]
+    rec = Recommender.load(index_dir, "default")
+    assert len(rec.recommend(rec.user_ids[0].decode(), 5).ids) == 5
+
+
 @pytest.mark.parametrize(("flags", "needle"), [
+    (["--refit"], "--refit"),
     (["--algorithm", "deep"], "--algorithm 'deep'"),
     (["--algorithm", "multvae", "--k", "16"], "--k"),
     (["--algorithm", "elsa", "--weighting", "log"], "--weighting log"),

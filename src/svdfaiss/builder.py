@@ -168,6 +168,9 @@ class BuildConfig:
     # architecture and training take `neural` (its seed is --seed).
     algorithm: Literal["svd", "multvae", "elsa"] = "svd"
     neural: NeuralParams = field(default_factory=NeuralParams)
+    # Train the neural model again on every row for its best epoch count (neural.train's
+    # epochs_on_all_rows) and export that one.
+    neural_refit: bool = False
 
     @property
     def is_neural(self) -> bool:
@@ -258,6 +261,8 @@ class BuildConfig:
         if self.algorithm not in ALGORITHMS:
             raise InvalidInput(f"--algorithm {self.algorithm!r}: choose one of "
                                f"{', '.join(ALGORITHMS)}")
+        if self.neural_refit and not self.is_neural:
+            raise InvalidInput("--refit retrains a neural model (--algorithm multvae|elsa)")
         if self.is_neural:
             self._check_neural()
 
@@ -380,9 +385,17 @@ def build(config: BuildConfig, stage_hook: StageHook | None = None,
         with timer.stage(f"train {config.algorithm}"):
             from svdfaiss.neural import train
 
-            neural = train(x, replace(config.neural,
-                                      algorithm=config.algorithm,  # type: ignore[arg-type]
-                                      seed=config.seed), progress)
+            params = replace(config.neural, algorithm=config.algorithm,  # type: ignore[arg-type]
+                             seed=config.seed)
+            neural = train(x, params, progress)
+            if config.neural_refit:
+                stopped = neural.training
+                neural = train(x, params, progress,
+                               epochs_on_all_rows=max(1, int(stopped["best_epoch"])))
+                neural.training["early_stopping"] = {
+                    key: stopped[key] for key in ("epochs", "best_epoch",
+                                                  "best_validation_ndcg@10", "stopped",
+                                                  "stopped_by", "seconds", "validation")}
             del x
     else:
         with timer.stage("factorize"):

@@ -153,6 +153,17 @@ def build(
     dim: Annotated[int | None, typer.Option(
         min=1, help="Neural models: latent size (default 200 for multvae, 256 for elsa).")]
     = None,
+    lr: Annotated[float, typer.Option(
+        min=1e-6, help="Neural models: Adam's learning rate.")] = 1e-3,
+    batch_size: Annotated[int, typer.Option(
+        min=1, help="Neural models: users per training step.")] = 256,
+    dropout: Annotated[float, typer.Option(
+        min=0.0, max=0.95, help="Mult-VAE: input dropout.")] = 0.5,
+    refit: Annotated[bool, typer.Option(
+        help="Neural models: once early stopping has found the best epoch, train again on "
+             "every row (the validation users' held-out items too) for that many epochs and "
+             "export that model: about twice the training time, and the better figures in "
+             "docs/evaluation.md.")] = False,
     epochs: Annotated[int, typer.Option(
         min=1, help="Neural models: at most this many epochs (early stopping usually "
         "ends sooner).")] = 200,
@@ -244,7 +255,9 @@ def build(
         catalog_updates=tuple(catalog_updates or ()),
         algorithm=algorithm,  # type: ignore[arg-type]
         neural=NeuralParams(dim=dim or DEFAULT_DIMS.get(algorithm, 200), max_epochs=epochs,
-                            patience=patience, time_budget=time_budget),
+                            patience=patience, time_budget=time_budget, lr=lr,
+                            batch_size=batch_size, dropout=dropout),
+        neural_refit=refit,
     )
     if spark_master is not None and engine != "spark":
         raise InvalidInput("--spark-master needs --engine spark")
