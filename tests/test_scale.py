@@ -81,13 +81,14 @@ def test_recall_at_300k_items_is_measured_and_reaches_098(tmp_path):
     data = write_sample(SampleSpec(users=600_000, items=300_000, events=3_000_000,
                                    categories=20), tmp_path / "data")
     report = build(BuildConfig(input=data.events, model="shop", index_dir=tmp_path / "ix",
-                               user_index=None, similar_cache=0))
+                               user_index=None, similar_cache=0, stored_recommendations=20))
     meta = report.manifest["indexes"]["items_mips"]
     assert meta["type"] == "banded" and meta["rows"] > 200_000  # 236k after filters
     assert meta["recall_at_10"] >= 0.98 and meta["recall_meets_target"]
     rec = Recommender.load(tmp_path / "ix", "shop")
     assert _recommend_recall(rec, seed=3) >= 0.98
-    # the stored rows (600k users) are the banded index's own answers, ties searched
+    # the stored rows (600k users; asked for: auto's probe may find them too slow here) are
+    # the banded index's own answers, ties searched
     assert report.manifest["stored_recommendations"]["k"] == 20
     for u in np.random.default_rng(4).choice(rec.n_users, 50, replace=False).tolist():
         user = decode_ids(rec.user_ids[u : u + 1])[0]

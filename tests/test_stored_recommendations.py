@@ -194,3 +194,34 @@ def test_the_service_answers_from_the_stored_rows(sample_index_dir, rec):
                 np.asarray(stored.ids[position, :10], dtype=np.int64))
             assert [i["score"] for i in body["items"]] == [
                 float(s) for s in stored.scores[position, :10]]
+
+
+def test_auto_stores_nothing_when_the_timed_sample_says_it_would_take_too_long(
+        sparse_log, tmp_path, monkeypatch):
+    """A query made slow (0.5 s for the probe's 10 users): the estimate for every user
+    exceeds the build so far, so auto stores no rows and says why, with the flag that
+    stores them anyway; answers are then searched."""
+    from svdfaiss import builder
+    from svdfaiss.query import batch
+
+    real = batch.stored_rows
+
+    def slow_probe(model, k, users=None, threads=2, mode="hybrid"):  # type: ignore[no-untyped-def]
+        if users is not None:
+            time.sleep(0.5)
+        return real(model, k, users, threads, mode)
+
+    monkeypatch.setattr(batch, "stored_rows", slow_probe)
+    monkeypatch.setattr(builder, "STORED_PROBE_USERS", 10)
+    monkeypatch.setattr(builder, "STORED_BUDGET_MIN_SECONDS", 1.0)
+    rec = _build(sparse_log, tmp_path / "slow")
+    stored = rec.manifest["stored_recommendations"]
+    assert stored["k"] == 0 and rec.stored is None
+    assert "would take about" in stored["reason"]
+    assert "--stored-recommendations 20 stores them anyway" in stored["reason"]
+    assert not any(n.startswith("stored_rec") for n in rec.manifest["files"])
+    assert len(rec.recommend("u0", 10).ids) == 10
+
+    monkeypatch.setattr(batch, "stored_rows", real)  # the same build, timed honestly
+    fast = _build(sparse_log, tmp_path / "fast")
+    assert fast.manifest["stored_recommendations"]["k"] == 20

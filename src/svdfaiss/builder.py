@@ -604,16 +604,7 @@ def build(config: BuildConfig, stage_hook: StageHook | None = None,
             manifest["similar_cache"] = None if similar is None else {
                 "k": cache_k, "source": indexes["items"]["type"],
                 "mode": "cf" if content is None else "hybrid"}
-            stored_k, why = config.resolved_stored_recommendations(
-                inter.n_users, inter.n_items, rec_kind)
-            manifest["stored_recommendations"] = {"k": 0, "reason": why}
-            if stored_k > 0:
-                so_far = sum(timer.seconds.values())
-                with timer.stage("store recommendations"):
-                    manifest["stored_recommendations"] = _store_recommendations(
-                        writer, manifest, stored_k, why,
-                        max(so_far, STORED_BUDGET_MIN_SECONDS) if why == "auto" else None)
-                manifest["timings_seconds"] = dict(timer.seconds)
+            store_recommendations(config, writer, manifest, timer, rec_kind)
             with timer.stage("publish"):
                 path = writer.publish(manifest, version)
         except BaseException:
@@ -738,6 +729,23 @@ def _content(config: BuildConfig, table: pa.Table, info: dict[str, Any],
                 config.content_params.category_column is not None:
             raise InvalidInput(f"{info['path']}: {exc}") from None
         return None
+
+
+def store_recommendations(config: BuildConfig, writer: bundle.BundleWriter,
+                          manifest: dict[str, Any], timer: _Timer, rec_kind: str) -> None:
+    """The `store recommendations` stage of both engines, over the files written so far:
+    sets the manifest's `stored_recommendations` (and its timings, this stage included)."""
+    counts = manifest["counts"]
+    stored_k, why = config.resolved_stored_recommendations(counts["users"], counts["items"],
+                                                           rec_kind)
+    manifest["stored_recommendations"] = {"k": 0, "reason": why}
+    if stored_k > 0:
+        so_far = sum(timer.seconds.values())
+        with timer.stage("store recommendations"):
+            manifest["stored_recommendations"] = _store_recommendations(
+                writer, manifest, stored_k, why,
+                max(so_far, STORED_BUDGET_MIN_SECONDS) if why == "auto" else None)
+        manifest["timings_seconds"] = dict(timer.seconds)
 
 
 def _store_recommendations(writer: bundle.BundleWriter, manifest: dict[str, Any], k: int,

@@ -29,6 +29,7 @@ from svdfaiss.builder import (
     _users_index_meta,
     keep_evidence,
     precompute_neighbours,
+    store_recommendations,
 )
 from svdfaiss.errors import InvalidInput
 from svdfaiss.factorize import check_rank, shrinkage_embedding
@@ -339,6 +340,7 @@ def _write_bundle(config: BuildConfig, timer: _Timer, log: SparkLog,
     manifest["content"] = None
     manifest["similar_cache"] = None if similar is None else {
         "k": int(similar[0].shape[1]), "source": indexes["items"]["type"], "mode": "cf"}
+    store_recommendations(config, writer, manifest, timer, rec_kind)  # on the driver
     with timer.stage("publish"):
         path = writer.publish(manifest, version)
     return path, manifest
