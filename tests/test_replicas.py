@@ -12,9 +12,11 @@ resets a request, the retry finds no replica nginx would try, and nginx answers 
 live upstreams while connecting to upstream" in its error log) until the skip ends. With a
 1.0 s wait after /readyz, 3 of 9 runs lost 558 to 816 requests that way; the earlier loss
 (1 of 7 runs, 4 of ~900 requests, 502 after a reset from the stopping replica; no log of
-it was at hand) fits the same window. The test stops the next replica only once nginx
-sends the restarted one requests again (its own request counter grows), as the README
-tells operators to."""
+it was at hand) fits the same window. The restart test runs both ways out: `wait-for-nginx`
+stops the next replica only once nginx sends the restarted one requests again (its own
+request counter grows); `drain-5s` runs the replicas with `--drain-seconds 5` and stops the
+next one as soon as the restarted one answers /readyz (the stopping one keeps answering
+5 s, longer than nginx skips the restarted one)."""
 
 from __future__ import annotations
 
@@ -23,7 +25,9 @@ import contextlib
 import os
 import re
 import shutil
+import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -178,8 +182,9 @@ def admin_reload(url: str) -> dict[str, str]:
 class Replica:
     """One `svdfaiss serve` on a fixed port."""
 
-    def __init__(self, index_dir: Path, port: int, logs: Path) -> None:
-        self.index_dir, self.port, self.logs = index_dir, port, logs
+    def __init__(self, index_dir: Path, port: int, logs: Path,
+                 settings: dict[str, str] | None = None) -> None:
+        self.index_dir, self.port, self.logs, self.settings = index_dir, port, logs, settings
         self.url = f"http://127.0.0.1:{port}"
         self.starts = 0
         self._stack = contextlib.ExitStack()
@@ -187,11 +192,12 @@ class Replica:
     def start(self) -> None:
         self.starts += 1
         self._stack.enter_context(server(
-            self.index_dir, port=self.port,
+            self.index_dir, port=self.port, settings=self.settings,
             log=self.logs / f"replica-{self.port}-{self.starts}.log"))
 
     def stop(self) -> None:
-        """SIGTERM: uvicorn stops accepting and finishes the requests it holds."""
+        """SIGTERM (and wait for the exit): with SVDFAISS_DRAIN_SECONDS, the replica keeps
+        answering that long; then uvicorn stops accepting and finishes what it holds."""
         self._stack.close()
 
 
@@ -263,17 +269,20 @@ def wait_proxied(url: str, seconds: float = 10) -> float:
 
 
 @pytest.mark.slow
-def test_replicas_restart_one_by_one_without_a_failed_request(versions, tmp_path):
-    """A rolling restart: each replica stopped (SIGTERM), started again on its port, and the
-    next one stopped as soon as nginx sends the restarted one requests again."""
+@pytest.mark.parametrize("drain", [0.0, 5.0], ids=["wait-for-nginx", "drain-5s"])
+def test_replicas_restart_one_by_one_without_a_failed_request(versions, tmp_path, drain):
+    """A rolling restart: each replica stopped (SIGTERM, and its exit awaited), started again
+    on its port, and the next one stopped: without draining, once nginx sends the restarted
+    one requests again; with `--drain-seconds 5`, as soon as it answers /readyz (the next
+    one keeps answering 5 s after its SIGTERM, longer than nginx skips the restarted one)."""
     nginx_binary()
     index_dir = tmp_path / "indexes"
     shutil.copytree(versions, index_dir)
     items = decode_ids(Recommender.load(index_dir, "sample").item_ids[:N_ITEMS])
     rec = Recommender.open(index_dir / "sample" / "v1")
     expected = {"v1": {item: rec.similar_items(item, 5).ids for item in items}}
-    replicas = [Replica(index_dir, free_port(), tmp_path), Replica(index_dir, free_port(),
-                                                                   tmp_path)]
+    settings = {"SVDFAISS_DRAIN_SECONDS": str(drain)} if drain else None
+    replicas = [Replica(index_dir, free_port(), tmp_path, settings) for _ in range(2)]
     try:
         with contextlib.ExitStack() as stack:
             for replica in replicas:
@@ -290,7 +299,8 @@ def test_replicas_restart_one_by_one_without_a_failed_request(versions, tmp_path
                     await asyncio.to_thread(replica.stop)
                     await asyncio.to_thread(replica.start)
                     await asyncio.to_thread(wait_ready, replica.url)
-                    waits.append(await asyncio.to_thread(wait_proxied, replica.url))
+                    if not drain or replica is replicas[-1]:  # the last: for the spread
+                        waits.append(await asyncio.to_thread(wait_proxied, replica.url))
                 await asyncio.sleep(0.7)
                 served = [await asyncio.to_thread(served_requests, r.url) for r in replicas]
                 stop.set()
@@ -303,10 +313,52 @@ def test_replicas_restart_one_by_one_without_a_failed_request(versions, tmp_path
             Path(keep).mkdir(parents=True, exist_ok=True)
             for log in [tmp_path / "nginx" / "error.log", *tmp_path.glob("replica-*.log")]:
                 shutil.copy(log, Path(keep) / log.name)
+    waited = ("nginx sent the restarted replicas requests "
+              + ", ".join(f"{w:.2f} s" for w in waits) + " after /readyz"
+              + (f" (the last; each one drained {drain:g} s)" if drain else ""))
     print(f"rolling restart: {tally.ok} right answers, {len(tally.failures)} failed; "
-          f"nginx sent a restarted replica requests {waits[0]:.2f} s, {waits[1]:.2f} s after "
-          f"/readyz; served since its restart {served}")
+          f"{waited}; served since its restart {served}")
     assert tally.failures == []
     assert replicas[0].starts == replicas[1].starts == 2
     assert min(served) > 20, f"the proxy did not spread the load: {served}"
     assert tally.ok > 200
+
+
+def test_draining_keeps_answering_with_readyz_503_and_closed_connections(sample_index_dir,
+                                                                         tmp_path):
+    """`serve --drain-seconds 2` after SIGTERM: queries still answer (each closing its
+    connection), /readyz is 503, and the process exits once the 2 s have passed."""
+    item = decode_ids(Recommender.load(sample_index_dir, "sample").item_ids[:1])[0]
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SVDFAISS_")}
+    env["SVDFAISS_DRAIN_SECONDS"] = "2"
+    with (tmp_path / "serve.log").open("w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "svdfaiss", "serve", "--index-dir", str(sample_index_dir),
+             "--model", "sample", "--host", "127.0.0.1", "--port", str(port)],
+            env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            wait_ready(url)
+            with httpx.Client(base_url=url, timeout=5) as client:
+                before = client.get(f"/items/{item}/similar", params={"k": 5})
+                assert before.status_code == 200
+                assert before.headers.get("connection") != "close"
+                proc.send_signal(signal.SIGTERM)
+                sent = time.monotonic()
+                time.sleep(0.5)
+                ready = client.get("/readyz")
+                assert ready.status_code == 503 and "draining" in ready.text
+                during = client.get(f"/items/{item}/similar", params={"k": 5})
+                assert during.status_code == 200, during.text
+                assert during.json()["items"] == before.json()["items"]
+                assert during.headers.get("connection") == "close"
+            proc.wait(15)
+            assert time.monotonic() - sent >= 2.0
+            with pytest.raises(httpx.TransportError):
+                httpx.get(f"{url}/healthz", timeout=1)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    assert "Draining for 2.0 s" in (tmp_path / "serve.log").read_text()
