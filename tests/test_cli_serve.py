@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from .helpers import run_cli
+from .helpers import free_port, run_cli
 
 
 @pytest.fixture
@@ -81,3 +81,10 @@ def test_tables_wrap_long_ids_instead_of_cutting_them(tmp_path):
             cells.append("")
         cells[-1] += parts[2].strip()
     assert len(cells) == 3 and all(cell in long_ids for cell in cells), cells
+
+
+def test_serve_refuses_draining_with_several_workers(tmp_path):
+    result = run_cli(["serve", "--drain-seconds", "5", "--workers", "2", "--port",
+                      str(free_port()), "--index-dir", str(tmp_path)])
+    assert result.returncode == 2, result.stderr
+    assert "--drain-seconds needs --workers 1" in result.stderr

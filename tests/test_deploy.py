@@ -135,6 +135,8 @@ def test_replicas_profile_puts_nginx_before_replicas_of_the_api(tmp_path):
     for key in ("command", "environment", "volumes", "healthcheck", "depends_on"):
         assert replica[key] == api[key], key
     assert "ports" not in replica  # reached through the proxy only (and scalable)
+    # a rolling restart may stop the next replica once the previous one is healthy
+    assert api["command"][api["command"].index("--drain-seconds") + 1] == "5"
     assert replica["profiles"] == proxy["profiles"] == ["replicas"]
     assert "profiles" not in api  # `docker compose up` alone still serves one api
     assert {str(v.get("target", v)) if isinstance(v, dict) else v.split(":")[1]

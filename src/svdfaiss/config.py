@@ -61,6 +61,9 @@ class Settings(BaseSettings):
         default_factory=list, description="origins allowed to call from a browser (CORS); "
         "none by default. A JSON list in the environment: '[\"https://shop.example\"]'")
     poll_seconds: float = Field(0.0, ge=0.0, description="check CURRENT this often; 0 is off")
+    drain_seconds: float = Field(
+        0.0, ge=0.0, le=300.0, description="on SIGTERM, keep answering this long (/readyz "
+        "503, Connection: close) before the shutdown; 0 is off, needs one worker")
     verify_checksums: bool = True
     trust_hash_stamp: bool = Field(
         True, description="with verify_checksums, skip hashing again the files the build "

@@ -69,13 +69,63 @@ def _serve(settings_env: dict[str, str], host: str, port: int, workers: int) -> 
 
         metrics_dir = tempfile.mkdtemp(prefix="svdfaiss-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
-    Settings().resolved_experiment()  # refuse bad settings before forking workers
+    settings = Settings()
+    settings.resolved_experiment()  # refuse bad settings before forking workers
     try:
-        uvicorn.run("svdfaiss.service.app:create_app", factory=True, host=host, port=port,
-                    workers=workers, log_level="info", access_log=False)
+        if settings.drain_seconds > 0:
+            if workers != 1:
+                raise InvalidInput("--drain-seconds needs --workers 1 (one process a replica)")
+            _serve_draining(host, port, settings.drain_seconds)
+        else:
+            uvicorn.run("svdfaiss.service.app:create_app", factory=True, host=host, port=port,
+                        workers=workers, log_level="info", access_log=False)
     finally:
         if metrics_dir is not None:
             shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _serve_draining(host: str, port: int, seconds: float) -> None:
+    """uvicorn.run for one worker, except that the first SIGTERM starts draining
+    (svdfaiss.service.draining) and uvicorn's graceful shutdown follows `seconds` later;
+    SIGINT or a second SIGTERM shuts down at once.
+
+    Behind nginx (deploy/nginx/svdfaiss.conf), draining lets a rolling restart wait only for
+    /readyz: nginx skips a replica that refused a connection for 1 to 2 s (fail_timeout=1s,
+    counted in whole seconds), so the next replica must not refuse anything within that
+    time. Connections accepted or queued when the listening socket closes are still reset
+    (nginx retries those GETs elsewhere)."""
+    import logging
+    import signal
+    import threading
+    from types import FrameType
+
+    import uvicorn
+
+    from svdfaiss.service.draining import DRAINING
+
+    class DrainingServer(uvicorn.Server):
+        timer: threading.Timer | None = None
+
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            if sig == signal.SIGTERM and self.timer is None and not self.should_exit:
+                DRAINING.set()
+                logging.getLogger("uvicorn.error").info(
+                    "Draining for %.1f s before shutting down (/readyz answers 503)", seconds)
+                self.timer = threading.Timer(seconds, super().handle_exit, (sig, frame))
+                self.timer.daemon = True
+                self.timer.start()
+                return
+            if self.timer is not None:
+                self.timer.cancel()
+            super().handle_exit(sig, frame)
+
+    config = uvicorn.Config("svdfaiss.service.app:create_app", factory=True, host=host,
+                            port=port, log_level="info", access_log=False)
+    config.load_app()
+    server = DrainingServer(config)
+    server.run()
+    if not server.started:
+        sys.exit(3)  # uvicorn's STARTUP_FAILURE, as uvicorn.run exits
 
 
 @clean_errors
@@ -113,6 +163,11 @@ def serve(
         envvar="SVDFAISS_CATALOG_LOG",
         help="Where the live catalog (PUT/DELETE /items, on with SVDFAISS_CATALOG_TOKEN) "
              "appends (default: INDEX_DIR/catalog/MODEL.jsonl).")] = None,
+    drain_seconds: Annotated[float, typer.Option(
+        envvar="SVDFAISS_DRAIN_SECONDS", min=0.0, max=300.0,
+        help="On SIGTERM, keep answering this long before shutting down: /readyz answers "
+             "503 and responses close their connection, so a proxy moves to the other "
+             "replicas (0: off; needs --workers 1).")] = 0.0,
     live_items: Annotated[int, typer.Option(
         envvar="SVDFAISS_LIVE_ITEMS", min=1,
         help="Items the live catalog holds at most until a --catalog-updates build folds "
@@ -129,6 +184,7 @@ def serve(
            "SVDFAISS_POLL_SECONDS": str(poll_seconds), "SVDFAISS_MAX_K": str(max_k),
            "SVDFAISS_LIVE_USERS": str(live_users), "SVDFAISS_EXPERIMENT": experiment,
            "SVDFAISS_LIVE_ITEMS": str(live_items),
+           "SVDFAISS_DRAIN_SECONDS": str(drain_seconds),
            "SVDFAISS_MODELS": json.dumps(models), "SVDFAISS_WEIGHTS": json.dumps(weight or [])}
     if experiment_file is not None:
         env["SVDFAISS_EXPERIMENT_FILE"] = str(experiment_file)

@@ -11,6 +11,7 @@ from svdfaiss.config import Settings
 from svdfaiss.errors import NoBundle, UnknownItem
 from svdfaiss.experiment import Variant
 from svdfaiss.recommender import Recommender
+from svdfaiss.service.draining import DRAINING
 from svdfaiss.service.holders import Models
 from svdfaiss.service.metrics import Metrics
 from svdfaiss.service.responses import items_body
@@ -48,6 +49,8 @@ class ServiceMiddleware:
                 if not any(name == b"x-model-version" for name, _ in headers):
                     version = self.models.primary.version or ""
                     headers.append((b"x-model-version", version.encode()))
+                if DRAINING.is_set():  # shutting down: no keep-alive (svdfaiss.service.draining)
+                    headers.append((b"connection", b"close"))
                 message["headers"] = headers
             await send(message)
 

@@ -7,6 +7,7 @@ from fastapi.responses import Response
 
 from svdfaiss.service import schemas
 from svdfaiss.service.deps import MetricsDep, ModelsDep
+from svdfaiss.service.draining import DRAINING
 from svdfaiss.service.errors import problem
 
 router = APIRouter()
@@ -21,7 +22,9 @@ async def healthz() -> dict[str, str]:
 @router.get("/readyz", response_model=schemas.Ready, tags=["operations"])
 def readyz(models: ModelsDep) -> Any:
     """Every served model has a bundle loaded: the control variant's bundle (when, its
-    size), and each variant's model and version; 503 before."""
+    size), and each variant's model and version; 503 before, and while draining."""
+    if DRAINING.is_set():
+        return problem(503, "draining: the service is shutting down")
     missing = [m for m, h in models.holders.items() if h.current is None]
     current = models.primary.current
     if missing or current is None:
