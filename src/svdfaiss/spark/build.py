@@ -175,7 +175,7 @@ def build_spark(config: BuildConfig, stage_hook: StageHook | None = None,
             writer.abort()
             raise
     for b in (scale_b, has_b, fold_b):
-        b.unpersist()
+        b.destroy()  # unpersist() would keep the driver's copies
     log.blocks.unpersist()
     manifest["timings_seconds"] = timer.seconds
     return BuildReport(path=path, manifest=manifest, seconds=timer.seconds)

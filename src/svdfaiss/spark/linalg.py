@@ -60,40 +60,54 @@ def block_partials(x: Any, basis: np.ndarray, with_gram: bool, chunk: int = ITEM
 def chunk_summer(n_items: int, width: int, chunk: int = ITEM_CHUNK
                  ) -> tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any]]:
     """combineByKey's three functions: the partial rows of one chunk (or the Gramians)
-    summed into a dense float32 chunk (float64 Gramian)."""
+    summed into a dense float32 chunk (float64 Gramian). A key's first partial stays
+    sparse, so a block's own output (one partial per key) is shuffled as sent."""
 
-    def create(part: Partial) -> np.ndarray:
-        return merge(None, part)
+    def create(part: Partial) -> Partial | np.ndarray:
+        return part
 
-    def merge(acc: np.ndarray | None, part: Partial) -> np.ndarray:
+    def merge(acc: Partial | np.ndarray, part: Partial) -> np.ndarray:
+        total = dense(acc)
         positions, values = part
         if positions is None:  # a Gramian
-            return np.asarray(values if acc is None else acc + values)
-        if acc is None:
-            acc = np.zeros((chunk, width), dtype=np.float32)
-        acc[positions] += values
-        return acc
-
-    def combine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        total: np.ndarray = a + b
+            total += values
+        else:
+            total[positions] += values
         return total
+
+    def combine(a: Partial | np.ndarray, b: Partial | np.ndarray) -> np.ndarray:
+        return merge(a, b) if isinstance(b, tuple) else np.add(dense(a), b, out=b)
 
     return create, merge, combine
 
 
+def dense(acc: Partial | np.ndarray, width: int | None = None,
+          chunk: int = ITEM_CHUNK) -> np.ndarray:
+    """A summed chunk (or Gramian) as a dense array: a sparse partial spread into rows of
+    0 (a fresh array: the partial may be shared with Spark's cache)."""
+    if not isinstance(acc, tuple):
+        return acc
+    positions, values = acc
+    if positions is None:
+        return np.array(values, dtype=np.float64)
+    out = np.zeros((chunk, values.shape[1] if width is None else width), dtype=np.float32)
+    out[positions] = values
+    return out
+
+
 def sum_partials(chunks: Any, n_items: int, width: int, chunk: int = ITEM_CHUNK
                  ) -> tuple[np.ndarray, np.ndarray | None]:
-    """(X^T Y as items x width float64, the summed Gramian or None) from (key, summed
+    """(X^T Y as items x width float32, the summed Gramian or None) from (key, summed
     chunk) pairs, taken one at a time; items no block touched keep rows of 0."""
-    xty = np.zeros((n_items, width))
+    xty = np.zeros((n_items, width), dtype=np.float32)
     gram = None
     for key, value in chunks:
         if key == GRAM_KEY:
-            gram = value
+            gram = dense(value)
             continue
         lo = key * chunk
         hi = min(lo + chunk, n_items)
-        xty[lo:hi] = value[: hi - lo]
+        xty[lo:hi] = dense(value, width, chunk)[: hi - lo]
     return xty, gram
 
 
@@ -137,7 +151,7 @@ def randomized_svd(blocks: Any, n_users: int, n_items: int, k: int,
                                                             x.data.astype(np.float64)))
                                       ).sum())
     passes = max(1, passes)
-    z = np.zeros((n_items, width))
+    z = np.zeros((0, width))
     n_keys = -(-n_items // ITEM_CHUNK)
     reducers = max(1, min(n_keys, 2 * spark_context.defaultParallelism))
     create, merge, combine = chunk_summer(n_items, width)
@@ -157,12 +171,14 @@ def randomized_svd(blocks: Any, n_users: int, n_items: int, k: int,
         summed = (matrices.flatMap(product)
                   .combineByKey(create, merge, combine, numPartitions=reducers))
         xty, gram = sum_partials(summed.toLocalIterator(), n_items, width)
-        basis.unpersist()
+        basis.destroy()  # unpersist() would keep the driver's copy: 183 MB a pass at 476k items
         if last:
             assert gram is not None
             z = _project(xty, gram)
         else:
-            omega = np.linalg.qr(xty.astype(np.float64))[0]
+            # float32 like the products: the span is what the next pass needs
+            omega = np.linalg.qr(xty)[0]
+        del xty
     matrices.unpersist()
     v, s, _ = np.linalg.svd(z, full_matrices=False)
     v, s = np.ascontiguousarray(v[:, :k]), s[:k]

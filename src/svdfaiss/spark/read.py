@@ -355,6 +355,7 @@ def _filter_and_block(spark: Any, path: str, valid: Any, pairs: Any, valid_rows:
     from pyspark.sql import functions as F  # noqa: N812
 
     pairs = pairs.persist(StorageLevel.MEMORY_AND_DISK)
+    cached = [pairs]  # unpersisted once the blocks hold the rows
     stats = pairs.agg(F.count("*"), F.sum("n")).first()
     merged = valid_rows - int(stats[0])
     below = 0
@@ -368,6 +369,7 @@ def _filter_and_block(spark: Any, path: str, valid: Any, pairs: Any, valid_rows:
         low = F.col("v") < F.lit(options.min_rating)
         below = int(pairs.filter(low).agg(F.sum("n")).first()[0] or 0)
         pairs = pairs.filter(~low).persist(StorageLevel.MEMORY_AND_DISK)
+        cached.append(pairs)
         if pairs.limit(1).count() == 0:
             raise InvalidInput(f"--min-rating {options.min_rating:g}: every rating is below "
                                "it; lower it")
@@ -413,7 +415,8 @@ def _filter_and_block(spark: Any, path: str, valid: Any, pairs: Any, valid_rows:
     # matrix, also those whose every rating fell below --min-rating).
     n_all_users = all_users.count() if filtered else n_users
     n_all_items = all_items.count() if filtered else int(item_ids.size)
-    rows.unpersist()
+    for frame in (rows, *cached):
+        frame.unpersist()
     return SparkLog(
         blocks=blocks, item_ids=item_ids, n_users=n_users, nnz=nnz,
         feedback=columns.feedback, columns=columns, rows_read=rows_read, rows_used=rows_used,
