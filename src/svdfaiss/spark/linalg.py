@@ -38,29 +38,34 @@ GRAM_KEY = -1  # the key of the summed Gramians Y^T Y
 Partial = tuple[np.ndarray | None, np.ndarray]  # (rows within the chunk, their values)
 
 
-def block_partials(x: Any, basis: np.ndarray, with_gram: bool, chunk: int = ITEM_CHUNK
-                   ) -> list[tuple[int, Partial]]:
-    """One block's share of a pass: the rows of X_b^T (X_b basis) of the items it touches,
-    keyed by item chunk (rows given within the chunk), and its Gramian under GRAM_KEY."""
-    y = np.asarray(x @ basis, dtype=np.float32)
-    by_item = x.T.tocsr()
-    touched = np.flatnonzero(np.diff(by_item.indptr))
-    rows = np.asarray(by_item[touched] @ y, dtype=np.float32)
+def chunk_rows(touched: np.ndarray, rows: np.ndarray, chunk: int = ITEM_CHUNK
+               ) -> list[tuple[int, Partial]]:
+    """The rows of the (sorted) items `touched`, keyed by item chunk, each given by its
+    position within the chunk: what a block sends to be summed per item."""
     keys = touched // chunk
     cuts = np.flatnonzero(np.diff(keys)) + 1
-    out: list[tuple[int, Partial]] = [
-        (int(keys[lo]), (touched[lo:hi] - int(keys[lo]) * chunk, rows[lo:hi]))
-        for lo, hi in zip(np.r_[0, cuts], np.r_[cuts, touched.size], strict=True)
-        if hi > lo]
+    return [(int(keys[lo]), (touched[lo:hi] - int(keys[lo]) * chunk, rows[lo:hi]))
+            for lo, hi in zip(np.r_[0, cuts], np.r_[cuts, touched.size], strict=True)
+            if hi > lo]
+
+
+def block_partials(x: Any, basis: np.ndarray, with_gram: bool, chunk: int = ITEM_CHUNK,
+                   dtype: type = np.float32) -> list[tuple[int, Partial]]:
+    """One block's share of a pass: the rows of X_b^T (X_b basis) of the items it touches,
+    keyed by item chunk (rows given within the chunk), and its Gramian under GRAM_KEY."""
+    y: np.ndarray = np.asarray(x @ basis, dtype=dtype)
+    by_item = x.T.tocsr()
+    touched = np.flatnonzero(np.diff(by_item.indptr))
+    out = chunk_rows(touched, np.asarray(by_item[touched] @ y, dtype=dtype), chunk)
     if with_gram:
         out.append((GRAM_KEY, (None, _gram(y))))
     return out
 
 
-def chunk_summer(n_items: int, width: int, chunk: int = ITEM_CHUNK
+def chunk_summer(n_items: int, width: int, chunk: int = ITEM_CHUNK, dtype: type = np.float32
                  ) -> tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any]]:
     """combineByKey's three functions: the partial rows of one chunk (or the Gramians)
-    summed into a dense float32 chunk (float64 Gramian)."""
+    summed into a dense chunk of `dtype` (float64 Gramian)."""
 
     def create(part: Partial) -> np.ndarray:
         return merge(None, part)
@@ -70,7 +75,7 @@ def chunk_summer(n_items: int, width: int, chunk: int = ITEM_CHUNK
         if positions is None:  # a Gramian
             return np.asarray(values if acc is None else acc + values)
         if acc is None:
-            acc = np.zeros((chunk, width), dtype=np.float32)
+            acc = np.zeros((chunk, width), dtype=dtype)
         acc[positions] += values
         return acc
 
@@ -79,6 +84,21 @@ def chunk_summer(n_items: int, width: int, chunk: int = ITEM_CHUNK
         return total
 
     return create, merge, combine
+
+
+def summed_by_item(partials: Any, n_items: int, width: int, reducers: int,
+                   dtype: type = np.float32, chunk: int = ITEM_CHUNK
+                   ) -> tuple[np.ndarray, np.ndarray | None]:
+    """sum_partials of an RDD of (key, Partial): the blocks' per-item rows summed by item
+    chunk on the executors (combineByKey), taken to the driver a chunk at a time."""
+    create, merge, combine = chunk_summer(n_items, width, chunk, dtype)
+    summed = partials.combineByKey(create, merge, combine, numPartitions=reducers)
+    return sum_partials(summed.toLocalIterator(), n_items, width, chunk)
+
+
+def reducer_count(n_items: int, spark_context: Any, chunk: int = ITEM_CHUNK) -> int:
+    """Partitions of a per-item sum: one per item chunk, at most two per core."""
+    return max(1, min(-(-n_items // chunk), int(spark_context.defaultParallelism) * 2))
 
 
 def sum_partials(chunks: Any, n_items: int, width: int, chunk: int = ITEM_CHUNK
@@ -138,9 +158,7 @@ def randomized_svd(blocks: Any, n_users: int, n_items: int, k: int,
                                       ).sum())
     passes = max(1, passes)
     z = np.zeros((n_items, width))
-    n_keys = -(-n_items // ITEM_CHUNK)
-    reducers = max(1, min(n_keys, 2 * spark_context.defaultParallelism))
-    create, merge, combine = chunk_summer(n_items, width)
+    reducers = reducer_count(n_items, spark_context)
     for step in range(passes):
         # float32 products (the matrix is float32, as in the native solver); the small
         # factorizations on the driver in float64. A power step only needs the span of
@@ -154,9 +172,7 @@ def randomized_svd(blocks: Any, n_users: int, n_items: int, k: int,
                     ) -> list[tuple[int, Partial]]:
             return block_partials(x, basis.value, last)
 
-        summed = (matrices.flatMap(product)
-                  .combineByKey(create, merge, combine, numPartitions=reducers))
-        xty, gram = sum_partials(summed.toLocalIterator(), n_items, width)
+        xty, gram = summed_by_item(matrices.flatMap(product), n_items, width, reducers)
         basis.unpersist()
         if last:
             assert gram is not None
