@@ -7,6 +7,11 @@ symmetrically for items. All users (or items) are solved at once, by a few warm-
 conjugate-gradient steps (or exactly), starting from the biases and a randomized SVD of the
 residuals, so that two sweeps suffice.
 
+The per-row pieces (the ridge diagonal, the data part of A x, the right-hand sides, the
+batched CG steps, the shrunk means, the SVD start's sketch and its small eigenproblem) are
+functions of their own: the Spark engine (svdfaiss.spark.rating) runs them on blocks of
+users and on item-side sums.
+
 Ranking stays exact inside FAISS: with the user vector [p_u, 1] and the item vector
 [q_i, b_i], the inner product is p_u . q_i + b_i, the prediction minus mu + b_u, which is the
 same for every item of a user.

@@ -15,7 +15,8 @@ A block's X_b^T Y_b is sent as the rows of the items it touches, cut by item chu
 chunks are summed by key on the executors (a shuffle), so the driver (and the JVM that
 carries task results to it) receives each item's row once, a chunk at a time: never one
 dense items x l matrix per block, which at 476k items was 183 MB a block and more than a
-1 GB driver heap held.
+1 GB driver heap held. The rating model's item-side sums (svdfaiss.spark.rating) go the same
+way (`chunk_rows`, `summed_by_item`).
 """
 
 from __future__ import annotations
