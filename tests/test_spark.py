@@ -243,8 +243,15 @@ def test_rating_recommendations_overlap_at_10(both_rating) -> None:  # type: ign
 
 
 def test_the_rating_bundle_verifies_and_has_the_native_files(both_rating) -> None:  # type: ignore[no-untyped-def]
-    _, native, on_spark = both_rating
+    from typer.testing import CliRunner
+
+    from svdfaiss.cli import app
+
+    out, native, on_spark = both_rating
     assert bundle.verify(on_spark.path) == []
+    verified = CliRunner().invoke(app, ["bundles", "verify", "--model", "m", "--index-dir",
+                                        str(out / "spark")], catch_exceptions=False)
+    assert verified.exit_code == 0, verified.output
     assert set(on_spark.manifest["files"]) == set(native.manifest["files"])
     assert {"rating_users.npy", "rating_user_bias.npy"} <= set(on_spark.manifest["files"])
     assert "fold_factors.npy" not in on_spark.manifest["files"]
