@@ -1,6 +1,7 @@
 """`build --engine spark` against the native builder on one small log, with a real local[2]
 Spark session: the same rows counted (bad ones by reason), the same singular values, the
-same similar items and recommendations, and a killed build that publishes nothing."""
+same similar items and recommendations, the same rating model (--objective rating, on a
+log of ratings), and a killed build that publishes nothing."""
 
 from __future__ import annotations
 
@@ -141,11 +142,31 @@ def test_parquet_input_counts_like_the_native_reader(log: Path, spark, tmp_path:
     assert on_spark.manifest["counts"] == native.manifest["counts"]
 
 
+def test_the_build_summary_prints_a_spark_bundle(both, capsys) -> None:  # type: ignore[no-untyped-def]
+    """`svdfaiss build --engine spark` without --json ends by printing this summary; its
+    tuning line once failed on the Spark manifest (a KeyError after a finished build)."""
+    from svdfaiss.cli.printing import print_summary
+
+    _out, native, on_spark = both
+    print_summary(on_spark.path, on_spark.manifest)
+    printed = capsys.readouterr().out
+    assert "the Spark engine builds with the fixed defaults" in printed
+    assert on_spark.manifest["tuning"]["status"] == native.manifest["tuning"]["status"] == "off"
+    assert on_spark.manifest["tuning"]["chosen"] == native.manifest["tuning"]["chosen"]
+
+
 def test_unsupported_flags_are_refused_before_spark_starts(log: Path, tmp_path: Path) -> None:
     from svdfaiss.spark.build import build_spark
 
     with pytest.raises(InvalidInput, match="--engine spark does not support --evaluate"):
         build_spark(BuildConfig(input=log, model="m", index_dir=tmp_path, evaluate=True))
+    # --objective rating is built; the others are still named.
+    with pytest.raises(InvalidInput) as refused:
+        build_spark(BuildConfig(input=log, model="m", index_dir=tmp_path, evaluate=True,
+                                objective="rating", events=[log], catalog=log))
+    assert str(refused.value).startswith(
+        "--engine spark does not support --items, --events, --evaluate yet")
+    assert "--objective" not in str(refused.value)
 
 
 def test_a_killed_spark_build_leaves_current_on_the_previous_intact_bundle(
@@ -175,3 +196,91 @@ def test_a_killed_spark_build_leaves_current_on_the_previous_intact_bundle(
     assert not (model_dir / "v-killed").exists()
     assert bundle.verify(model_dir / "v1") == []
     assert Recommender.load(index_dir, "m").version == "v1"
+
+
+RATING_TOLERANCE = 1e-4  # biases and predicted ratings, on a 1-5 scale (float32 CG sums)
+
+
+@pytest.fixture(scope="module")
+def both_rating(spark, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """A generated log of 1-5 ratings built with --objective rating by both engines."""
+    from svdfaiss.spark.build import build_spark
+
+    ratings = write_sample(SampleSpec(users=900, items=250, events=12_000, explicit=True),
+                           tmp_path_factory.mktemp("spark-ratings")).events
+    out = tmp_path_factory.mktemp("spark-rating-bundles")
+    started = time.monotonic()
+    native = build(_config(ratings, out / "native", objective="rating"))
+    middle = time.monotonic()
+    on_spark = build_spark(_config(ratings, out / "spark", objective="rating"), spark=spark)
+    print(f"rating builds: native {middle - started:.1f} s, spark "
+          f"{time.monotonic() - middle:.1f} s (rating model "
+          f"{on_spark.seconds['rating model']:.1f} s)")
+    return out, native, on_spark
+
+
+def _arrays(path: Path) -> dict[str, np.ndarray]:
+    return {name: np.load(path / f"{name}.npy", allow_pickle=False)
+            for name in ("rating_users", "rating_user_bias", "item_factors")}
+
+
+def test_the_rating_model_matches_the_native_one(both_rating) -> None:  # type: ignore[no-untyped-def]
+    _, native, on_spark = both_rating
+    model_n, model_s = native.manifest["rating_model"], on_spark.manifest["rating_model"]
+    assert model_s["mu"] == model_n["mu"]  # half-star sums are exact in float64
+    assert model_s == model_n
+    a_n, a_s = _arrays(native.path), _arrays(on_spark.path)
+    assert {k: v.shape for k, v in a_s.items()} == {k: v.shape for k, v in a_n.items()}
+    bias_gap = {"users": np.abs(a_s["rating_user_bias"] - a_n["rating_user_bias"]).max(),
+                "items": np.abs(a_s["item_factors"][:, -1] - a_n["item_factors"][:, -1]).max()}
+    predicted = [model_n["mu"] + a["rating_user_bias"][:, None]
+                 + a["rating_users"] @ a["item_factors"].T for a in (a_n, a_s)]
+    prediction_gap = np.abs(predicted[1] - predicted[0]).max()
+    print(f"rating model: bias gap {bias_gap}, prediction gap {prediction_gap:.2e}")
+    assert max(bias_gap.values()) < RATING_TOLERANCE
+    assert prediction_gap < RATING_TOLERANCE
+
+
+def test_rating_recommendations_overlap_at_10(both_rating) -> None:  # type: ignore[no-untyped-def]
+    out, _, _ = both_rating
+    native, on_spark = Recommender.load(out / "native", "m"), Recommender.load(out / "spark", "m")
+    users = decode_ids(native.user_ids)[::5]
+    answers = [(native.recommend(u, k=10), on_spark.recommend(u, k=10)) for u in users]
+    overlap = float(np.mean([_overlap(n.ids, s.ids) for n, s in answers]))
+    print(f"rating recommendations: overlap@10 {overlap:.4f} over {len(users)} users")
+    assert overlap >= 0.98, overlap
+    assert {n.reason for n, _ in answers} == {s.reason for _, s in answers} == {"rating"}
+    user = users[0]
+    assert on_spark.score(user, on_spark.recommend(user, k=1).ids[0]) == pytest.approx(
+        native.score(user, native.recommend(user, k=1).ids[0]), abs=RATING_TOLERANCE)
+
+
+def test_the_rating_bundle_verifies_and_has_the_native_files(both_rating) -> None:  # type: ignore[no-untyped-def]
+    from typer.testing import CliRunner
+
+    from svdfaiss.cli import app
+
+    out, native, on_spark = both_rating
+    assert bundle.verify(on_spark.path) == []
+    verified = CliRunner().invoke(app, ["bundles", "verify", "--model", "m", "--index-dir",
+                                        str(out / "spark")], catch_exceptions=False)
+    assert verified.exit_code == 0, verified.output
+    assert set(on_spark.manifest["files"]) == set(native.manifest["files"])
+    assert {"rating_users.npy", "rating_user_bias.npy"} <= set(on_spark.manifest["files"])
+    assert "fold_factors.npy" not in on_spark.manifest["files"]
+    for name in ("items", "items_mips", "users"):
+        index_n, index_s = native.manifest["indexes"][name], on_spark.manifest["indexes"][name]
+        assert (index_s["type"], index_s["rows"], index_s["dim"]) == (
+            index_n["type"], index_n["rows"], index_n["dim"]), name
+    assert on_spark.manifest["indexes"]["users"]["dim"] == 8  # p_u, the default rating k
+    assert on_spark.manifest["parameters"]["objective"] == "rating"
+
+
+def test_the_rating_objective_refuses_implicit_counts_on_spark(spark, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from svdfaiss.spark.build import build_spark
+
+    path = tmp_path / "counts.csv"
+    path.write_text("user_id,item_id,quantity\na,1,2\na,2,1\nb,1,3\nb,3,1\nc,2,1\n")
+    with pytest.raises(InvalidInput, match="--objective rating needs explicit ratings"):
+        build_spark(BuildConfig(input=path, model="c", index_dir=tmp_path / "out", tune=False,
+                                k=1, objective="rating"), spark=spark)

@@ -7,6 +7,11 @@ symmetrically for items. All users (or items) are solved at once, by a few warm-
 conjugate-gradient steps (or exactly), starting from the biases and a randomized SVD of the
 residuals, so that two sweeps suffice.
 
+The per-row pieces (the ridge diagonal, the data part of A x, the right-hand sides, the
+batched CG steps, the shrunk means, the SVD start's sketch and its small eigenproblem) are
+functions of their own: the Spark engine (svdfaiss.spark.rating) runs them on blocks of
+users and on item-side sums.
+
 Ranking stays exact inside FAISS: with the user vector [p_u, 1] and the item vector
 [q_i, b_i], the inner product is p_u . q_i + b_i, the prediction minus mu + b_u, which is the
 same for every item of a user.
@@ -32,6 +37,9 @@ DEFAULT_BIAS_REG = 5.0
 # (docs/evaluation.md, "Rating prediction").
 DEFAULT_ITERATIONS = 2
 DEFAULT_CG_STEPS = 2  # 0: exact batched solves
+BIAS_ROUNDS = 3  # alternating averages of the user and item offsets
+START_OVERSAMPLE = 8  # extra columns of the SVD start's sketch
+START_POWER_STEPS = 1
 RATING_GRID: dict[str, tuple[float, ...]] = {"k": (0, 4, 8), "reg": (0.1, 0.2, 0.5)}
 
 
@@ -55,8 +63,7 @@ class RatingModel:
 
     def user_vectors(self) -> np.ndarray:
         """[p_u, 1]: the query side of the FAISS inner product."""
-        ones = np.ones((self.user_factors.shape[0], 1))
-        return np.ascontiguousarray(np.hstack([self.user_factors, ones]), dtype=np.float32)
+        return query_vectors(self.user_factors)
 
     def item_vectors(self) -> np.ndarray:
         """[q_i, b_i]: the indexed side; p_u . q_i + b_i ranks like the prediction."""
@@ -64,8 +71,15 @@ class RatingModel:
                                     dtype=np.float32)
 
 
-def _check(matrix: sp.csr_matrix, k: int, reg: float, iterations: int) -> None:
-    if matrix.nnz == 0:
+def query_vectors(user_factors: np.ndarray) -> np.ndarray:
+    """[p_u, 1] as float32, for the rows of P given."""
+    ones = np.ones((user_factors.shape[0], 1))
+    return np.ascontiguousarray(np.hstack([user_factors, ones]), dtype=np.float32)
+
+
+def check_params(nnz: int, k: int, reg: float, iterations: int) -> None:
+    """The rating model's parameters, refused as the fit would misuse them."""
+    if nnz == 0:
         raise InvalidInput("no ratings to fit")
     if k < 0 or iterations < 1:
         raise InvalidInput(f"the rating model needs k >= 0 and iterations >= 1, got k {k}, "
@@ -100,32 +114,48 @@ def _solve_side(mask: sp.csr_matrix, target_values: np.ndarray, other: np.ndarra
     return out
 
 
-def _cg_side(mask: sp.csr_matrix, target_values: np.ndarray, other: np.ndarray,
-             start: np.ndarray, reg: float, bias_reg: float, steps: int) -> np.ndarray:
-    """The same ridge regressions as _solve_side, approximately: a few conjugate-gradient
-    steps per row from `start` (the previous sweep's answer), all rows at once.
+def augmented(other: np.ndarray) -> np.ndarray:
+    """z_j = [other_j, 1] in float32: the regressors of the other side's rows."""
+    return np.hstack([other, np.ones((other.shape[0], 1))]).astype(np.float32)
 
-    Each step costs one pass over the ratings with k + 1 numbers per rating, where the exact
-    solve builds (k + 1)^2 per rating plus a factorization per row; warm-started, three
-    steps reach the exact solve's error (tests/test_models.py compares them).
-    """
-    # float32: the products are memory-bound, and ratings need no more precision
-    z = np.hstack([other, np.ones((other.shape[0], 1))]).astype(np.float32)
+
+def ridge_diagonal(counts: np.ndarray, width: int, reg: float, bias_reg: float) -> np.ndarray:
+    """The ridge part of each row's normal matrix, as a diagonal (rows x width, float32):
+    reg * max(n_r, 1) on the factors, bias_reg on the bias (n_r the row's ratings)."""
+    diagonal: np.ndarray = np.full(width, reg, dtype=np.float32)[None, :] * np.maximum(
+        np.asarray(counts), 1)[:, None].astype(np.float32)
+    diagonal[:, -1] = bias_reg
+    return diagonal
+
+
+def data_product(mask: sp.csr_matrix, z: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    """x -> (sum_j z_j z_j^T x_r)_r over each row r's columns j of `mask`: the data part of
+    the normal equations' A x (A = that + the ridge diagonal), one pass over the ratings
+    with k + 1 numbers per rating. The per-rating rows of z are gathered once."""
     rows = np.repeat(np.arange(mask.shape[0]), np.diff(mask.indptr))
     z_entries = z[mask.indices]
-    diagonal = np.full(z.shape[1], reg, dtype=np.float32)[None, :] * np.maximum(
-        np.diff(mask.indptr), 1)[:, None].astype(np.float32)
-    diagonal[:, -1] = bias_reg
 
-    def times_a(x: np.ndarray) -> np.ndarray:
+    def product(x: np.ndarray) -> np.ndarray:
         dots = np.einsum("ij,ij->i", z_entries, x[rows])
-        product = sp.csr_matrix((dots, mask.indices, mask.indptr), shape=mask.shape) @ z
-        return np.asarray(np.asarray(product) + diagonal * x)
+        return np.asarray(sp.csr_matrix((dots, mask.indices, mask.indptr), shape=mask.shape)
+                          @ z)
 
-    b = np.asarray(sp.csr_matrix((target_values.astype(np.float32), mask.indices, mask.indptr),
-                                 shape=mask.shape) @ z)
-    x = start.astype(np.float32)
-    residual = b - times_a(x)
+    return product
+
+
+def right_hand_side(mask: sp.csr_matrix, target_values: np.ndarray, z: np.ndarray
+                    ) -> np.ndarray:
+    """b_r = sum_j t_rj z_j over each row r's columns j (float32)."""
+    return np.asarray(sp.csr_matrix((target_values.astype(np.float32), mask.indices,
+                                     mask.indptr), shape=mask.shape) @ z)
+
+
+def cg_steps(times_a: Callable[[np.ndarray], np.ndarray], x: np.ndarray,
+             residual: np.ndarray, steps: int) -> np.ndarray:
+    """`steps` conjugate-gradient steps of every row's own system A_r x_r = b_r at once,
+    from x (updated in place) whose residual b - A x is given; `times_a` applies every
+    row's A_r. Per row: alpha = |r|^2 / d.Ad, x += alpha d, r -= alpha Ad,
+    d = r + (|r_new|^2 / |r|^2) d."""
     direction = residual.copy()
     norm = np.einsum("ij,ij->i", residual, residual)
     for _ in range(steps):
@@ -138,7 +168,29 @@ def _cg_side(mask: sp.csr_matrix, target_values: np.ndarray, other: np.ndarray,
         beta = np.divide(new_norm, norm, out=np.zeros_like(norm), where=norm > 0)
         direction = residual + beta[:, None] * direction
         norm = new_norm
-    return x.astype(np.float64)
+    return x
+
+
+def _cg_side(mask: sp.csr_matrix, target_values: np.ndarray, other: np.ndarray,
+             start: np.ndarray, reg: float, bias_reg: float, steps: int) -> np.ndarray:
+    """The same ridge regressions as _solve_side, approximately: a few conjugate-gradient
+    steps per row from `start` (the previous sweep's answer), all rows at once.
+
+    Each step costs one pass over the ratings with k + 1 numbers per rating, where the exact
+    solve builds (k + 1)^2 per rating plus a factorization per row; warm-started, three
+    steps reach the exact solve's error (tests/test_models.py compares them).
+    """
+    # float32: the products are memory-bound, and ratings need no more precision
+    z = augmented(other)
+    diagonal = ridge_diagonal(np.diff(mask.indptr), z.shape[1], reg, bias_reg)
+    product = data_product(mask, z)
+
+    def times_a(x: np.ndarray) -> np.ndarray:
+        return np.asarray(product(x) + diagonal * x)
+
+    b = right_hand_side(mask, target_values, z)
+    x = start.astype(np.float32)
+    return cg_steps(times_a, x, b - times_a(x), steps).astype(np.float64)
 
 
 def fit_rating_model(matrix: sp.csr_matrix, k: int = DEFAULT_K, reg: float = DEFAULT_REG,
@@ -148,7 +200,7 @@ def fit_rating_model(matrix: sp.csr_matrix, k: int = DEFAULT_K, reg: float = DEF
 
     k 0 fits the biases alone (the baseline predictor mu + b_u + b_i).
     """
-    _check(matrix, k, reg, iterations)
+    check_params(matrix.nnz, k, reg, iterations)
     matrix = matrix.tocsr()
     matrix.sort_indices()
     coo = matrix.tocoo()  # row-major: the users side's CSR order
@@ -179,19 +231,39 @@ def fit_rating_model(matrix: sp.csr_matrix, k: int = DEFAULT_K, reg: float = DEF
                        float(ratings.max()))
 
 
+def shrunk_means(sums: np.ndarray, counts: np.ndarray, bias_reg: float) -> np.ndarray:
+    """b = sum / (n + bias_reg): a mean of residuals shrunk toward 0 (one side's offsets)."""
+    return np.asarray(sums / (counts + bias_reg))
+
+
 def _biases(users: np.ndarray, items: np.ndarray, centred: np.ndarray, n_users: int,
-            n_items: int, bias_reg: float, rounds: int = 3) -> tuple[np.ndarray, np.ndarray]:
+            n_items: int, bias_reg: float, rounds: int = BIAS_ROUNDS
+            ) -> tuple[np.ndarray, np.ndarray]:
     """Regularized user and item offsets from the mean, by a few alternating averages."""
     user_count = np.bincount(users, minlength=n_users)
     item_count = np.bincount(items, minlength=n_items)
     user_bias = np.zeros(n_users)
     item_bias = np.zeros(n_items)
     for _ in range(rounds):
-        item_bias = np.bincount(items, centred - user_bias[users], n_items) / (
-            item_count + bias_reg)
-        user_bias = np.bincount(users, centred - item_bias[items], n_users) / (
-            user_count + bias_reg)
+        item_bias = shrunk_means(np.bincount(items, centred - user_bias[users], n_items),
+                                 item_count, bias_reg)
+        user_bias = shrunk_means(np.bincount(users, centred - item_bias[items], n_users),
+                                 user_count, bias_reg)
     return user_bias, item_bias
+
+
+def start_sketch(n_items: int, k: int, seed: int) -> np.ndarray:
+    """The random items x (k + START_OVERSAMPLE) sketch the SVD start begins from."""
+    return np.random.default_rng(seed).standard_normal((n_items, k + START_OVERSAMPLE))
+
+
+def start_factors(basis: np.ndarray, gram: np.ndarray, k: int) -> np.ndarray:
+    """V sqrt(S) of the rank-k SVD of R restricted to an orthonormal item basis B, from the
+    l x l Gram G = (R B)^T (R B) = W L W^T: V = B W_k, S = L_k^1/2."""
+    eigenvalues, vectors = np.linalg.eigh(gram)
+    top = np.argsort(eigenvalues)[::-1][:k]
+    s = np.sqrt(np.maximum(eigenvalues[top], 0.0))
+    return np.asarray((basis @ vectors[:, top]) * np.sqrt(s))
 
 
 def _svd_start(matrix: sp.csr_matrix, residuals: np.ndarray, k: int, seed: int) -> np.ndarray:
@@ -204,15 +276,11 @@ def _svd_start(matrix: sp.csr_matrix, residuals: np.ndarray, k: int, seed: int) 
     if k == 0:
         return np.zeros((matrix.shape[1], 0))
     resid = sp.csr_matrix((residuals, matrix.indices, matrix.indptr), shape=matrix.shape)
-    rng = np.random.default_rng(seed)
-    sketch = rng.standard_normal((matrix.shape[1], k + 8))
-    basis = np.linalg.qr(np.asarray(resid.T @ (resid @ sketch)))[0]
-    basis = np.linalg.qr(np.asarray(resid.T @ (resid @ basis)))[0]  # a power iteration
+    basis = start_sketch(matrix.shape[1], k, seed)
+    for _ in range(1 + START_POWER_STEPS):
+        basis = np.linalg.qr(np.asarray(resid.T @ (resid @ basis)))[0]
     projected = np.asarray(resid @ basis)
-    eigenvalues, vectors = np.linalg.eigh(projected.T @ projected)
-    top = np.argsort(eigenvalues)[::-1][:k]
-    s = np.sqrt(np.maximum(eigenvalues[top], 0.0))
-    return np.asarray((basis @ vectors[:, top]) * np.sqrt(s))
+    return start_factors(basis, projected.T @ projected, k)
 
 
 def fold_in_ratings(model: RatingModel, items: np.ndarray, ratings: np.ndarray,

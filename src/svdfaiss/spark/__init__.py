@@ -3,9 +3,10 @@
 Reading, validation, aggregation, filters and weighting run in Spark with the native
 builder's own definitions (svdfaiss.data, svdfaiss.weighting); the truncated SVD is a
 randomized SVD whose passes over the matrix are distributed products (svdfaiss.spark.linalg);
-the bundle is the native one (svdfaiss.spark.build). Only k x items factors, k x k
-matrices and per-item or per-user counts reach the driver; the matrix's rows and the user
-vectors stream through it a block at a time.
+the rating objective's biased MF runs the native per-row math with its user side on the
+executors (svdfaiss.spark.rating); the bundle is the native one (svdfaiss.spark.build). Only
+items x k factors, k x k matrices and per-item or per-user counts reach the driver; the
+matrix's rows and the user vectors stream through it a block at a time.
 """
 
 from __future__ import annotations

@@ -4,14 +4,18 @@ the log, publishing the same bundle (manifest, checksums, atomic publish, CURREN
 Driver memory: the item side (k x items factors, per-item counts, the item indexes),
 per-user flags (one byte a user) and one block of rows at a time; the rows files and
 user ids stream into the bundle, and the user vectors into the users index, a block at a
-time. Not supported here (refused with a clear error): a catalog, events logs, the rating
-objective, --evaluate and tuning (the engine uses the fixed defaults, as --no-tune).
+time. With --objective rating the rating model is fitted by svdfaiss.spark.rating: its
+user side stays on the executors and streams into rating_users.npy, rating_user_bias.npy
+and the users index the same way. Not supported here (refused with a clear error): a
+catalog, events logs, --evaluate and tuning (the engine uses the fixed defaults, as
+--no-tune).
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import replace
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +36,7 @@ from svdfaiss.builder import (
     store_recommendations,
 )
 from svdfaiss.errors import InvalidInput
-from svdfaiss.factorize import check_rank, shrinkage_embedding
+from svdfaiss.factorize import Embedding, check_rank, shrinkage_embedding
 from svdfaiss.index import (
     BandedIndex,
     build_index,
@@ -44,8 +48,10 @@ from svdfaiss.index import (
     normalize_rows,
     write_index,
 )
+from svdfaiss.rating import query_vectors
 from svdfaiss.spark import spark_session
 from svdfaiss.spark.linalg import randomized_svd
+from svdfaiss.spark.rating import SparkRatingModel, UserState, fit_rating_spark
 from svdfaiss.spark.read import Block, SparkLog, read_blocks
 from svdfaiss.weighting import WeightingParams, column_scale, weight_rows
 
@@ -55,7 +61,6 @@ USERS_RECALL_SLICE = 16_384  # users scored at once against the sampled queries
 def refuse_unsupported(config: BuildConfig) -> None:
     """What the Spark engine does not build yet is an error, never a silent difference."""
     unsupported = {"--items": config.catalog is not None, "--events": bool(config.events),
-                   "--objective rating": config.objective == "rating",
                    "--evaluate": config.evaluate}
     named = [flag for flag, used in unsupported.items() if used]
     if named:
@@ -119,6 +124,10 @@ def build_spark(config: BuildConfig, stage_hook: StageHook | None = None,
     n_users, n_items = log.n_users, int(log.item_ids.size)
     k = config.resolved_k(n_users, n_items)
     check_rank(k, (n_users, n_items))
+    if config.objective == "rating" and log.feedback != "explicit":
+        log.blocks.unpersist()
+        raise InvalidInput(f"{source}: --objective rating needs explicit ratings; this log "
+                           "holds implicit counts (see --feedback)")
     beta, shrinkage = config.resolved_beta(), config.resolved_shrinkage()
     with timer.stage("weight"):
         # Per-item sums reduce on the executors; the links stream to the driver, whose
@@ -154,38 +163,79 @@ def build_spark(config: BuildConfig, stage_hook: StageHook | None = None,
                 ).toLocalIterator(prefetchPartitions=True):
             flags[start : start + f.size] = f
         users_with = int(flags.sum())
+    rating = None
+    if config.objective == "rating":
+        with timer.stage("rating model"):
+            rating = fit_rating_spark(log.blocks, n_items, config.rating_k, config.rating_reg,
+                                      sc, seed=config.seed)
     with timer.stage("embed"):
         s = factors.singular_values.astype(np.float32)
         item_vectors = normalize_rows(factors.item_factors * (s ** np.float32(config.gamma)))
-        embedding = shrinkage_embedding(factors, shrinkage, n_items)
         sampled = recall.sample_users(flags, seed=config.seed)
-        fold_b = sc.broadcast(np.ascontiguousarray(factors.item_factors
-                                                   * embedding.component_weights,
-                                                   dtype=np.float32))
+        fold_b = None
+        if rating is None:
+            embedding = shrinkage_embedding(factors, shrinkage, n_items)
+            fold_b = sc.broadcast(np.ascontiguousarray(factors.item_factors
+                                                       * embedding.component_weights,
+                                                       dtype=np.float32))
+            side = UserSide(log.blocks.map(lambda b: (b, None)),
+                            _user_vectors(weighted, fold_b, has_b), k, None)
+        else:  # rows are not folded: every user has [p_u, 1], every item [q_i, b_i]
+            augmented = rating.items.item_vectors()
+            embedding = Embedding(augmented, augmented, np.ones(0, dtype=np.float32), 0.0)
+            side = UserSide(log.blocks.zip(rating.users), _rating_vectors, config.rating_k,
+                            rating)
     directory = bundle.model_dir(Path(config.index_dir), config.model)
     with bundle.model_lock(directory):
         version = config.version or bundle.new_version()
         writer = bundle.BundleWriter(directory)
         try:
             path, manifest = _write_bundle(
-                config, timer, log, writer, version, weighted, fold_b, has_b, flags, sampled,
-                factors, item_vectors, embedding, scale, weighting, components, co_users32,
-                users_with, id_width, k)
+                config, timer, log, writer, version, side, flags, sampled, factors,
+                item_vectors, embedding, scale, weighting, components, co_users32,
+                users_with, id_width)
         except BaseException:
             writer.abort()
             raise
+        finally:
+            if rating is not None:
+                rating.release()
     for b in (scale_b, has_b, fold_b):
-        b.destroy()  # unpersist() would keep the driver's copies
+        if b is not None:
+            b.destroy()  # unpersist() would keep the driver's copies
     log.blocks.unpersist()
     manifest["timings_seconds"] = timer.seconds
     return BuildReport(path=path, manifest=manifest, seconds=timer.seconds)
 
 
-def _user_vectors(weighted: Any, fold_b: Any, has_b: Any) -> Any:
+VectorsOf = Callable[[tuple[Block, Any]], tuple[np.ndarray, np.ndarray]]
+
+
+@dataclass
+class UserSide:
+    """Where the users' vectors come from: the blocks paired with what each needs besides
+    its rows (None for the SVD's x V F; the rating model's [P, b_u] of the block), and per
+    pair its users' query vectors and the stored unit vectors of the users index."""
+
+    pairs: Any  # RDD[(Block, state)] in user order
+    vectors_of: VectorsOf
+    dim: int  # of the stored vectors (the users index)
+    rating: SparkRatingModel | None
+
+
+def _rating_vectors(pair: tuple[Block, UserState]) -> tuple[np.ndarray, np.ndarray]:
+    """The rating model's [p_u, 1] (queries, rating_users.npy) and p_u at unit length (the
+    users index), as the native builder stores them."""
+    p = pair[1][0]
+    return query_vectors(p), normalize_rows(np.asarray(p, dtype=np.float32))
+
+
+def _user_vectors(weighted: Any, fold_b: Any, has_b: Any) -> VectorsOf:
     """Per block: the users' query vectors q = x V F (U S F), and their unit-length copies
     with users without evidence set to 0 (as the native builder stores them)."""
 
-    def run(block: Block) -> tuple[np.ndarray, np.ndarray]:
+    def run(pair: tuple[Block, Any]) -> tuple[np.ndarray, np.ndarray]:
+        block = pair[0]
         q = np.asarray(weighted(block) @ fold_b.value, dtype=np.float32)
         stored = normalize_rows(q)
         owners = np.repeat(np.arange(block.n_users), np.diff(block.indptr))
@@ -198,27 +248,39 @@ def _user_vectors(weighted: Any, fold_b: Any, has_b: Any) -> Any:
 
 
 def _write_bundle(config: BuildConfig, timer: _Timer, log: SparkLog,
-                  writer: bundle.BundleWriter, version: str, weighted: Any, fold_b: Any,
-                  has_b: Any, flags: np.ndarray, sampled: np.ndarray, factors: Any,
+                  writer: bundle.BundleWriter, version: str, side: UserSide,
+                  flags: np.ndarray, sampled: np.ndarray, factors: Any,
                   item_vectors: np.ndarray, embedding: Any, scale: np.ndarray,
                   weighting: WeightingParams, components: np.ndarray, co_users: np.ndarray,
-                  users_with: int, id_width: int, k: int) -> tuple[Path, dict[str, Any]]:
+                  users_with: int, id_width: int) -> tuple[Path, dict[str, Any]]:
     n_users, n_items = log.n_users, int(log.item_ids.size)
+    rating = side.rating
     users_params = config.user_index
-    vectors_of = _user_vectors(weighted, fold_b, has_b)
+    if rating is not None and config.rating_k == 0:
+        users_params = None  # biases alone say nothing about who is alike
+    vectors_of = side.vectors_of
     queries: dict[int, np.ndarray] = {}
     histories: dict[int, np.ndarray] = {}
+    # Users whose stored vector is not 0: the rating model's similar-users recall samples
+    # them, as the native builder does (the SVD's are the users with evidence, `flags`).
+    stored_nonzero = np.zeros(n_users, dtype=bool)
 
     def stream(with_stored: bool) -> Any:
-        """(block, the sampled users' q, the stored vectors or None) a block at a time, in
-        user order: only what the driver keeps crosses to it (a block's q and stored
-        vectors are 90 MB each at 350k users)."""
-        def run(block: Block, sampled: np.ndarray = sampled
-                ) -> tuple[Block, np.ndarray, np.ndarray | None]:
-            q, stored = vectors_of(block)
+        """(block, the sampled users' q, the stored vectors or None, the rating model's
+        [p_u, 1] and b_u or None) a block at a time, in user order: only what the driver
+        keeps crosses to it (a block's q and stored vectors are 90 MB each at 350k
+        users)."""
+        def run(pair: tuple[Block, Any], sampled: np.ndarray = sampled,
+                with_rating: bool = rating is not None
+                ) -> tuple[Block, np.ndarray, np.ndarray | None,
+                           tuple[np.ndarray, np.ndarray] | None]:
+            block = pair[0]
+            q, stored = vectors_of(pair)
             lo, hi = np.searchsorted(sampled, [block.start, block.start + block.n_users])
-            return block, q[sampled[lo:hi] - block.start], stored if with_stored else None
-        yield from log.blocks.map(run).toLocalIterator(prefetchPartitions=True)
+            rows = (q, np.asarray(pair[1][1], dtype=np.float32)) if with_rating else None
+            return (block, q[sampled[lo:hi] - block.start], stored if with_stored else None,
+                    rows)
+        yield from side.pairs.map(run).toLocalIterator(prefetchPartitions=True)
 
     with timer.stage("write rows"):
         rows_indptr = np.lib.format.open_memmap(writer.path("rows_indptr.npy"), mode="w+",
@@ -229,17 +291,30 @@ def _write_bundle(config: BuildConfig, timer: _Timer, log: SparkLog,
                                                 dtype=np.float32, shape=(log.nnz,))
         user_ids = np.lib.format.open_memmap(writer.path("user_ids.npy"), mode="w+",
                                              dtype=f"S{id_width}", shape=(n_users,))
+        rating_users = rating_bias = None
+        if rating is not None:
+            rating_users = np.lib.format.open_memmap(
+                writer.path("rating_users.npy"), mode="w+", dtype=np.float32,
+                shape=(n_users, config.rating_k + 1))
+            rating_bias = np.lib.format.open_memmap(
+                writer.path("rating_user_bias.npy"), mode="w+", dtype=np.float32,
+                shape=(n_users,))
         rows_indptr[0] = 0
         users_index = None
         resolved = users_params.resolved(n_users) if users_params is not None else None
         training = None
         if resolved is not None and resolved.kind == "ivf":
-            training = _gather(log, vectors_of, ivf_training_rows(n_users, resolved,
-                                                                  config.seed))
+            training = _gather(side, ivf_training_rows(n_users, resolved, config.seed))
 
         def chunks_of() -> Any:
-            for block, q, stored in stream(with_stored=resolved is not None):
+            for block, q, stored, rating_rows in stream(with_stored=resolved is not None):
                 start, end = block.start, block.start + block.n_users
+                if rating_rows is not None:
+                    assert rating_users is not None and rating_bias is not None
+                    rating_users[start:end] = rating_rows[0]
+                    rating_bias[start:end] = rating_rows[1]
+                if stored is not None:
+                    stored_nonzero[start:end] = np.einsum("ij,ij->i", stored, stored) > 0.5
                 offset = int(rows_indptr[start])
                 nnz_b = int(block.indptr[-1])
                 rows_indptr[start + 1 : end + 1] = offset + block.indptr[1:]
@@ -257,24 +332,27 @@ def _write_bundle(config: BuildConfig, timer: _Timer, log: SparkLog,
             for _ in chunks_of():
                 pass
         else:
-            users_index = build_index_streamed(n_users, k, resolved, chunks_of(), training,
-                                               config.seed)
-        for array in (rows_indptr, rows_indices, rows_values, user_ids):
-            array.flush()
+            users_index = build_index_streamed(n_users, side.dim, resolved, chunks_of(),
+                                               training, config.seed)
+        for array in (rows_indptr, rows_indices, rows_values, user_ids, rating_users,
+                      rating_bias):
+            if array is not None:
+                array.flush()
     users_recall = None
     if users_index is not None and users_params is not None:
+        queried = flags if rating is None else stored_nonzero
         with timer.stage("measure users recall"):
-            users_recall = _measure_users(log, vectors_of, users_index, flags, config.seed)
+            users_recall = _measure_users(side, users_index, queried, config.seed)
             if (users_params.kind == "auto" and kind_of(users_index) == "hnsw"
                     and users_recall["meets_target"] is False):
                 ivf_params = replace(users_params, kind="ivf")
                 p = ivf_params.resolved(n_users)
-                train = _gather(log, vectors_of, ivf_training_rows(n_users, p, config.seed))
+                train = _gather(side, ivf_training_rows(n_users, p, config.seed))
                 ivf_index = build_index_streamed(
-                    n_users, k, ivf_params,
-                    ((b.start, stored) for b, _, stored in stream(with_stored=True)), train,
-                    config.seed)
-                ivf_recall = _measure_users(log, vectors_of, ivf_index, flags, config.seed)
+                    n_users, side.dim, ivf_params,
+                    ((b.start, stored) for b, _, stored, _ in stream(with_stored=True)),
+                    train, config.seed)
+                ivf_recall = _measure_users(side, ivf_index, queried, config.seed)
                 if ivf_recall["recall_at_10"] > users_recall["recall_at_10"]:
                     ivf_recall["instead_of"] = {
                         "type": "hnsw", "recall_at_10": users_recall["recall_at_10"],
@@ -293,7 +371,8 @@ def _write_bundle(config: BuildConfig, timer: _Timer, log: SparkLog,
             order = sorted(queries)
             rec_recall = recall.measure(
                 mips_index, embedding.items,
-                np.asarray([queries[u] for u in order], dtype=np.float32).reshape(-1, k),
+                np.asarray([queries[u] for u in order], dtype=np.float32).reshape(
+                    -1, embedding.items.shape[1]),
                 [histories[u] for u in order])
     similar = None
     cache_k = config.resolved_similar_cache(n_items)
@@ -334,13 +413,22 @@ def _write_bundle(config: BuildConfig, timer: _Timer, log: SparkLog,
                          timer.seconds)
     manifest["parameters"]["solver"] = "randomized (spark)"
     manifest["parameters"]["engine"] = "spark"
-    manifest["tuning"] = {"tuned": False, "given": {"k": config.k or "auto"},
+    # The native record of a build that did not tune (autotune's "off"), so every reader
+    # of the manifest (the build summary, GET /model) takes it as it is.
+    manifest["tuning"] = {"status": "off", "given": {"k": config.k or "auto"},
                           "reason": "the Spark engine builds with the fixed defaults "
-                                    "(as --no-tune)"}
+                                    "(as --no-tune)",
+                          "chosen": {"k": int(factors.singular_values.size),
+                                     "weighting": weighting.scheme, "beta": weighting.beta,
+                                     "shrinkage": config.resolved_shrinkage()},
+                          "seconds": 0.0}
     manifest["parameters"]["k_requested"] = config.k if config.k is not None else "auto"
     manifest["evidence"] = evidence.summary_counts(components, co_users, n_users, users_with)
     manifest["input"]["events"] = []
-    manifest["rating_model"] = None
+    manifest["rating_model"] = None if rating is None else {
+        "mu": rating.items.mu, "k": config.rating_k, "reg": config.rating_reg,
+        "low": rating.items.low, "high": rating.items.high,
+        "prediction": "mu + b_u + [p_u, 1] . [q_i, b_i], clipped to [low, high]"}
     manifest["content"] = None
     manifest["similar_cache"] = None if similar is None else {
         "k": int(similar[0].shape[1]), "source": indexes["items"]["type"], "mode": "cf"}
@@ -350,19 +438,21 @@ def _write_bundle(config: BuildConfig, timer: _Timer, log: SparkLog,
     return path, manifest
 
 
-def _gather(log: SparkLog, vectors_of: Any, rows: np.ndarray) -> np.ndarray:
+def _gather(side: UserSide, rows: np.ndarray) -> np.ndarray:
     """The stored (unit) vectors of the users at positions `rows` (sorted), from the
     blocks holding them: an IVF's training sample."""
     wanted = np.asarray(rows, dtype=np.int64)
+    vectors_of = side.vectors_of
 
-    def pick(block: Block) -> tuple[np.ndarray, np.ndarray]:
+    def pick(pair: tuple[Block, Any]) -> tuple[np.ndarray, np.ndarray]:
+        block = pair[0]
         lo, hi = np.searchsorted(wanted, [block.start, block.start + block.n_users])
         if hi == lo:
             return wanted[lo:hi], np.zeros((0, 0), dtype=np.float32)
-        _, stored = vectors_of(block)
+        _, stored = vectors_of(pair)
         return wanted[lo:hi], stored[wanted[lo:hi] - block.start]
 
-    parts = sorted((p for p in log.blocks.map(pick).collect() if p[0].size),
+    parts = sorted((p for p in side.pairs.map(pick).collect() if p[0].size),
                    key=lambda p: int(p[0][0]))
     return np.ascontiguousarray(np.vstack([p[1] for p in parts]), dtype=np.float32)
 
@@ -386,24 +476,26 @@ def best_scores(stored: np.ndarray, start: int, queries: np.ndarray, sampled: np
     return np.asarray(-np.sort(-top, axis=0), dtype=np.float32)
 
 
-def _measure_users(log: SparkLog, vectors_of: Any, index: Any, flags: np.ndarray,
-                   seed: int) -> dict[str, Any]:
+def _measure_users(side: UserSide, index: Any, flags: np.ndarray, seed: int
+                   ) -> dict[str, Any]:
     """recall.measure_users with its exact truth computed per block: each block scores its
     users against the sampled users' vectors and keeps the best ten per query."""
     if kind_of(index) == "flat":
         return recall.measure_users(index, None, np.zeros(0, dtype=np.int64))
     sampled = recall.sample_users(flags, seed=seed)
-    queries = _gather(log, vectors_of, sampled)
+    queries = _gather(side, sampled)
     nonzero = np.einsum("ij,ij->i", queries, queries) > 0.5
     sampled, queries = sampled[nonzero], queries[nonzero]
     kk = recall.RECALL_K
 
-    def best(block: Block, queries: np.ndarray = queries, sampled: np.ndarray = sampled
-             ) -> np.ndarray:
-        _, stored = vectors_of(block)
-        return best_scores(stored, block.start, queries, sampled, kk)
+    vectors_of = side.vectors_of
 
-    merged = log.blocks.map(best).treeReduce(
+    def best(pair: tuple[Block, Any], queries: np.ndarray = queries,
+             sampled: np.ndarray = sampled) -> np.ndarray:
+        _, stored = vectors_of(pair)
+        return best_scores(stored, pair[0].start, queries, sampled, kk)
+
+    merged = side.pairs.map(best).treeReduce(
         lambda a, b: -np.sort(-np.vstack([a, b]), axis=0)[:kk], depth=2)
     kth = np.asarray(merged[kk - 1], dtype=np.float32)
 

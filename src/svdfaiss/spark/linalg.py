@@ -15,7 +15,8 @@ A block's X_b^T Y_b is sent as the rows of the items it touches, cut by item chu
 chunks are summed by key on the executors (a shuffle), so the driver (and the JVM that
 carries task results to it) receives each item's row once, a chunk at a time: never one
 dense items x l matrix per block, which at 476k items was 183 MB a block and more than a
-1 GB driver heap held.
+1 GB driver heap held. The rating model's item-side sums (svdfaiss.spark.rating) go the same
+way (`chunk_rows`, `summed_by_item`).
 """
 
 from __future__ import annotations
@@ -38,36 +39,41 @@ GRAM_KEY = -1  # the key of the summed Gramians Y^T Y
 Partial = tuple[np.ndarray | None, np.ndarray]  # (rows within the chunk, their values)
 
 
-def block_partials(x: Any, basis: np.ndarray, with_gram: bool, chunk: int = ITEM_CHUNK
-                   ) -> list[tuple[int, Partial]]:
-    """One block's share of a pass: the rows of X_b^T (X_b basis) of the items it touches,
-    keyed by item chunk (rows given within the chunk), and its Gramian under GRAM_KEY."""
-    y = np.asarray(x @ basis, dtype=np.float32)
-    by_item = x.T.tocsr()
-    touched = np.flatnonzero(np.diff(by_item.indptr))
-    rows = np.asarray(by_item[touched] @ y, dtype=np.float32)
+def chunk_rows(touched: np.ndarray, rows: np.ndarray, chunk: int = ITEM_CHUNK
+               ) -> list[tuple[int, Partial]]:
+    """The rows of the (sorted) items `touched`, keyed by item chunk, each given by its
+    position within the chunk: what a block sends to be summed per item."""
     keys = touched // chunk
     cuts = np.flatnonzero(np.diff(keys)) + 1
-    out: list[tuple[int, Partial]] = [
-        (int(keys[lo]), (touched[lo:hi] - int(keys[lo]) * chunk, rows[lo:hi]))
-        for lo, hi in zip(np.r_[0, cuts], np.r_[cuts, touched.size], strict=True)
-        if hi > lo]
+    return [(int(keys[lo]), (touched[lo:hi] - int(keys[lo]) * chunk, rows[lo:hi]))
+            for lo, hi in zip(np.r_[0, cuts], np.r_[cuts, touched.size], strict=True)
+            if hi > lo]
+
+
+def block_partials(x: Any, basis: np.ndarray, with_gram: bool, chunk: int = ITEM_CHUNK,
+                   dtype: type = np.float32) -> list[tuple[int, Partial]]:
+    """One block's share of a pass: the rows of X_b^T (X_b basis) of the items it touches,
+    keyed by item chunk (rows given within the chunk), and its Gramian under GRAM_KEY."""
+    y: np.ndarray = np.asarray(x @ basis, dtype=dtype)
+    by_item = x.T.tocsr()
+    touched = np.flatnonzero(np.diff(by_item.indptr))
+    out = chunk_rows(touched, np.asarray(by_item[touched] @ y, dtype=dtype), chunk)
     if with_gram:
         out.append((GRAM_KEY, (None, _gram(y))))
     return out
 
 
-def chunk_summer(n_items: int, width: int, chunk: int = ITEM_CHUNK
+def chunk_summer(n_items: int, width: int, chunk: int = ITEM_CHUNK, dtype: type = np.float32
                  ) -> tuple[Callable[..., Any], Callable[..., Any], Callable[..., Any]]:
     """combineByKey's three functions: the partial rows of one chunk (or the Gramians)
-    summed into a dense float32 chunk (float64 Gramian). A key's first partial stays
+    summed into a dense chunk of `dtype` (float64 Gramian). A key's first partial stays
     sparse, so a block's own output (one partial per key) is shuffled as sent."""
 
     def create(part: Partial) -> Partial | np.ndarray:
         return part
 
     def merge(acc: Partial | np.ndarray, part: Partial) -> np.ndarray:
-        total = dense(acc)
+        total = dense(acc, width, chunk, dtype)
         positions, values = part
         if positions is None:  # a Gramian
             total += values
@@ -76,13 +82,16 @@ def chunk_summer(n_items: int, width: int, chunk: int = ITEM_CHUNK
         return total
 
     def combine(a: Partial | np.ndarray, b: Partial | np.ndarray) -> np.ndarray:
-        return merge(a, b) if isinstance(b, tuple) else np.add(dense(a), b, out=b)
+        if isinstance(b, tuple):
+            return merge(a, b)
+        b += dense(a, width, chunk, dtype)
+        return b
 
     return create, merge, combine
 
 
-def dense(acc: Partial | np.ndarray, width: int | None = None,
-          chunk: int = ITEM_CHUNK) -> np.ndarray:
+def dense(acc: Partial | np.ndarray, width: int, chunk: int = ITEM_CHUNK,
+          dtype: type = np.float32) -> np.ndarray:
     """A summed chunk (or Gramian) as a dense array: a sparse partial spread into rows of
     0 (a fresh array: the partial may be shared with Spark's cache)."""
     if not isinstance(acc, tuple):
@@ -90,24 +99,39 @@ def dense(acc: Partial | np.ndarray, width: int | None = None,
     positions, values = acc
     if positions is None:
         return np.array(values, dtype=np.float64)
-    out = np.zeros((chunk, values.shape[1] if width is None else width), dtype=np.float32)
+    out: np.ndarray = np.zeros((chunk, width), dtype=dtype)
     out[positions] = values
     return out
 
 
-def sum_partials(chunks: Any, n_items: int, width: int, chunk: int = ITEM_CHUNK
-                 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """(X^T Y as items x width float32, the summed Gramian or None) from (key, summed
-    chunk) pairs, taken one at a time; items no block touched keep rows of 0."""
-    xty = np.zeros((n_items, width), dtype=np.float32)
+def summed_by_item(partials: Any, n_items: int, width: int, reducers: int,
+                   dtype: type = np.float32, chunk: int = ITEM_CHUNK
+                   ) -> tuple[np.ndarray, np.ndarray | None]:
+    """sum_partials of an RDD of (key, Partial): the blocks' per-item rows summed by item
+    chunk on the executors (combineByKey), taken to the driver a chunk at a time."""
+    create, merge, combine = chunk_summer(n_items, width, chunk, dtype)
+    summed = partials.combineByKey(create, merge, combine, numPartitions=reducers)
+    return sum_partials(summed.toLocalIterator(), n_items, width, chunk, dtype)
+
+
+def reducer_count(n_items: int, spark_context: Any, chunk: int = ITEM_CHUNK) -> int:
+    """Partitions of a per-item sum: one per item chunk, at most two per core."""
+    return max(1, min(-(-n_items // chunk), int(spark_context.defaultParallelism) * 2))
+
+
+def sum_partials(chunks: Any, n_items: int, width: int, chunk: int = ITEM_CHUNK,
+                 dtype: type = np.float32) -> tuple[np.ndarray, np.ndarray | None]:
+    """(the per-item sums as items x width of `dtype`, the summed Gramian or None) from
+    (key, summed chunk) pairs, taken one at a time; items no block touched keep rows of 0."""
+    xty: np.ndarray = np.zeros((n_items, width), dtype=dtype)
     gram = None
     for key, value in chunks:
         if key == GRAM_KEY:
-            gram = dense(value)
+            gram = dense(value, width)
             continue
         lo = key * chunk
         hi = min(lo + chunk, n_items)
-        xty[lo:hi] = dense(value, width, chunk)[: hi - lo]
+        xty[lo:hi] = dense(value, width, chunk, dtype)[: hi - lo]
     return xty, gram
 
 
@@ -152,9 +176,7 @@ def randomized_svd(blocks: Any, n_users: int, n_items: int, k: int,
                                       ).sum())
     passes = max(1, passes)
     z = np.zeros((0, width))
-    n_keys = -(-n_items // ITEM_CHUNK)
-    reducers = max(1, min(n_keys, 2 * spark_context.defaultParallelism))
-    create, merge, combine = chunk_summer(n_items, width)
+    reducers = reducer_count(n_items, spark_context)
     for step in range(passes):
         # float32 products (the matrix is float32, as in the native solver); the small
         # factorizations on the driver in float64. A power step only needs the span of
@@ -168,9 +190,7 @@ def randomized_svd(blocks: Any, n_users: int, n_items: int, k: int,
                     ) -> list[tuple[int, Partial]]:
             return block_partials(x, basis.value, last)
 
-        summed = (matrices.flatMap(product)
-                  .combineByKey(create, merge, combine, numPartitions=reducers))
-        xty, gram = sum_partials(summed.toLocalIterator(), n_items, width)
+        xty, gram = summed_by_item(matrices.flatMap(product), n_items, width, reducers)
         basis.destroy()  # unpersist() would keep the driver's copy: 183 MB a pass at 476k items
         if last:
             assert gram is not None
