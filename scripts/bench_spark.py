@@ -61,18 +61,21 @@ def _role(pid: int, root: int) -> str:
 def tree_pss(root: int) -> dict[str, int]:
     """Summed proportional set size (PSS: shared pages split among their sharers, so
     forked Python workers are not counted twice) of a process and all its descendants,
-    by role (driver_python, jvm, workers)."""
+    by role (driver_python, jvm, workers), and the anonymous memory of all of them (what a
+    memory cap cannot reclaim: file pages mapped, such as jars and shuffle files, can be)."""
     tree, todo = _children(), [root]
-    by_role = {"driver_python": 0, "jvm": 0, "workers": 0}
+    by_role = {"driver_python": 0, "jvm": 0, "workers": 0, "anonymous": 0}
     while todo:
         pid = todo.pop()
         todo.extend(tree.get(pid, []))
         try:
             with open(f"/proc/{pid}/smaps_rollup") as fh:
+                role = _role(pid, root)
                 for line in fh:
                     if line.startswith("Pss:"):
-                        by_role[_role(pid, root)] += int(line.split()[1]) * 1024
-                        break
+                        by_role[role] += int(line.split()[1]) * 1024
+                    elif line.startswith("Anonymous:"):
+                        by_role["anonymous"] += int(line.split()[1]) * 1024
         except OSError:
             pass
     return by_role
@@ -137,10 +140,10 @@ def run_bounded(cmd: list[str], cap_bytes: int | None, timeout: float,
                             start_new_session=True, env=env,
                             preexec_fn=None if cgroup is None else cgroup.enter)
     peak, ended = 0, "finished"
-    peaks = {"driver_python": 0, "jvm": 0, "workers": 0}
+    peaks = {"driver_python": 0, "jvm": 0, "workers": 0, "anonymous": 0}
     while proc.poll() is None:
         sample = tree_pss(proc.pid)
-        peak = max(peak, sum(sample.values()))
+        peak = max(peak, sample["driver_python"] + sample["jvm"] + sample["workers"])
         peaks = {role: max(peaks[role], sample[role]) for role in peaks}
         if cgroup is None and cap_bytes is not None and peak > cap_bytes:
             ended = "over the cap (killed)"
@@ -184,6 +187,9 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=64)
     parser.add_argument("--spark-master", default="local[2]")
     parser.add_argument("--spark-driver-memory", default="2g")
+    parser.add_argument("--spark-submit-args", default="",
+                        help="more spark-submit options for the Spark build (PYSPARK_SUBMIT_ARGS)"
+                             ", e.g. --conf spark.driver.extraJavaOptions=...")
     parser.add_argument("--memory-cap-gb", type=float)
     parser.add_argument("--cgroup", action="store_true",
                         help="enforce --memory-cap-gb with a memory cgroup (root) instead of "
@@ -205,8 +211,8 @@ def main() -> None:
                         "--single-event-share", str(args.single_event_share)], check=True)
         print(f"generated {events} in {time.perf_counter() - t:.1f} s")
     cap = None if args.memory_cap_gb is None else int(args.memory_cap_gb * 1e9)
-    env = {**os.environ,
-           "PYSPARK_SUBMIT_ARGS": f"--driver-memory {args.spark_driver_memory} pyspark-shell"}
+    env = {**os.environ, "PYSPARK_SUBMIT_ARGS": f"--driver-memory {args.spark_driver_memory} "
+                                               f"{args.spark_submit_args} pyspark-shell"}
     runs: dict[str, Any] = {}
     for engine in args.engines.split(","):
         index_dir = args.work / f"indexes-{engine}"
@@ -247,7 +253,8 @@ def main() -> None:
                  k=args.k, memory_cap_gb=args.memory_cap_gb,
                  cap_enforced_by="cgroup" if args.cgroup else "sampled PSS",
                  build_args=args.build_args, spark_master=args.spark_master,
-                 spark_driver_memory=args.spark_driver_memory, runs=runs,
+                 spark_driver_memory=args.spark_driver_memory,
+                 spark_submit_args=args.spark_submit_args, runs=runs,
                  spark_over_native_wall=ratio)
 
 

@@ -1,38 +1,67 @@
 """The per-block numerics of the Spark engine, without Spark: the randomized SVD's last
-pass (Z = X^T Q from summed Gramians against a QR of the whole Y) and the users-recall
+pass (the SVD of Z = X^T Q from summed Gramians against a QR of the whole Y), the power
+steps' orthonormal basis and the users-recall
 truth kept a slice at a time (against a full sort)."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from svdfaiss.spark.linalg import _gram, _project
+from svdfaiss.spark.linalg import _gram, orthonormal_basis, right_factors
 
 
-def test_project_is_x_transpose_q_for_an_orthonormal_basis_of_y() -> None:
+def _reference(x: np.ndarray, y: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The top k of the SVD of X^T Q, Q from a QR of Y (Y's column space, rank-revealed)."""
+    u, sy, _ = np.linalg.svd(y, full_matrices=False)
+    q = u[:, sy > sy[0] * 1e-12]
+    v, s, _ = np.linalg.svd(x.T @ q, full_matrices=False)
+    return v[:, :k], s[:k]
+
+
+def _assert_same_vectors(a: np.ndarray, b: np.ndarray, atol: float) -> None:
+    signs = np.sign(np.einsum("ij,ij->j", a, b))
+    np.testing.assert_allclose(a * signs, b, atol=atol)
+
+
+def test_right_factors_are_those_of_x_transpose_q_for_an_orthonormal_basis_of_y() -> None:
     rng = np.random.default_rng(3)
     x = rng.standard_normal((500, 40)) * np.logspace(0, -2, 40)  # a decaying spectrum
     y = x @ rng.standard_normal((40, 12))
-    z = _project(x.T @ y, y.T @ y)
-    q = np.linalg.qr(y)[0]
-    # The same Z up to a rotation of Q's basis: equal singular values and Gram matrices.
-    np.testing.assert_allclose(np.linalg.svd(z, compute_uv=False),
-                               np.linalg.svd(x.T @ q, compute_uv=False), rtol=1e-9)
-    np.testing.assert_allclose(z @ z.T, (x.T @ q) @ (x.T @ q).T, atol=1e-9)
+    v, s = right_factors((x.T @ y).astype(np.float32), y.T @ y, 8)
+    v_ref, s_ref = _reference(x, y, 8)
+    np.testing.assert_allclose(s, s_ref, rtol=1e-5)
+    assert v.dtype == np.float32 and v.shape == (40, 8)
+    _assert_same_vectors(v, v_ref, atol=1e-4)
 
 
-def test_project_drops_directions_y_does_not_have() -> None:
+def test_right_factors_drop_directions_y_does_not_have() -> None:
     rng = np.random.default_rng(4)
     x = rng.standard_normal((200, 30))
     y = x @ rng.standard_normal((30, 8))
     y[:, 5] = y[:, 2]  # rank 7 of 8 columns
-    z = _project(x.T @ y, y.T @ y)
-    assert np.isfinite(z).all()
-    s = np.linalg.svd(z, compute_uv=False)
-    assert s[-1] < 1e-6 * s[0]  # one column of Z is 0
-    basis = np.linalg.svd(y, full_matrices=False)[0][:, :7]  # Y's 7-d column space
-    np.testing.assert_allclose(s[:7], np.linalg.svd(x.T @ basis, compute_uv=False),
-                               rtol=1e-9)
+    v, s = right_factors((x.T @ y).astype(np.float32), y.T @ y, 8)
+    assert np.isfinite(v).all() and np.isfinite(s).all()
+    assert s[-1] < 1e-6 * s[0]  # the eighth direction is not there
+    assert not v[:, -1].any()
+    v_ref, s_ref = _reference(x, y, 7)
+    np.testing.assert_allclose(s[:7], s_ref, rtol=1e-5)
+    _assert_same_vectors(v[:, :7], v_ref, atol=1e-4)
+
+
+def test_orthonormal_basis_spans_the_columns_even_when_ill_conditioned(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import svdfaiss.spark.linalg as linalg
+
+    monkeypatch.setattr(linalg, "GRAM_SLICE", 37)  # several slices
+    rng = np.random.default_rng(8)
+    # Columns scaled over five orders of magnitude, as power steps leave them.
+    a = (rng.standard_normal((300, 10)) * np.logspace(0, -5, 10)).astype(np.float32)
+    q = orthonormal_basis(a)
+    assert q.dtype == np.float32
+    np.testing.assert_allclose(q.T.astype(np.float64) @ q, np.eye(10), atol=1e-5)
+    # The same span: a projected onto q loses nothing beyond float32 rounding per column.
+    a64 = a.astype(np.float64)
+    residual = a64 - q @ (q.T.astype(np.float64) @ a64)
+    assert (np.linalg.norm(residual, axis=0) <= 1e-3 * np.linalg.norm(a64, axis=0)).all()
 
 
 def test_gram_by_slices_matches_the_whole_product(monkeypatch) -> None:  # type: ignore[no-untyped-def]

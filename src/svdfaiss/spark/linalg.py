@@ -144,14 +144,44 @@ def _gram(y: np.ndarray) -> np.ndarray:
     return g
 
 
-def _project(xty: np.ndarray, gram: np.ndarray) -> np.ndarray:
-    """Z = X^T Q for the orthonormal Q = Y R^-1 with R^T R = Y^T Y; R = L^1/2 W^T from the
-    Gramian's eigendecomposition, directions of Y below float64 rounding dropped (as a
-    pseudo-inverse drops them: their columns of Z are 0)."""
+def _whitener(gram: np.ndarray) -> np.ndarray:
+    """T (l x l) with T^T (Y^T Y) T = I on Y's column space: Y T = Q is orthonormal, from
+    the Gramian's eigendecomposition; directions below float64 rounding are dropped (their
+    columns of T are 0, as a pseudo-inverse drops them)."""
     lam, w = np.linalg.eigh(gram)
     keep = lam > lam.max(initial=0.0) * gram.shape[0] * np.finfo(np.float64).eps
     inverse = np.where(keep, 1.0 / np.sqrt(np.where(keep, lam, 1.0)), 0.0)
-    return np.asarray(xty.astype(np.float64) @ (w * inverse))
+    return np.asarray(w * inverse)
+
+
+def _times(a: np.ndarray, small: np.ndarray) -> np.ndarray:
+    """a (tall, float32) @ small (float64), in float64 a slice of rows at a time, as float32:
+    no float64 copy of the tall matrix."""
+    out = np.empty((a.shape[0], small.shape[1]), dtype=np.float32)
+    for lo in range(0, a.shape[0], GRAM_SLICE):
+        out[lo : lo + GRAM_SLICE] = a[lo : lo + GRAM_SLICE].astype(np.float64) @ small
+    return out
+
+
+def orthonormal_basis(a: np.ndarray) -> np.ndarray:
+    """An orthonormal basis of a tall float32 matrix's columns (the next pass's Omega), by
+    two rounds of whitening through its l x l Gramian: the driver holds two tall float32
+    matrices, where a Householder QR held four or more (1.5 GB at 476k items)."""
+    for _ in range(2):  # the second round restores the orthogonality the first loses
+        a = _times(a, _whitener(_gram(a)))
+    return a
+
+
+def right_factors(xty: np.ndarray, gram: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The top k singular values and right vectors (items x k, float32) of Z = X^T Q, Q the
+    orthonormal basis of Y with Y^T Y = gram, from X^T Y without forming Z or its SVD: Z = X^T
+    Y T, so Z^T Z = T^T (X^T Y)^T (X^T Y) T, whose eigenvectors W give V = X^T Y T W / s."""
+    t = _whitener(gram)
+    lam, w = np.linalg.eigh(t.T @ _gram(xty) @ t)
+    order = np.argsort(lam)[::-1][:k]
+    s = np.sqrt(np.maximum(lam[order], 0.0))
+    scale = np.divide(1.0, s, out=np.zeros_like(s), where=s > 0)
+    return _times(xty, (t @ w[:, order]) * scale), s
 
 
 def randomized_svd(blocks: Any, n_users: int, n_items: int, k: int,
@@ -169,14 +199,15 @@ def randomized_svd(blocks: Any, n_users: int, n_items: int, k: int,
     check_rank(k, (n_users, n_items))
     width = min(k + oversample, n_users, n_items)
     rng = np.random.default_rng(seed)
-    omega = rng.standard_normal((n_items, width))
+    omega = rng.standard_normal((n_items, width)).astype(np.float32)
     matrices = blocks.map(weighted).persist(StorageLevel.MEMORY_AND_DISK)
     total_energy = float(matrices.map(lambda x: float(np.dot(x.data.astype(np.float64),
                                                             x.data.astype(np.float64)))
                                       ).sum())
     passes = max(1, passes)
-    z = np.zeros((0, width))
     reducers = reducer_count(n_items, spark_context)
+    v = np.zeros((n_items, 0), dtype=np.float32)
+    s = np.zeros(0)
     for step in range(passes):
         # float32 products (the matrix is float32, as in the native solver); the small
         # factorizations on the driver in float64. A power step only needs the span of
@@ -184,7 +215,8 @@ def randomized_svd(blocks: Any, n_users: int, n_items: int, k: int,
         # X^T Q exactly, also sums the blocks' Gramians Y^T Y: no per-block QR of the tall
         # Y (that QR was most of a pass).
         last = step == passes - 1
-        basis = spark_context.broadcast(np.ascontiguousarray(omega, dtype=np.float32))
+        basis = spark_context.broadcast(np.ascontiguousarray(omega))
+        omega = np.empty((0, width), dtype=np.float32)  # the broadcast holds it: freed here
 
         def product(x: Any, basis: Any = basis, last: bool = last
                     ) -> list[tuple[int, Partial]]:
@@ -194,14 +226,11 @@ def randomized_svd(blocks: Any, n_users: int, n_items: int, k: int,
         basis.destroy()  # unpersist() would keep the driver's copy: 183 MB a pass at 476k items
         if last:
             assert gram is not None
-            z = _project(xty, gram)
+            v, s = right_factors(xty, gram, k)
         else:
-            # float32 like the products: the span is what the next pass needs
-            omega = np.linalg.qr(xty)[0]
+            omega = orthonormal_basis(xty)
         del xty
     matrices.unpersist()
-    v, s, _ = np.linalg.svd(z, full_matrices=False)
-    v, s = np.ascontiguousarray(v[:, :k]), s[:k]
     vt = np.ascontiguousarray(v.T)
     _fix_signs(np.zeros((0, k)), vt)
     energy = float(np.sum(s**2) / total_energy) if total_energy > 0 else 0.0
