@@ -53,7 +53,7 @@ from svdfaiss.errors import InvalidInput
 REASON_ORDER = (REASON_MALFORMED, REASON_BLANK, REASON_NO_USER, REASON_NO_ITEM, REASON_NUL,
                 REASON_LONG, REASON_NO_VALUE, REASON_NON_NUMERIC, REASON_NON_FINITE,
                 REASON_NEGATIVE, REASON_ZERO, REASON_NO_TIME, REASON_BAD_TIME)
-BLOCK_INTERACTIONS = 500_000  # aggregated interactions per block (one task, a few MB)
+BLOCK_INTERACTIONS = 250_000  # aggregated interactions per block (one task, a few MB)
 
 ROW_SCHEMA = ("user string, item string, value double, ts double, reason string, "
               "text string, pid long, local long")
