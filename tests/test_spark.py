@@ -155,6 +155,29 @@ def test_the_build_summary_prints_a_spark_bundle(both, capsys) -> None:  # type:
     assert on_spark.manifest["tuning"]["chosen"] == native.manifest["tuning"]["chosen"]
 
 
+def test_the_svd_does_not_depend_on_how_items_are_chunked(log: Path, spark) -> None:  # type: ignore[no-untyped-def]
+    """The per-item sums cut into many chunks (7 items each: tens of keys, several a
+    reducer, partials merged sparse and dense) give the factorization that one chunk gives."""
+    from svdfaiss.data import ReadOptions
+    from svdfaiss.spark.linalg import randomized_svd
+    from svdfaiss.spark.read import read_blocks
+
+    blocks = read_blocks(spark, str(log), ReadOptions())
+    n_items = int(blocks.item_ids.size)
+
+    def svd(chunk: int):  # type: ignore[no-untyped-def]
+        return randomized_svd(blocks.blocks, blocks.n_users, n_items, 12,
+                              lambda b, n=n_items: b.matrix(n), spark_context=spark.sparkContext,
+                              chunk=chunk)
+
+    whole, chunked = svd(n_items), svd(7)
+    blocks.blocks.unpersist()
+    assert n_items > 7 * 8
+    np.testing.assert_allclose(chunked.singular_values, whole.singular_values, rtol=1e-5)
+    signs = np.sign(np.einsum("ij,ij->j", chunked.item_factors, whole.item_factors))
+    np.testing.assert_allclose(chunked.item_factors * signs, whole.item_factors, atol=1e-4)
+
+
 def test_unsupported_flags_are_refused_before_spark_starts(log: Path, tmp_path: Path) -> None:
     from svdfaiss.spark.build import build_spark
 

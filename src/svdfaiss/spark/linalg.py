@@ -187,7 +187,8 @@ def right_factors(xty: np.ndarray, gram: np.ndarray, k: int) -> tuple[np.ndarray
 def randomized_svd(blocks: Any, n_users: int, n_items: int, k: int,
                    weighted: Callable[[Any], Any],
                    passes: int = DEFAULT_PASSES, oversample: int = DEFAULT_OVERSAMPLE,
-                   seed: int = 0, spark_context: Any = None) -> Factors:
+                   seed: int = 0, spark_context: Any = None, chunk: int = ITEM_CHUNK
+                   ) -> Factors:
     """The k largest singular values and right vectors of the weighted blocks; the
     Factors' user_factors are empty (0 x k): users are folded in per block (X V / s).
 
@@ -205,7 +206,7 @@ def randomized_svd(blocks: Any, n_users: int, n_items: int, k: int,
                                                             x.data.astype(np.float64)))
                                       ).sum())
     passes = max(1, passes)
-    reducers = reducer_count(n_items, spark_context)
+    reducers = reducer_count(n_items, spark_context, chunk)
     v = np.zeros((n_items, 0), dtype=np.float32)
     s = np.zeros(0)
     for step in range(passes):
@@ -220,9 +221,10 @@ def randomized_svd(blocks: Any, n_users: int, n_items: int, k: int,
 
         def product(x: Any, basis: Any = basis, last: bool = last
                     ) -> list[tuple[int, Partial]]:
-            return block_partials(x, basis.value, last)
+            return block_partials(x, basis.value, last, chunk)
 
-        xty, gram = summed_by_item(matrices.flatMap(product), n_items, width, reducers)
+        xty, gram = summed_by_item(matrices.flatMap(product), n_items, width, reducers,
+                                   chunk=chunk)
         basis.destroy()  # unpersist() would keep the driver's copy: 183 MB a pass at 476k items
         if last:
             assert gram is not None
