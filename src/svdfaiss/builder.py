@@ -425,64 +425,12 @@ def build(config: BuildConfig, stage_hook: StageHook | None = None,
             vectors = _svd_vectors(factors, rating, inter, components, config, shrinkage)
         item_vectors, embedding, similarity_basis, sample_queries, user_vectors, sampled = (
             vectors)
-    catalog, content = None, None
-    if config.catalog is not None:
-        with timer.stage("catalog"):
-            table, info, new_ids = read_catalog(Path(config.catalog), inter.item_ids,
-                                                keep_new=config.content != "off",
-                                                options=config.catalog_options,
-                                                strict=config.read.strict)
-            if changes:
-                table, new_ids, info = _apply_updates(table, new_ids, info, inter, changes)
-            content = _content(config, table, info)
-            if content is None:  # no content: items the log lacks cannot be served
-                table = table.slice(0, inter.n_items)
-                new_ids, info["new_items"] = new_ids[:0], 0
-            catalog = (table, info, new_ids)
-    content_index = None
-    if content is not None:
-        with timer.stage("index content"):
-            content_index = build_index(content[0], config.item_index, config.seed)
-    new_factors, new_map, new_vectors, new_similar = None, None, None, None
-    content_maps: dict[str, np.ndarray] = {}
-    if content is not None and catalog is not None:
-        with timer.stage("map new items"):
-            # Catalog-only items get a CF vector for similar items (the hybrid's CF part) and,
-            # unless the weight is 0, a recommendation vector: both predicted from content.
-            # The maps are stored too: the live catalog (PUT /items) gives an item added
-            # after the build its vectors the same way (svdfaiss.live_catalog).
-            n_model = inter.n_items
-            cf_weights, similar_r2 = map_content(
-                content[0][:n_model], similarity_basis)
-            content_maps["content_to_cf.npy"] = cf_weights
-            new_vectors = normalize_rows(
-                np.asarray(content[0][n_model:], dtype=np.float32) @ cf_weights)
-            new_similar = {"items": int(new_vectors.shape[0]), "cf_share": NEW_ITEM_CF_SHARE,
-                           "popularity_prior": NEW_ITEM_POPULARITY_PRIOR,
-                           "ridge": NEW_ITEM_RIDGE, "r2": round(similar_r2, 4),
-                           "hybrid": "a * cf + (1 - a) * content + popularity_prior * "
-                                     "log(1 + n), a = cf_share, cf the cosine of the CF "
-                                     "vector the item's content predicts, n the candidate's "
-                                     "training interactions"}
-            if config.new_item_weight > 0:
-                weights, r2 = map_content(content[0][:n_model], embedding.items)
-                rec_weights = (np.float32(config.new_item_weight) * weights).astype(np.float32)
-                content_maps["content_to_rec.npy"] = rec_weights
-                new_factors = (content[0][n_model:] @ rec_weights).astype(np.float32)
-                new_map = {"items": int(new_factors.shape[0]),
-                           "weight": config.new_item_weight, "ridge": NEW_ITEM_RIDGE,
-                           "r2": round(r2, 4),
-                           "map": "ridge regression from content vectors to the "
-                                  "recommendation vectors of the model's items"}
-            if not catalog[2].size:  # no catalog-only item: the maps stay for live items
-                new_vectors, new_factors = None, None
-                new_similar = {**new_similar, "items": 0}
-                if new_map is not None:
-                    new_map = {**new_map, "items": 0}
+    catalog = catalog_side(config, timer, inter.item_ids, similarity_basis, embedding.items,
+                           changes)
     with timer.stage("index items"):
         items_index = build_index(item_vectors, config.item_index, config.seed)
-        rec_vectors = (embedding.items if new_factors is None
-                       else np.vstack([embedding.items, new_factors]))
+        rec_vectors = embedding.items if catalog is None else catalog.rec_vectors(
+            embedding.items)
         mips_index = build_rec_index(rec_vectors, config.rec_index, config.seed)
     with timer.stage("measure recall"):
         rec_kind = ("banded" if isinstance(mips_index, BandedIndex) else kind_of(mips_index))
@@ -524,16 +472,9 @@ def build(config: BuildConfig, stage_hook: StageHook | None = None,
     cache_k = config.resolved_similar_cache(inter.n_items)
     if cache_k > 0:
         with timer.stage("precompute similar"):
-            if content is None or content_index is None:
-                similar = precompute_neighbours(items_index, item_vectors, cache_k)
-            else:
-                counts = np.bincount(inter.matrix.indices, minlength=inter.n_items)
-                similar = precompute_hybrid(items_index, item_vectors, content_index,
-                                            content[0], cf_share(counts,
-                                                                 config.hybrid_interactions),
-                                            cache_k, components)
-            similar = keep_evidence(similar, components, co_users,
-                                    None if content is None else content[0])
+            similar = precompute_similar(
+                config, items_index, item_vectors, cache_k, components, co_users, catalog,
+                lambda: np.bincount(inter.matrix.indices, minlength=inter.n_items))
 
     directory = bundle.model_dir(Path(config.index_dir), config.model)
     with bundle.model_lock(directory):
@@ -543,17 +484,8 @@ def build(config: BuildConfig, stage_hook: StageHook | None = None,
             with timer.stage("write"):
                 _write_files(writer, inter, factors, item_vectors, embedding, scale,
                              items_index, mips_index, users_index, catalog)
-                if content is not None and catalog is not None and content_index is not None:
-                    writer.save_array("content_vectors.npy", content[0])
-                    writer.save_array("new_item_ids.npy", catalog[2])
-                    write_index(content_index, writer.path("content.faiss"))
-                    encoder_files = content[2].arrays() if content[2] is not None else {}
-                    for name, array in {**encoder_files, **content_maps}.items():
-                        writer.save_array(name, array)
-                if new_factors is not None:
-                    writer.save_array("new_item_factors.npy", new_factors)
-                if new_vectors is not None:
-                    writer.save_array("new_item_vectors.npy", new_vectors)
+                if catalog is not None:
+                    catalog.write_content(writer)
                 if neural is not None and neural.linear_fold() is None:
                     for name, array in neural.encoder.files().items():
                         writer.save_array(name, array)
@@ -571,17 +503,15 @@ def build(config: BuildConfig, stage_hook: StageHook | None = None,
                                      "cosine", "similar items"),
                 "items_mips": _rec_index_meta(mips_index, config.rec_index, rec_recall),
             }
-            if content_index is not None:
-                indexes["content"] = _index_meta("content.faiss", content_index,
-                                                 config.item_index, "cosine",
-                                                 "content and hybrid similar items")
+            if catalog is not None:
+                indexes.update(catalog.index_entries(config))
             if users_index is not None and config.user_index is not None:
                 indexes["users"] = _users_index_meta(users_index, users_params,
                                                      users_recall)
             manifest = _manifest(config, version, _input_info(input_path, inter, config.read),
                                  _rows_section(inter, config), _counts_section(inter),
                                  weighting, factors, embedding, indexes,
-                                 catalog[1] if catalog else None, timer.seconds)
+                                 catalog.info if catalog else None, timer.seconds)
             manifest["evaluation"] = evaluation
             manifest["tuning"] = tuned.record
             manifest["parameters"]["k_requested"] = tuned.record["given"].get("k", "auto")
@@ -594,16 +524,8 @@ def build(config: BuildConfig, stage_hook: StageHook | None = None,
                 "mu": rating.mu, "k": config.rating_k, "reg": config.rating_reg,
                 "low": rating.low, "high": rating.high,
                 "prediction": "mu + b_u + [p_u, 1] . [q_i, b_i], clipped to [low, high]"}
-            manifest["content"] = None if content is None else {
-                **content[1], "new_items": int(catalog[2].size) if catalog else 0,
-                "hybrid_interactions": config.hybrid_interactions,
-                "hybrid": "a * cf + (1 - a) * content, a = n / (n + hybrid_interactions), n "
-                          "the item's training interactions",
-                "new_items_in_recommendations": new_map,
-                "new_items_in_similar": new_similar}
-            manifest["similar_cache"] = None if similar is None else {
-                "k": cache_k, "source": indexes["items"]["type"],
-                "mode": "cf" if content is None else "hybrid"}
+            manifest["content"] = None if catalog is None else catalog.content_section(config)
+            manifest["similar_cache"] = similar_cache_section(similar, indexes, catalog)
             store_recommendations(config, writer, manifest, timer, rec_kind)
             with timer.stage("publish"):
                 path = writer.publish(manifest, version)
@@ -612,6 +534,153 @@ def build(config: BuildConfig, stage_hook: StageHook | None = None,
             raise
     manifest["timings_seconds"] = timer.seconds
     return BuildReport(path=path, manifest=manifest, seconds=timer.seconds)
+
+
+@dataclass
+class CatalogSide:
+    """What --items adds to a bundle (both engines, on the driver: it is item-sized): the
+    catalog rows (the model's items, then the catalog-only ones), the content vectors of
+    every row with their index and encoder, and the catalog-only items' vectors predicted
+    from content (for similar items and, with a weight above 0, recommendations)."""
+
+    table: pa.Table
+    info: dict[str, Any]  # the manifest's "catalog"
+    new_ids: np.ndarray  # the catalog-only items, sorted
+    content: tuple[np.ndarray, dict[str, Any], ContentEncoder | None] | None = None
+    content_index: Any = None
+    maps: dict[str, np.ndarray] = field(default_factory=dict)  # content_to_*.npy
+    new_factors: np.ndarray | None = None  # recommendation vectors of catalog-only items
+    new_vectors: np.ndarray | None = None  # their CF vectors for similar items
+    new_map: dict[str, Any] | None = None
+    new_similar: dict[str, Any] | None = None
+
+    def rec_vectors(self, items: np.ndarray) -> np.ndarray:
+        """The recommendation index's rows: the model's items, then the catalog-only ones."""
+        return items if self.new_factors is None else np.vstack([items, self.new_factors])
+
+    def write_table(self, writer: bundle.BundleWriter) -> None:
+        pq.write_table(self.table, writer.path("catalog.parquet"))
+
+    def write_content(self, writer: bundle.BundleWriter) -> None:
+        """The content files: vectors, catalog-only ids, index, encoder, maps, new items."""
+        if self.content is not None and self.content_index is not None:
+            writer.save_array("content_vectors.npy", self.content[0])
+            writer.save_array("new_item_ids.npy", self.new_ids)
+            write_index(self.content_index, writer.path("content.faiss"))
+            encoder = self.content[2]
+            encoder_files = encoder.arrays() if encoder is not None else {}
+            for name, array in {**encoder_files, **self.maps}.items():
+                writer.save_array(name, array)
+        if self.new_factors is not None:
+            writer.save_array("new_item_factors.npy", self.new_factors)
+        if self.new_vectors is not None:
+            writer.save_array("new_item_vectors.npy", self.new_vectors)
+
+    def index_entries(self, config: BuildConfig) -> dict[str, Any]:
+        """The manifest's `indexes` entry of the content index (none without content)."""
+        if self.content_index is None:
+            return {}
+        return {"content": _index_meta("content.faiss", self.content_index, config.item_index,
+                                       "cosine", "content and hybrid similar items")}
+
+    def content_section(self, config: BuildConfig) -> dict[str, Any] | None:
+        """The manifest's `content` (None without content)."""
+        if self.content is None:
+            return None
+        return {
+            **self.content[1], "new_items": int(self.new_ids.size),
+            "hybrid_interactions": config.hybrid_interactions,
+            "hybrid": "a * cf + (1 - a) * content, a = n / (n + hybrid_interactions), n "
+                      "the item's training interactions",
+            "new_items_in_recommendations": self.new_map,
+            "new_items_in_similar": self.new_similar}
+
+
+def catalog_side(config: BuildConfig, timer: _Timer, item_ids: np.ndarray,
+                 similarity_basis: np.ndarray, rec_items: np.ndarray,
+                 changes: list[CatalogChange]) -> CatalogSide | None:
+    """The stages "catalog", "index content" and "map new items" over the model's item side
+    (its sorted ids, the basis similar items come from before normalization, the
+    recommendation vectors); None without --items."""
+    if config.catalog is None:
+        return None
+    n_model = int(item_ids.size)
+    with timer.stage("catalog"):
+        table, info, new_ids = read_catalog(Path(config.catalog), item_ids,
+                                            keep_new=config.content != "off",
+                                            options=config.catalog_options,
+                                            strict=config.read.strict)
+        if changes:
+            table, new_ids, info = _apply_updates(table, new_ids, info, item_ids, changes)
+        content = _content(config, table, info)
+        if content is None:  # no content: items the log lacks cannot be served
+            table = table.slice(0, n_model)
+            new_ids, info["new_items"] = new_ids[:0], 0
+    side = CatalogSide(table, info, new_ids, content)
+    if content is None:
+        return side
+    with timer.stage("index content"):
+        side.content_index = build_index(content[0], config.item_index, config.seed)
+    with timer.stage("map new items"):
+        # Catalog-only items get a CF vector for similar items (the hybrid's CF part) and,
+        # unless the weight is 0, a recommendation vector: both predicted from content.
+        # The maps are stored too: the live catalog (PUT /items) gives an item added
+        # after the build its vectors the same way (svdfaiss.live_catalog).
+        cf_weights, similar_r2 = map_content(content[0][:n_model], similarity_basis)
+        side.maps["content_to_cf.npy"] = cf_weights
+        side.new_vectors = normalize_rows(
+            np.asarray(content[0][n_model:], dtype=np.float32) @ cf_weights)
+        side.new_similar = {
+            "items": int(side.new_vectors.shape[0]), "cf_share": NEW_ITEM_CF_SHARE,
+            "popularity_prior": NEW_ITEM_POPULARITY_PRIOR, "ridge": NEW_ITEM_RIDGE,
+            "r2": round(similar_r2, 4),
+            "hybrid": "a * cf + (1 - a) * content + popularity_prior * log(1 + n), a = "
+                      "cf_share, cf the cosine of the CF vector the item's content predicts, "
+                      "n the candidate's training interactions"}
+        if config.new_item_weight > 0:
+            weights, r2 = map_content(content[0][:n_model], rec_items)
+            rec_weights = (np.float32(config.new_item_weight) * weights).astype(np.float32)
+            side.maps["content_to_rec.npy"] = rec_weights
+            side.new_factors = (content[0][n_model:] @ rec_weights).astype(np.float32)
+            side.new_map = {"items": int(side.new_factors.shape[0]),
+                            "weight": config.new_item_weight, "ridge": NEW_ITEM_RIDGE,
+                            "r2": round(r2, 4),
+                            "map": "ridge regression from content vectors to the "
+                                   "recommendation vectors of the model's items"}
+        if not new_ids.size:  # no catalog-only item: the maps stay for live items
+            side.new_vectors, side.new_factors = None, None
+            side.new_similar = {**side.new_similar, "items": 0}
+            if side.new_map is not None:
+                side.new_map = {**side.new_map, "items": 0}
+    return side
+
+
+def precompute_similar(config: BuildConfig, items_index: Any, item_vectors: np.ndarray,
+                       k: int, components: np.ndarray, co_users: np.ndarray,
+                       catalog: CatalogSide | None,
+                       item_counts: Callable[[], np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """The stored neighbours (both engines): cf, or hybrid when the catalog has content
+    (`item_counts`: each item's training interactions, for the CF share), under the
+    evidence rule."""
+    content = None if catalog is None else catalog.content
+    if content is None or catalog is None or catalog.content_index is None:
+        similar = precompute_neighbours(items_index, item_vectors, k)
+    else:
+        share = cf_share(item_counts(), config.hybrid_interactions)
+        similar = precompute_hybrid(items_index, item_vectors, catalog.content_index,
+                                    content[0], share, k, components)
+    return keep_evidence(similar, components, co_users, None if content is None else content[0])
+
+
+def similar_cache_section(similar: tuple[np.ndarray, np.ndarray] | None,
+                          indexes: dict[str, Any], catalog: CatalogSide | None
+                          ) -> dict[str, Any] | None:
+    """The manifest's `similar_cache`."""
+    if similar is None:
+        return None
+    hybrid = catalog is not None and catalog.content is not None
+    return {"k": int(similar[0].shape[1]), "source": indexes["items"]["type"],
+            "mode": "hybrid" if hybrid else "cf"}
 
 
 ModelVectors = tuple[np.ndarray, Embedding, np.ndarray, np.ndarray, np.ndarray | None,
@@ -697,14 +766,14 @@ def _read_catalog_updates(config: BuildConfig,
 
 
 def _apply_updates(table: pa.Table, new_ids: np.ndarray, info: dict[str, Any],
-                   inter: Interactions, changes: list[CatalogChange],
+                   item_ids: np.ndarray, changes: list[CatalogChange],
                    ) -> tuple[pa.Table, np.ndarray, dict[str, Any]]:
     """The catalog rows with the live catalog's changes applied: the model's items in their
     order, then the catalog-only items sorted (read_catalog's layout)."""
-    ids = [i.decode("utf-8") for i in inter.item_ids.tolist()] + [
+    ids = [i.decode("utf-8") for i in item_ids.tolist()] + [
         i.decode("utf-8") for i in new_ids.tolist()]
     table, ids, withdrawn = apply_to_catalog(table, ids, changes)
-    n = inter.n_items
+    n = int(item_ids.size)
     new_rows = sorted(range(n, len(ids)), key=lambda r: ids[r].encode("utf-8"))
     table = table.take(pa.array([*range(n), *new_rows], type=pa.int64()))
     width = max([1, *(len(ids[r].encode("utf-8")) for r in new_rows)])
@@ -870,7 +939,7 @@ def _write_files(
     items_index: Any,
     mips_index: Any,
     users_index: Any,
-    catalog: tuple[pa.Table, dict[str, Any], np.ndarray] | None,
+    catalog: CatalogSide | None,
 ) -> None:
     writer.save_array("item_ids.npy", inter.item_ids)
     writer.save_array("user_ids.npy", inter.user_ids)
@@ -886,7 +955,7 @@ def _write_files(
     writer.save_array("rows_indices.npy", matrix.indices.astype(np.int32))
     writer.save_array("rows_values.npy", matrix.data.astype(np.float32))
     if catalog is not None:
-        pq.write_table(catalog[0], writer.path("catalog.parquet"))
+        catalog.write_table(writer)
     write_index(items_index, writer.path("items.faiss"))
     if isinstance(mips_index, BandedIndex):
         write_index(mips_index.tail, writer.path("items_mips.faiss"))
