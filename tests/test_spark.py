@@ -20,8 +20,10 @@ import pytest
 
 from svdfaiss import bundle
 from svdfaiss.builder import BuildConfig, build
+from svdfaiss.content import ContentEncoder
 from svdfaiss.data import decode_ids
 from svdfaiss.errors import InvalidInput
+from svdfaiss.query.filters import CatalogFilter
 from svdfaiss.recommender import Recommender
 from svdfaiss.synthetic import SampleSpec, write_sample
 
@@ -183,13 +185,14 @@ def test_unsupported_flags_are_refused_before_spark_starts(log: Path, tmp_path: 
 
     with pytest.raises(InvalidInput, match="--engine spark does not support --evaluate"):
         build_spark(BuildConfig(input=log, model="m", index_dir=tmp_path, evaluate=True))
-    # --objective rating is built; the others are still named.
+    # --objective rating and --items are built; the others are still named.
     with pytest.raises(InvalidInput) as refused:
         build_spark(BuildConfig(input=log, model="m", index_dir=tmp_path, evaluate=True,
-                                objective="rating", events=[log], catalog=log))
+                                objective="rating", events=[log], catalog=log,
+                                catalog_updates=(log,)))
     assert str(refused.value).startswith(
-        "--engine spark does not support --items, --events, --evaluate yet")
-    assert "--objective" not in str(refused.value)
+        "--engine spark does not support --catalog-updates, --events, --evaluate yet")
+    assert "--objective" not in str(refused.value) and "--items" not in str(refused.value)
 
 
 def test_a_killed_spark_build_leaves_current_on_the_previous_intact_bundle(
@@ -219,6 +222,103 @@ def test_a_killed_spark_build_leaves_current_on_the_previous_intact_bundle(
     assert not (model_dir / "v-killed").exists()
     assert bundle.verify(model_dir / "v1") == []
     assert Recommender.load(index_dir, "m").version == "v1"
+
+
+NEW_ITEMS = [("9000000001", "Wireless Camera 9001", "cameras", 120.0),
+             ("9000000002", "Portable Controller 9002", "gaming", 45.5),
+             ("9000000003", "Wireless Controller 9003", "gaming", 60.25)]
+
+
+@pytest.fixture(scope="module")
+def both_catalog(log: Path, spark, tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """The log built with its catalog (titles and categories: content vectors, hybrid
+    similar items) by both engines; the catalog holds three items the log lacks."""
+    from svdfaiss.spark.build import build_spark
+
+    out = tmp_path_factory.mktemp("spark-catalog-bundles")
+    catalog = out / "items.csv"
+    lines = (log.parent / "items.csv").read_text().splitlines()
+    lines += [f'"{i}","{title}","{category}",{price},true'
+              for i, title, category, price in NEW_ITEMS]
+    catalog.write_text("\n".join(lines) + "\n")
+    native = build(_config(log, out / "native", catalog=catalog))
+    started = time.monotonic()
+    on_spark = build_spark(_config(log, out / "spark", catalog=catalog), spark=spark)
+    print(f"spark build with a catalog: {time.monotonic() - started:.1f} s")
+    return out, native, on_spark
+
+
+def test_a_catalog_gives_the_native_files_and_manifest_sections(both_catalog) -> None:  # type: ignore[no-untyped-def]
+    _, native, on_spark = both_catalog
+    assert bundle.verify(on_spark.path) == []
+    files = set(native.manifest["files"])
+    assert set(on_spark.manifest["files"]) == files
+    assert {"catalog.parquet", "content.faiss", "content_vectors.npy", "new_item_ids.npy",
+            "new_item_factors.npy", "new_item_vectors.npy", "content_to_cf.npy",
+            "content_to_rec.npy"} <= files
+    m_n, m_s = native.manifest, on_spark.manifest
+    assert m_s["catalog"] == m_n["catalog"]
+    assert m_s["indexes"]["content"] == m_n["indexes"]["content"]
+    assert m_s["input"]["catalog_updates"] == m_n["input"]["catalog_updates"] == []
+    assert m_s["similar_cache"] == m_n["similar_cache"]
+    assert m_n["similar_cache"]["mode"] == "hybrid"
+    # Everything but the maps' fit to the factors (r2), which the two SVDs give apart.
+    fitted = ("new_items_in_recommendations", "new_items_in_similar")
+    assert {k: v for k, v in m_s["content"].items() if k not in fitted} == {
+        k: v for k, v in m_n["content"].items() if k not in fitted}
+    assert m_n["content"]["new_items"] == len(NEW_ITEMS)
+    for key in fitted:
+        drop_r2 = lambda section: {k: v for k, v in section.items() if k != "r2"}  # noqa: E731
+        assert drop_r2(m_s["content"][key]) == drop_r2(m_n["content"][key]), key
+        assert abs(m_s["content"][key]["r2"] - m_n["content"][key]["r2"]) < 0.01, key
+
+
+def test_the_catalog_and_content_arrays_match(both_catalog) -> None:  # type: ignore[no-untyped-def]
+    _, native, on_spark = both_catalog
+    load = lambda report, name: np.load(report.path / name, allow_pickle=False)  # noqa: E731
+    assert pq.read_table(on_spark.path / "catalog.parquet").equals(
+        pq.read_table(native.path / "catalog.parquet"))
+    np.testing.assert_array_equal(load(on_spark, "new_item_ids.npy"),
+                                  load(native, "new_item_ids.npy"))
+    assert decode_ids(load(native, "new_item_ids.npy")) == [i for i, *_ in NEW_ITEMS]
+    # The content vectors and the encoder come from the catalog alone: the same arrays.
+    for name in ("content_vectors.npy", *ContentEncoder.FILES):
+        np.testing.assert_array_equal(load(on_spark, name), load(native, name), err_msg=name)
+    # The catalog-only items' predicted CF vectors follow the SVD (its signs too): their
+    # cosines with the model's items agree.
+    cosines = [load(r, "new_item_vectors.npy") @ load(r, "item_vectors.npy").T
+               for r in (native, on_spark)]
+    np.testing.assert_allclose(cosines[1], cosines[0], atol=5e-3)
+
+
+def test_catalog_similar_items_and_filters_overlap_at_10(both_catalog) -> None:  # type: ignore[no-untyped-def]
+    out, native_report, _ = both_catalog
+    native, on_spark = Recommender.load(out / "native", "m"), Recommender.load(out / "spark", "m")
+    logged = decode_ids(native.item_ids)[::8]
+    new = [i for i, *_ in NEW_ITEMS]
+    for items in (new, logged):
+        similar = [_overlap(native.similar_items(i, k=10).ids,
+                            on_spark.similar_items(i, k=10).ids) for i in items]
+        assert np.mean(similar) >= 0.98, (items[:3], np.mean(similar))
+    catalog = pq.read_table(native_report.path / "catalog.parquet").to_pydict()
+    category_of = dict(zip(decode_ids(native.item_ids) + new, catalog["category"],
+                           strict=True))
+    gaming = CatalogFilter(category="gaming")
+    users = decode_ids(native.user_ids)[::25]
+    recs, similar = [], []
+    for user in users:
+        a = native.recommend(user, k=10, catalog_filter=gaming).ids
+        b = on_spark.recommend(user, k=10, catalog_filter=gaming).ids
+        assert len(a) == len(b) == 10
+        assert {category_of[i] for i in a + b} == {"gaming"}
+        recs.append(_overlap(a, b))
+    for item in new + logged:
+        a = native.similar_items(item, k=10, catalog_filter=gaming).ids
+        b = on_spark.similar_items(item, k=10, catalog_filter=gaming).ids
+        assert {category_of[i] for i in a + b} <= {"gaming"}
+        similar.append(_overlap(a, b))
+    assert np.mean(recs) >= 0.98, np.mean(recs)
+    assert np.mean(similar) >= 0.98, np.mean(similar)
 
 
 RATING_TOLERANCE = 1e-4  # biases and predicted ratings, on a 1-5 scale (float32 CG sums)

@@ -6,9 +6,10 @@ per-user flags (one byte a user) and one block of rows at a time; the rows files
 user ids stream into the bundle, and the user vectors into the users index, a block at a
 time. With --objective rating the rating model is fitted by svdfaiss.spark.rating: its
 user side stays on the executors and streams into rating_users.npy, rating_user_bias.npy
-and the users index the same way. Not supported here (refused with a clear error): a
-catalog, events logs, --evaluate and tuning (the engine uses the fixed defaults, as
---no-tune).
+and the users index the same way. A catalog (--items) is item-sized: the native code reads
+it, encodes its content and maps the catalog-only items on the driver (builder.catalog_side).
+Not supported here (refused with a clear error): --catalog-updates, events logs, --evaluate
+and tuning (the engine uses the fixed defaults, as --no-tune).
 """
 
 from __future__ import annotations
@@ -25,14 +26,16 @@ from svdfaiss import bundle, evidence, recall
 from svdfaiss.builder import (
     BuildConfig,
     BuildReport,
+    CatalogSide,
     StageHook,
     _index_meta,
     _manifest,
     _rec_index_meta,
     _Timer,
     _users_index_meta,
-    keep_evidence,
-    precompute_neighbours,
+    catalog_side,
+    precompute_similar,
+    similar_cache_section,
     store_recommendations,
 )
 from svdfaiss.errors import InvalidInput
@@ -60,8 +63,8 @@ USERS_RECALL_SLICE = 16_384  # users scored at once against the sampled queries
 
 def refuse_unsupported(config: BuildConfig) -> None:
     """What the Spark engine does not build yet is an error, never a silent difference."""
-    unsupported = {"--items": config.catalog is not None, "--events": bool(config.events),
-                   "--evaluate": config.evaluate}
+    unsupported = {"--catalog-updates": bool(config.catalog_updates),
+                   "--events": bool(config.events), "--evaluate": config.evaluate}
     named = [flag for flag, used in unsupported.items() if used]
     if named:
         raise InvalidInput(f"--engine spark does not support {', '.join(named)} yet; use "
@@ -170,7 +173,8 @@ def build_spark(config: BuildConfig, stage_hook: StageHook | None = None,
                                       sc, seed=config.seed)
     with timer.stage("embed"):
         s = factors.singular_values.astype(np.float32)
-        item_vectors = normalize_rows(factors.item_factors * (s ** np.float32(config.gamma)))
+        similarity_basis = factors.item_factors * (s ** np.float32(config.gamma))
+        item_vectors = normalize_rows(similarity_basis)
         sampled = recall.sample_users(flags, seed=config.seed)
         fold_b = None
         if rating is None:
@@ -185,6 +189,14 @@ def build_spark(config: BuildConfig, stage_hook: StageHook | None = None,
             embedding = Embedding(augmented, augmented, np.ones(0, dtype=np.float32), 0.0)
             side = UserSide(log.blocks.zip(rating.users), _rating_vectors, config.rating_k,
                             rating)
+    try:  # the catalog is item-sized: read, encoded and mapped on the driver (native code)
+        catalog = catalog_side(config, timer, log.item_ids, similarity_basis, embedding.items,
+                               [])
+    except BaseException:
+        if rating is not None:
+            rating.release()
+        raise
+    del similarity_basis
     directory = bundle.model_dir(Path(config.index_dir), config.model)
     with bundle.model_lock(directory):
         version = config.version or bundle.new_version()
@@ -193,7 +205,7 @@ def build_spark(config: BuildConfig, stage_hook: StageHook | None = None,
             path, manifest = _write_bundle(
                 config, timer, log, writer, version, side, flags, sampled, factors,
                 item_vectors, embedding, scale, weighting, components, co_users32,
-                users_with, id_width)
+                users_with, id_width, catalog, item_users)
         except BaseException:
             writer.abort()
             raise
@@ -252,7 +264,8 @@ def _write_bundle(config: BuildConfig, timer: _Timer, log: SparkLog,
                   flags: np.ndarray, sampled: np.ndarray, factors: Any,
                   item_vectors: np.ndarray, embedding: Any, scale: np.ndarray,
                   weighting: WeightingParams, components: np.ndarray, co_users: np.ndarray,
-                  users_with: int, id_width: int) -> tuple[Path, dict[str, Any]]:
+                  users_with: int, id_width: int, catalog: CatalogSide | None,
+                  item_users: np.ndarray) -> tuple[Path, dict[str, Any]]:
     n_users, n_items = log.n_users, int(log.item_ids.size)
     rating = side.rating
     users_params = config.user_index
@@ -360,7 +373,9 @@ def _write_bundle(config: BuildConfig, timer: _Timer, log: SparkLog,
                     users_index, users_recall, users_params = ivf_index, ivf_recall, ivf_params
     with timer.stage("index items"):
         items_index = build_index(item_vectors, config.item_index, config.seed)
-        mips_index = build_rec_index(embedding.items, config.rec_index, config.seed)
+        rec_vectors = embedding.items if catalog is None else catalog.rec_vectors(
+            embedding.items)
+        mips_index = build_rec_index(rec_vectors, config.rec_index, config.seed)
     with timer.stage("measure recall"):
         rec_kind = "banded" if isinstance(mips_index, BandedIndex) else kind_of(mips_index)
         if rec_kind == "flat":
@@ -370,16 +385,17 @@ def _write_bundle(config: BuildConfig, timer: _Timer, log: SparkLog,
         else:
             order = sorted(queries)
             rec_recall = recall.measure(
-                mips_index, embedding.items,
+                mips_index, rec_vectors,
                 np.asarray([queries[u] for u in order], dtype=np.float32).reshape(
                     -1, embedding.items.shape[1]),
                 [histories[u] for u in order])
+        del rec_vectors
     similar = None
     cache_k = config.resolved_similar_cache(n_items)
     if cache_k > 0:
         with timer.stage("precompute similar"):
-            similar = keep_evidence(precompute_neighbours(items_index, item_vectors, cache_k),
-                                    components, co_users, None)
+            similar = precompute_similar(config, items_index, item_vectors, cache_k,
+                                         components, co_users, catalog, lambda: item_users)
     with timer.stage("write"):
         writer.save_array("item_ids.npy", log.item_ids)
         writer.save_array("item_vectors.npy", item_vectors)
@@ -388,6 +404,8 @@ def _write_bundle(config: BuildConfig, timer: _Timer, log: SparkLog,
             writer.save_array("fold_factors.npy", embedding.fold)
         writer.save_array("singular_values.npy", factors.singular_values.astype(np.float32))
         writer.save_array("item_scale.npy", scale)
+        if catalog is not None:
+            catalog.write_table(writer)
         write_index(items_index, writer.path("items.faiss"))
         if isinstance(mips_index, BandedIndex):
             write_index(mips_index.tail, writer.path("items_mips.faiss"))
@@ -396,6 +414,8 @@ def _write_bundle(config: BuildConfig, timer: _Timer, log: SparkLog,
             write_index(mips_index, writer.path("items_mips.faiss"))
         if users_index is not None:
             write_index(users_index, writer.path("users.faiss"))
+        if catalog is not None:
+            catalog.write_content(writer)
         writer.save_array("item_component.npy", components)
         writer.save_array("item_co_users.npy", co_users)
         if similar is not None:
@@ -406,11 +426,13 @@ def _write_bundle(config: BuildConfig, timer: _Timer, log: SparkLog,
                              "similar items"),
         "items_mips": _rec_index_meta(mips_index, config.rec_index, rec_recall),
     }
+    if catalog is not None:
+        indexes.update(catalog.index_entries(config))
     if users_index is not None and users_params is not None:
         indexes["users"] = _users_index_meta(users_index, users_params, users_recall)
     manifest = _manifest(config, version, _input_info(config, log), _rows(log, config),
-                         _counts(log), weighting, factors, embedding, indexes, None,
-                         timer.seconds)
+                         _counts(log), weighting, factors, embedding, indexes,
+                         catalog.info if catalog else None, timer.seconds)
     manifest["parameters"]["solver"] = "randomized (spark)"
     manifest["parameters"]["engine"] = "spark"
     # The native record of a build that did not tune (autotune's "off"), so every reader
@@ -425,13 +447,13 @@ def _write_bundle(config: BuildConfig, timer: _Timer, log: SparkLog,
     manifest["parameters"]["k_requested"] = config.k if config.k is not None else "auto"
     manifest["evidence"] = evidence.summary_counts(components, co_users, n_users, users_with)
     manifest["input"]["events"] = []
+    manifest["input"]["catalog_updates"] = []
     manifest["rating_model"] = None if rating is None else {
         "mu": rating.items.mu, "k": config.rating_k, "reg": config.rating_reg,
         "low": rating.items.low, "high": rating.items.high,
         "prediction": "mu + b_u + [p_u, 1] . [q_i, b_i], clipped to [low, high]"}
-    manifest["content"] = None
-    manifest["similar_cache"] = None if similar is None else {
-        "k": int(similar[0].shape[1]), "source": indexes["items"]["type"], "mode": "cf"}
+    manifest["content"] = None if catalog is None else catalog.content_section(config)
+    manifest["similar_cache"] = similar_cache_section(similar, indexes, catalog)
     store_recommendations(config, writer, manifest, timer, rec_kind)  # on the driver
     with timer.stage("publish"):
         path = writer.publish(manifest, version)
