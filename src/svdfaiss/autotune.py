@@ -122,6 +122,15 @@ def _given(config: BuildConfig) -> dict[str, Any]:
     return given
 
 
+def untuned_record(config: BuildConfig, status: str, reason: str, chosen: dict[str, Any],
+                   seconds: float) -> dict[str, Any]:
+    """The manifest's `tuning` when nothing was tuned (status "off" or "skipped"): why, what
+    the flags gave, and the settings used; the one shape every engine writes and every
+    reader (the build summary, GET /model) takes."""
+    return {"status": status, "reason": reason, "given": _given(config), "chosen": chosen,
+            "seconds": round(seconds, 3)}
+
+
 def _skip_reason(config: BuildConfig, matrix: sp.csr_matrix) -> str | None:
     if not config.tune:
         return "--no-tune"
@@ -164,10 +173,9 @@ def tune_matrix(matrix: sp.csr_matrix, feedback: str, config: BuildConfig) -> Tu
         except InvalidInput as exc:
             reason = str(exc)
     if reason is not None:
-        return Tuned(resolved(defaults), {
-            "status": "off" if not config.tune else "skipped", "reason": reason,
-            "given": given, "chosen": defaults,
-            "seconds": round(time.perf_counter() - start, 3)})
+        return Tuned(resolved(defaults), untuned_record(
+            config, "off" if not config.tune else "skipped", reason, defaults,
+            time.perf_counter() - start))
     best = max(trials, key=lambda t: t[METRIC])  # the first of equals: defaults come first
     chosen = {name: best[name] for name in ("k", "weighting", "beta", "shrinkage")}
     default_trial = next((t for t in trials if all(t[n] == defaults[n] for n in chosen)),

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from svdfaiss import bundle, evidence, recall
+from svdfaiss.autotune import untuned_record
 from svdfaiss.builder import (
     BuildConfig,
     BuildReport,
@@ -189,29 +190,26 @@ def build_spark(config: BuildConfig, stage_hook: StageHook | None = None,
             embedding = Embedding(augmented, augmented, np.ones(0, dtype=np.float32), 0.0)
             side = UserSide(log.blocks.zip(rating.users), _rating_vectors, config.rating_k,
                             rating)
-    try:  # the catalog is item-sized: read, encoded and mapped on the driver (native code)
+    try:
+        # The catalog is item-sized: read, encoded and mapped on the driver (native code).
         catalog = catalog_side(config, timer, log.item_ids, similarity_basis, embedding.items,
                                [])
-    except BaseException:
+        del similarity_basis
+        directory = bundle.model_dir(Path(config.index_dir), config.model)
+        with bundle.model_lock(directory):
+            version = config.version or bundle.new_version()
+            writer = bundle.BundleWriter(directory)
+            try:
+                path, manifest = _write_bundle(
+                    config, timer, log, writer, version, side, flags, sampled, factors,
+                    item_vectors, embedding, scale, weighting, components, co_users32,
+                    users_with, id_width, catalog, item_users)
+            except BaseException:
+                writer.abort()
+                raise
+    finally:
         if rating is not None:
             rating.release()
-        raise
-    del similarity_basis
-    directory = bundle.model_dir(Path(config.index_dir), config.model)
-    with bundle.model_lock(directory):
-        version = config.version or bundle.new_version()
-        writer = bundle.BundleWriter(directory)
-        try:
-            path, manifest = _write_bundle(
-                config, timer, log, writer, version, side, flags, sampled, factors,
-                item_vectors, embedding, scale, weighting, components, co_users32,
-                users_with, id_width, catalog, item_users)
-        except BaseException:
-            writer.abort()
-            raise
-        finally:
-            if rating is not None:
-                rating.release()
     for b in (scale_b, has_b, fold_b):
         if b is not None:
             b.destroy()  # unpersist() would keep the driver's copies
@@ -435,15 +433,10 @@ def _write_bundle(config: BuildConfig, timer: _Timer, log: SparkLog,
                          catalog.info if catalog else None, timer.seconds)
     manifest["parameters"]["solver"] = "randomized (spark)"
     manifest["parameters"]["engine"] = "spark"
-    # The native record of a build that did not tune (autotune's "off"), so every reader
-    # of the manifest (the build summary, GET /model) takes it as it is.
-    manifest["tuning"] = {"status": "off", "given": {"k": config.k or "auto"},
-                          "reason": "the Spark engine builds with the fixed defaults "
-                                    "(as --no-tune)",
-                          "chosen": {"k": int(factors.singular_values.size),
-                                     "weighting": weighting.scheme, "beta": weighting.beta,
-                                     "shrinkage": config.resolved_shrinkage()},
-                          "seconds": 0.0}
+    manifest["tuning"] = untuned_record(
+        config, "off", "the Spark engine builds with the fixed defaults (as --no-tune)",
+        {"k": int(factors.singular_values.size), "weighting": weighting.scheme,
+         "beta": weighting.beta, "shrinkage": config.resolved_shrinkage()}, 0.0)
     manifest["parameters"]["k_requested"] = config.k if config.k is not None else "auto"
     manifest["evidence"] = evidence.summary_counts(components, co_users, n_users, users_with)
     manifest["input"]["events"] = []
